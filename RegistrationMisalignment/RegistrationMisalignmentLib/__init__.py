@@ -1,0 +1,3 @@
+"""RegistrationMisalignment engine: predict where a chest-CT registration is wrong (no Slicer needed)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""Saving and loading weights safely: safetensors with the configuration inside, sha256 checked against the card."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import InputError
+from .model import MisalignmentNet, ModelConfig
+
+BUNDLED_WEIGHTS = Path(__file__).resolve().parents[2] / "model_weights" / "misalignment_hierarchical.safetensors"
+
+
+def sha256_of(path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path(weights_path) -> Path:
+    """The model card JSON that sits next to a weights file."""
+    weights_path = Path(weights_path)
+    return weights_path.with_name(weights_path.name.split(".")[0] + ".card.json")
+
+
+def export_weights(model: MisalignmentNet, path, extra: dict = None) -> str:
+    """Write the model's weights and configuration as safetensors (atomically) and return the sha256."""
+    path = Path(path)
+    metadata = {"config": json.dumps(model.config.to_dict()), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha256_of(path)
+
+
+def expected_sha256(weights_path):
+    """The sha256 recorded in the model card next to the weights, or None if there is no card."""
+    card = card_path(weights_path)
+    if not card.exists():
+        return None
+    try:
+        return json.loads(card.read_text())["sha256"]
+    except (ValueError, KeyError):
+        raise InputError(f"{card}: model card is not valid JSON with a 'sha256' entry; restore it") from None
+
+
+def load_model(path=None, map_location="cpu") -> MisalignmentNet:
+    """Load weights (default: the bundled release), verifying the sha256 in the model card; never runs code."""
+    path = Path(path) if path is not None else BUNDLED_WEIGHTS
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found; pass --weights PATH or reinstall the package")
+    expected = expected_sha256(path)
+    if expected is not None and sha256_of(path) != expected:
+        raise InputError(f"{path}: sha256 does not match its model card; the file is corrupt or was changed")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path), device=str(map_location))
+        config = ModelConfig(**json.loads(metadata["config"]))
+        model = MisalignmentNet(config)
+        model.load_state_dict(state)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a valid weights file ({reason}); pass a .safetensors file "
+                         "written by 'registration-misalignment train'") from None
+    return model.eval()

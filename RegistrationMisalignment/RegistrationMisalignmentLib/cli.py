@@ -1,0 +1,201 @@
+"""Command line: `registration-misalignment demo | predict | train`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import InputError
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    """Add the --device option."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"],
+                        help="where the network runs (default: auto = GPU if available)")
+
+
+def _add_train(sub) -> None:
+    """Register the `train` command."""
+    p = sub.add_parser("train", help="train a model on synthetic pairs made from CTs and phantoms",
+                       description="Train on synthetic pairs (real CTs warped by artificial fields, plus "
+                                   "procedural phantoms). Re-running the same command resumes.")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, history, exported weights)")
+    p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
+    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
+    p.add_argument("--architecture", default="hierarchical_lstm",
+                   choices=["hierarchical_lstm", "multires_cnn", "single_cnn"])
+    p.add_argument("--features", type=int, default=12, help="channels per encoder layer")
+    p.add_argument("--hidden", type=int, default=12, help="channels of the recurrent state")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out-size", type=int, default=32, help="S1 output tile edge per sample (multiple of 8)")
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    _add_device(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+
+def run_train(args) -> dict:
+    """Train a model from the parsed arguments."""
+    from .model import ModelConfig
+    from .sources import load_sources
+    from .training import TrainConfig, train
+    _set_threads(args.threads)
+    model_config = ModelConfig(architecture=args.architecture, features=args.features, hidden=args.hidden)
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
+                               learning_rate=args.learning_rate, validate_every=args.validate_every,
+                               seed=args.seed, ct_paths=[str(p) for p in args.ct],
+                               phantom_seeds=list(range(args.phantoms)))
+    sources = load_sources(train_config.ct_paths, train_config.phantom_seeds)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log)
+    return {k: v for k, v in result.items() if k != "history"}
+
+
+def _set_threads(threads: int) -> None:
+    """Use `threads` CPU threads for torch (0 = leave torch's default: all cores)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Add --weights, --device, --max-memory and --threads."""
+    parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")
+    _add_device(parser)
+    parser.add_argument("--max-memory", type=float, default=2.0, metavar="GIB",
+                        help="memory budget that sets the tile size (default 2 GiB)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
+
+
+def _load_predictor(args):
+    """The predictor from --weights / --device / --max-memory / --threads."""
+    from .inference import MisalignmentPredictor
+    _set_threads(args.threads)
+    return MisalignmentPredictor.load(args.weights, device=args.device, max_memory_gb=args.max_memory)
+
+
+def _progress_bar(enabled: bool):
+    """A progress callback drawing a tqdm bar on stderr (or None when disabled)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    bar = tqdm(total=100, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr)
+
+    def update(fraction: float, message: str) -> None:
+        bar.set_description_str(message)
+        bar.update(int(round(100 * fraction)) - bar.n)
+        if fraction >= 1.0:
+            bar.close()
+    return update
+
+
+def _add_predict(sub) -> None:
+    """Register the `predict` command."""
+    p = sub.add_parser("predict", help="predict the misalignment map of a registered pair",
+                       description="Predict correct / poor / wrong regions of a moving CT registered to a fixed CT.")
+    p.add_argument("--fixed", required=True, help="fixed CT (NRRD, NIfTI, MHA, ... or a DICOM folder)")
+    p.add_argument("--moving", required=True, help="moving CT, already registered to the fixed CT")
+    p.add_argument("--output", required=True, help="label map to write (e.g. labels.nrrd): 0 not evaluated, "
+                                                   "1 correct, 2 poor, 3 wrong")
+    p.add_argument("--mask", help="region to evaluate (non-zero voxels; default: automatic lung mask)")
+    p.add_argument("--probabilities", help="also write the class probabilities (3-component vector image)")
+    _add_model_options(p)
+
+
+def run_predict(args) -> dict:
+    """Predict a pair and write the label map (and probabilities) atomically."""
+    from .imageio import check_output_path, read_image, write_image
+    for path in (args.output, args.probabilities):
+        if path:
+            check_output_path(path)
+    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    mask = read_image(args.mask) if args.mask else None
+    predictor = _load_predictor(args)
+    result = predictor.predict(fixed, moving, mask=mask, progress=_progress_bar(not args.json))
+    write_image(result.labels, args.output)
+    if args.probabilities:
+        write_image(result.probabilities, args.probabilities)
+    summary = dict(result.summary, output=args.output, probabilities=args.probabilities)
+    if not args.json:
+        print(_class_table(summary))
+    return summary
+
+
+def _class_table(summary: dict) -> str:
+    """Human-readable lines: mL and percentage of the mask per class."""
+    lines = [f"evaluated {summary['mask_ml']:.1f} mL"]
+    for name, c in summary["classes"].items():
+        lines.append(f"  {name:8s} {c['ml']:9.1f} mL  {100 * c['fraction']:5.1f} %")
+    return "\n".join(lines)
+
+
+def _add_demo(sub) -> None:
+    """Register the `demo` command."""
+    p = sub.add_parser("demo", help="deform a CT with a known field, predict, and compare with the truth",
+                       description="Deform the built-in chest phantom (or --ct) with a known synthetic field, "
+                                   "predict the misalignment map, write NRRDs and a PNG, print the agreement.")
+    p.add_argument("--ct", help="use this CT instead of the procedural phantom")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--seed", type=int, default=0, help="phantom and field seed")
+    p.add_argument("--field", default="single_frequency",
+                   choices=["single_frequency", "mixed_frequency", "respiratory", "zero"])
+    p.add_argument("--max-mm", type=float, default=12.0, help="largest displacement of the field (mm)")
+    _add_model_options(p)
+
+
+def run_demo_command(args) -> dict:
+    """Run the demo and print the agreement with the known truth."""
+    from .demo import run_demo
+    predictor = _load_predictor(args)
+    result = run_demo(predictor, args.out, args.ct, args.seed, args.field, args.max_mm,
+                      progress=_progress_bar(not args.json))
+    if not args.json:
+        report = result["agreement"]
+        print(f"wrote {', '.join(result['files'].values())}")
+        print(f"agreement with the known field inside the lungs ({report['n']} voxels): "
+              f"accuracy {100 * report['accuracy']:.1f} %, average F1 {100 * report['average_f1']:.1f} %")
+        for name, c in report["per_class"].items():
+            print(f"  {name:8s} precision {100 * c['precision']:5.1f} %  recall {100 * c['recall']:5.1f} %  "
+                  f"F1 {100 * c['f1']:5.1f} %  ({c['support']} voxels)")
+    return result
+
+
+COMMANDS = {"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
+            "train": (_add_train, run_train)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="registration-misalignment",
+                                     description="Show where a chest-CT registration is wrong: a dense map of "
+                                                 "correct (<= 3 mm), poor (3-6 mm] and wrong (> 6 mm) regions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point: run one command; bad input gives a one-line error and exit status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        result = COMMANDS[args.command][1](args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False) and result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Reading, checking and atomically writing images with SimpleITK."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+
+def read_image(path) -> sitk.Image:
+    """Read a 3-D image from a file (NRRD, NIfTI, MHA, ...) or a DICOM series folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            image = _read_dicom_series(path)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputError(f"{path}: cannot be read as an image ({reason[:160]}); check the file is complete") from None
+    check_volume(image, str(path))
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """Read the largest DICOM series in a folder."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series; pass an image file or a DICOM folder")
+    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def check_volume(image: sitk.Image, name: str) -> None:
+    """Raise InputError unless `image` is a finite, scalar 3-D volume."""
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise InputError(f"{name}: expected a 3-D volume, got size {image.GetSize()}; pass a 3-D CT")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name}: expected a scalar (grey-value) image, got "
+                         f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError(f"{name}: contains NaN or infinite voxels; fix or mask them before prediction")
+
+
+def write_image(image: sitk.Image, path, compress: bool = True) -> None:
+    """Write an image atomically: a temporary file in the same folder is renamed into place."""
+    path = Path(path)
+    _check_writable(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".nrrd", dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(data: bytes, path) -> None:
+    """Write bytes atomically (temporary file renamed into place)."""
+    path = Path(path)
+    _check_writable(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_output_path(path) -> None:
+    """Raise InputError unless `path` can be written (checked before any work starts)."""
+    path = Path(path)
+    _check_writable(path.parent)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name such as labels.nrrd")
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise InputError unless `folder` exists and is writable."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: output folder does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{folder}: output folder is not writable; choose another --output")

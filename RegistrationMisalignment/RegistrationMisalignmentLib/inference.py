@@ -1,0 +1,217 @@
+"""MisalignmentPredictor: dense tiled inference over the mask and point queries (the paper's per-patch way)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from . import labels as L
+from .checkpoint import BUNDLED_WEIGHTS, load_model, sha256_of
+from .devices import resolve_device
+from .model import MisalignmentNet, check_output_size, input_size
+from .preprocessing import BLOCK, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1, to_fixed_grid
+from .pyramid import batch_tiles, build_pyramid, context_margin
+
+DEFAULT_MAX_MEMORY_GB = 2.0
+MAX_TILE = 128
+
+
+@dataclass
+class PredictionResult:
+    """Dense result on the fixed grid."""
+
+    labels: sitk.Image
+    probabilities: sitk.Image
+    summary: dict
+
+
+def tile_bytes(model: MisalignmentNet, tile: int) -> float:
+    """Rough peak bytes of one tile's forward pass (largest activations, float32)."""
+    cfg = model.config
+    s1 = input_size(cfg, 1, tile) ** 3
+    return 4.0 * s1 * (2 * cfg.features + 6 * cfg.hidden + 12)
+
+
+def tile_size_for_memory(model: MisalignmentNet, max_memory_gb: float) -> int:
+    """Largest tile edge (multiple of 8, <= MAX_TILE) whose forward pass fits in a quarter of the budget."""
+    budget = max_memory_gb * 2 ** 30 / 4
+    tile = 8
+    while tile + 8 <= MAX_TILE and tile_bytes(model, tile + 8) <= budget:
+        tile += 8
+    return tile
+
+
+def best_tile(model: MisalignmentNet, region_size, largest: int) -> int:
+    """Tile edge (multiple of 8, <= largest) that minimises the S1 input volume computed over the region."""
+    def cost(t):
+        return np.prod([math.ceil(n / t) for n in region_size]) * input_size(model.config, 1, t) ** 3
+    return min(range(8, largest + 1, 8), key=lambda t: (cost(t), -t))
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    """Move a batch of level patches to the device."""
+    return {lv: x.to(device, non_blocking=True) for lv, x in batch.items()}
+
+
+class MisalignmentPredictor:
+    """Predicts the correct / poor / wrong map of a registered chest-CT pair."""
+
+    def __init__(self, model: MisalignmentNet, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+                 weights_sha256: str = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.max_memory_gb = max_memory_gb
+        self.weights_sha256 = weights_sha256
+
+    @classmethod
+    def load(cls, weights=None, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB):
+        """Load released (weights=None) or given weights, checking the sha256 against the model card."""
+        path = weights if weights is not None else BUNDLED_WEIGHTS
+        model = load_model(path)
+        return cls(model, device=device, max_memory_gb=max_memory_gb, weights_sha256=sha256_of(path))
+
+    # ----- dense prediction -------------------------------------------------------------------------------
+    def predict(self, fixed: sitk.Image, moving: sitk.Image, mask=None, progress=None) -> PredictionResult:
+        """Dense map on the fixed grid: labels (0 outside the mask) and class probabilities."""
+        t0 = time.perf_counter()
+        report = progress or (lambda fraction, message: None)
+        report(0.0, "preparing images")
+        pair = to_fixed_grid(fixed, moving, mask)
+        region = mask_region_s1(fixed, pair.mask)
+        largest = min(tile_size_for_memory(self.model, self.max_memory_gb), MAX_TILE)
+        tile = best_tile(self.model, region[1] - region[0], largest)
+        stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)
+        prepared = crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile))
+        t1 = time.perf_counter()
+        probs_s1 = self.dense_probabilities(prepared, tile, lambda f: report(0.05 + 0.85 * f, "predicting"))
+        t2 = time.perf_counter()
+        report(0.9, "resampling to the fixed grid")
+        result = self._to_fixed_grid(prepared, probs_s1)
+        t3 = time.perf_counter()
+        result.summary["timings_s"] = {"preprocessing": t1 - t0, "network": t2 - t1, "resampling": t3 - t2,
+                                       "total": t3 - t0}
+        result.summary["tile_size"] = tile
+        report(1.0, "done")
+        return result
+
+    def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None) -> np.ndarray:
+        """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile."""
+        check_output_size(tile)
+        pyramid = build_pyramid(prepared.volume)
+        size = prepared.region_size[::-1]
+        start = prepared.region_start[::-1]
+        probs = np.zeros((3,) + tuple(int(n) for n in size), dtype=np.float32)
+        needed = self._tiles_touching_mask(prepared, tile)
+        for i, corner in enumerate(needed):
+            batch = _to_device(batch_tiles(pyramid, self.model.config, [start + corner], tile), self.device)
+            with torch.no_grad():
+                out = torch.softmax(self.model(batch)[1], 1)[0]
+            sl = tuple(slice(int(c), int(c) + tile) for c in corner)
+            probs[(slice(None),) + sl] = out.float().cpu().numpy()
+            if progress:
+                progress((i + 1) / len(needed))
+        return probs
+
+    def _tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
+        """Corners (zyx, region voxels) of the tiles that contain evaluated voxels."""
+        ref = prepared.s1_grid(prepared.region_start, prepared.region_size)
+        s1_mask = sitk.Resample(prepared.mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        occupied = torch.from_numpy(sitk.GetArrayFromImage(s1_mask).astype(np.float32))[None, None]
+        occupied = F.max_pool3d(occupied, 5, stride=1, padding=2)  # interpolation neighbours
+        occupied = F.max_pool3d(occupied, tile, stride=tile)[0, 0] > 0
+        return [np.asarray(c) * tile for c in torch.nonzero(occupied).tolist()]
+
+    def _to_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
+        """Resample S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask."""
+        vector = sitk.GetImageFromArray(np.moveaxis(probs_s1, 0, -1), isVector=True)
+        vector.CopyInformation(prepared.s1_grid(prepared.region_start, prepared.region_size))
+        fixed = prepared.fixed
+        probs = sitk.Resample(vector, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+        array = sitk.GetArrayFromImage(probs)
+        inside = sitk.GetArrayViewFromImage(prepared.mask) > 0
+        label_array = np.where(inside, array.argmax(-1) + L.CORRECT, L.NOT_EVALUATED).astype(np.uint8)
+        array[~inside] = 0.0
+        probabilities = sitk.GetImageFromArray(array, isVector=True)
+        probabilities.CopyInformation(fixed)
+        label_image = sitk.GetImageFromArray(label_array)
+        label_image.CopyInformation(fixed)
+        return PredictionResult(label_image, probabilities, self._summary(label_array, inside, fixed))
+
+    def _summary(self, label_array: np.ndarray, inside: np.ndarray, fixed: sitk.Image) -> dict:
+        """Voxels, mL and fractions per class inside the mask, plus device and model information."""
+        voxel_ml = float(np.prod(fixed.GetSpacing())) / 1000.0
+        counts = np.bincount(label_array.ravel(), minlength=4)
+        total = int(inside.sum())
+        classes = {L.CLASS_NAMES[v]: {"voxels": int(counts[v]), "ml": float(counts[v] * voxel_ml),
+                                      "fraction": float(counts[v] / total) if total else 0.0}
+                   for v in L.CLASS_VALUES}
+        return {"classes": classes, "mask_voxels": total, "mask_ml": total * voxel_ml, "device": str(self.device),
+                "architecture": self.model.config.architecture, "weights_sha256": self.weights_sha256}
+
+    # ----- point queries (the paper's way: one patch per output block) -----------------------------------
+    def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None) -> tuple:
+        """Classes (N,, 0 outside the mask) and probabilities (N, 3) at physical points (LPS, mm)."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        pair = to_fixed_grid(fixed, moving, mask)
+        s1 = self._points_to_s1(fixed, points)
+        region = points_region_s1(fixed, s1)
+        prepared = crop_to_s1(pair, region, context_margin(self.model.config, BLOCK))
+        local = s1 - region[0]  # xyz continuous index inside the region
+        probs = self.interpolate_blocks(prepared, local)
+        inside = self._mask_at(pair.mask, points)
+        classes = np.where(inside, probs.argmax(1) + L.CORRECT, L.NOT_EVALUATED).astype(np.uint8)
+        return classes, probs
+
+    @staticmethod
+    def _points_to_s1(fixed: sitk.Image, points: np.ndarray) -> np.ndarray:
+        """Continuous global S1 indices (xyz) of physical points."""
+        spacing = np.asarray(fixed.GetSpacing())
+        return np.array([np.asarray(fixed.TransformPhysicalPointToContinuousIndex(tuple(p))) * spacing
+                         for p in points])
+
+    @staticmethod
+    def _mask_at(mask: sitk.Image, points: np.ndarray) -> np.ndarray:
+        """Whether each physical point's nearest fixed voxel is inside the mask."""
+        array = sitk.GetArrayViewFromImage(mask)
+        size = np.asarray(mask.GetSize())
+        result = np.zeros(len(points), dtype=bool)
+        for i, p in enumerate(points):
+            idx = np.floor(np.asarray(mask.TransformPhysicalPointToContinuousIndex(tuple(p))) + 0.5).astype(int)
+            if np.all(idx >= 0) and np.all(idx < size):
+                result[i] = array[idx[2], idx[1], idx[0]] > 0
+        return result
+
+    def interpolate_blocks(self, prepared: PreparedPair, local_xyz: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Trilinear probabilities at region-local S1 points, evaluating only the 8^3 blocks they touch."""
+        base = np.floor(local_xyz).astype(int)
+        frac = local_xyz - base
+        corners = [np.array(c) for c in np.ndindex(2, 2, 2)]
+        voxels = np.concatenate([base + c for c in corners])
+        blocks = {tuple(b) for b in (voxels // BLOCK).tolist()}
+        values = self.block_probabilities(prepared, sorted(blocks), batch_size)
+        result = np.zeros((len(local_xyz), 3))
+        for c in corners:
+            v = base + c
+            weight = np.prod(np.where(c == 1, frac, 1.0 - frac), axis=1)
+            vals = np.stack([values[tuple(b)][:, z, y, x] for b, (x, y, z) in zip(v // BLOCK, v % BLOCK)])
+            result += weight[:, None] * vals
+        return result
+
+    def block_probabilities(self, prepared: PreparedPair, blocks_xyz, batch_size: int = 16) -> dict:
+        """Per-block evaluation: one input patch per level for each 8^3 output block (xyz block index)."""
+        pyramid = build_pyramid(prepared.volume)
+        start = prepared.region_start
+        out = {}
+        for i in range(0, len(blocks_xyz), batch_size):
+            chunk = blocks_xyz[i:i + batch_size]
+            corners = [tuple((start + np.asarray(b) * BLOCK)[::-1]) for b in chunk]
+            batch = _to_device(batch_tiles(pyramid, self.model.config, corners, BLOCK), self.device)
+            with torch.no_grad():
+                probs = torch.softmax(self.model(batch)[1], 1).float().cpu().numpy()
+            out.update({b: p for b, p in zip(chunk, probs)})
+        return out

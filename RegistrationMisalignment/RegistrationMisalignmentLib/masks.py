@@ -1,0 +1,234 @@
+"""Automatic torso and lung masks of chest CT images in Hounsfield units."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+BODY_MIN_HU = -500.0
+OUTSIDE_MAX_MEAN_HU = -950.0
+LUNG_MAX_HU = -400.0
+AIRWAY_MAX_MEAN_HU = -850.0
+AIRWAY_MAX_AREA_MM2 = 800.0
+MIN_LUNG_ML = 5.0
+SECOND_LUNG_MIN_FRACTION = 0.1
+SPLIT_RADII_MM = (1.0, 2.0, 3.0, 4.5, 6.0, 8.0)
+CORE_MIN_FRACTION = 0.2
+SPLIT_SPACING_MM = 2.0
+CLOSING_RADIUS_MM = 3.0
+
+
+def torso_mask(ct: sitk.Image) -> sitk.Image:
+    """Return the body (torso) mask of a CT in HU as UInt8 0/1 on the CT's grid."""
+    axis = _axial_axis(ct)
+    hu = sitk.GetArrayViewFromImage(ct)
+    labels, _, means = _slice_components(hu <= BODY_MIN_HU, hu, axis)
+    slices = np.moveaxis(labels, axis, 0)
+    outside = np.zeros(len(means), dtype=bool)
+    for edge in (slices[:, 0, :], slices[:, -1, :], slices[:, :, 0], slices[:, :, -1]):
+        outside[edge.ravel()] = True
+    outside &= means < OUTSIDE_MAX_MEAN_HU
+    outside[0] = False
+    inside = _from_array(~outside[labels], ct)
+    return sitk.RelabelComponent(sitk.ConnectedComponent(inside), sortByObjectSize=True) == 1
+
+
+def lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
+    """Return an automatic mask of both lungs (UInt8 0/1) on the CT's grid."""
+    torso = torso_mask(ct) if torso is None else _binary_on_grid(torso, ct)
+    candidates = _remove_airways(ct, (ct < LUNG_MAX_HU) & torso)
+    lungs = _largest_components(candidates, _voxels_in_ml(ct, MIN_LUNG_ML))
+    result = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    result.CopyInformation(ct)
+    if not np.any(sitk.GetArrayViewFromImage(lungs)):
+        return result
+    margin = [radius + 2 for radius in _radius_in_voxels(ct, CLOSING_RADIUS_MM)]
+    index, size = _padded_bounding_box(lungs, margin)
+    filled = _separate_and_fill(
+        sitk.RegionOfInterest(ct, size, index), sitk.RegionOfInterest(lungs, size, index), _axial_axis(ct)
+    )
+    return sitk.Paste(result, filled, size, [0, 0, 0], index)
+
+
+def _binary_on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Return a mask as UInt8 0/1 with the reference's geometry, checking that the grids match."""
+    if mask.GetSize() != reference.GetSize():
+        raise ValueError(f"mask size {mask.GetSize()} differs from CT size {reference.GetSize()}")
+    binary = sitk.Cast(mask != 0, sitk.sitkUInt8)
+    binary.CopyInformation(reference)
+    return binary
+
+
+def _axial_axis(image: sitk.Image) -> int:
+    """Return the numpy axis of an image whose index direction is closest to the head-feet axis."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return 2 - int(np.argmax(np.abs(direction[2])))
+
+
+def _slicewise(array: np.ndarray, axis: int, operation: Callable[[sitk.Image], sitk.Image]) -> np.ndarray:
+    """Apply a 2-D SimpleITK operation to all slices along an axis at once, as a zero-framed mosaic."""
+    stack = np.moveaxis(array, axis, 0)
+    count, rows, cols = stack.shape
+    mosaic = np.zeros((count, rows + 2, cols + 2), dtype=array.dtype)
+    mosaic[:, 1:-1, 1:-1] = stack
+    result = sitk.GetArrayFromImage(operation(sitk.GetImageFromArray(mosaic.reshape(count * (rows + 2), cols + 2))))
+    result = result.reshape(count, rows + 2, cols + 2)[:, 1:-1, 1:-1]
+    return np.ascontiguousarray(np.moveaxis(result, 0, axis))
+
+
+def _from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Return a UInt8 image from a boolean or integer array with the reference's geometry."""
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.CopyInformation(reference)
+    return image
+
+
+def _fill_axial_holes(mask: sitk.Image, axis: int) -> sitk.Image:
+    """Return a binary mask with the holes of every axial slice filled."""
+    array = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    return _from_array(_slicewise(array, axis, sitk.BinaryFillhole), mask)
+
+
+def _slice_components(mask: np.ndarray, hu: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label the 2-D components of a mask in all axial slices; return labels, voxel counts and mean HU per label."""
+    labels = _slicewise(mask.astype(np.uint8), axis, sitk.ConnectedComponent)
+    inside = labels[mask]
+    counts = np.bincount(inside, minlength=int(labels.max()) + 1)
+    sums = np.bincount(inside, weights=hu[mask].astype(np.float64), minlength=len(counts))
+    return labels, counts, sums / np.maximum(counts, 1)
+
+
+def _remove_airways(ct: sitk.Image, candidates: sitk.Image) -> sitk.Image:
+    """Remove small air-filled 2-D components (trachea, bronchi, oesophagus) from low-density candidates."""
+    axis = _axial_axis(ct)
+    inside = sitk.GetArrayFromImage(candidates).astype(bool)
+    labels, counts, means = _slice_components(inside, sitk.GetArrayViewFromImage(ct), axis)
+    spacing = list(ct.GetSpacing())
+    del spacing[2 - axis]
+    airway = (counts * float(np.prod(spacing)) < AIRWAY_MAX_AREA_MM2) & (means < AIRWAY_MAX_MEAN_HU)
+    airway[0] = False
+    return _from_array(inside & ~airway[labels], ct)
+
+
+def _voxels_in_ml(image: sitk.Image, millilitres: float) -> int:
+    """Return the number of voxels of an image that make up a volume in mL."""
+    return int(np.ceil(millilitres * 1000.0 / np.prod(image.GetSpacing())))
+
+
+def _radius_in_voxels(image: sitk.Image, radius_mm: float) -> List[int]:
+    """Return a radius in mm as a per-axis radius in voxels (at least 1)."""
+    return [max(1, int(round(radius_mm / spacing))) for spacing in image.GetSpacing()]
+
+
+def _largest_components(mask: sitk.Image, min_voxels: int) -> sitk.Image:
+    """Return the largest component and the second one when it is large enough, labelled 1 and 2."""
+    relabel = sitk.RelabelComponentImageFilter()
+    relabel.SetMinimumObjectSize(min_voxels)
+    relabel.SetSortByObjectSize(True)
+    labels = relabel.Execute(sitk.ConnectedComponent(mask))
+    sizes = relabel.GetSizeOfObjectsInPixels()
+    kept = 2 if len(sizes) > 1 and sizes[1] >= SECOND_LUNG_MIN_FRACTION * sizes[0] else 1
+    return sitk.Cast(labels * sitk.Cast(labels <= kept, labels.GetPixelID()), sitk.sitkUInt8)
+
+
+def _padded_bounding_box(mask: sitk.Image, margin: List[int]) -> Tuple[List[int], List[int]]:
+    """Return the index and size of a non-empty mask's bounding box grown by a per-axis margin within the image."""
+    array = sitk.GetArrayViewFromImage(mask)
+    index, size = [], []
+    for axis in range(3):
+        others = tuple(other for other in range(3) if other != 2 - axis)
+        occupied = np.flatnonzero(np.any(array, axis=others))
+        low = max(0, int(occupied[0]) - margin[axis])
+        high = min(mask.GetSize()[axis], int(occupied[-1]) + 1 + margin[axis])
+        index.append(low)
+        size.append(high - low)
+    return index, size
+
+
+def _left_right_cores(lungs: sitk.Image) -> sitk.Image:
+    """Return eroded cores of a lung mask split into a left and a right one (labels 1, 2), or the mask itself."""
+    distance = sitk.SignedMaurerDistanceMap(lungs, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    for radius in SPLIT_RADII_MM:
+        cores = sitk.RelabelComponent(sitk.ConnectedComponent(distance > radius), sortByObjectSize=True)
+        stats.Execute(cores)
+        if len(stats.GetLabels()) < 2:
+            continue
+        if stats.GetNumberOfPixels(2) < CORE_MIN_FRACTION * stats.GetNumberOfPixels(1):
+            continue
+        offset = np.abs(np.subtract(stats.GetCentroid(1), stats.GetCentroid(2)))
+        if offset[0] > max(offset[1], offset[2]):
+            return sitk.Cast(cores * sitk.Cast(cores <= 2, cores.GetPixelID()), sitk.sitkUInt8)
+    return lungs
+
+
+def _shrink_factors(image: sitk.Image) -> List[int]:
+    """Return per-axis integer shrink factors that bring an image close to the splitting resolution."""
+    return [
+        max(1, min(size, int(round(SPLIT_SPACING_MM / spacing))))
+        for size, spacing in zip(image.GetSize(), image.GetSpacing())
+    ]
+
+
+def _shrink_binary(mask: sitk.Image, factors: List[int]) -> sitk.Image:
+    """Return a binary mask block-averaged by the factors and thresholded at one half."""
+    return sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), factors) > 0.5
+
+
+def _expand_labels(small: sitk.Image, factors: List[int], reference: sitk.Image) -> sitk.Image:
+    """Return a block-shrunk label image replicated back onto the reference grid."""
+    array = sitk.GetArrayFromImage(small)
+    for axis, factor in enumerate(reversed(factors)):
+        array = np.repeat(array, factor, axis=axis)
+    shape = sitk.GetArrayViewFromImage(reference).shape
+    array = np.pad(array, [(0, full - part) for full, part in zip(shape, array.shape)], mode="edge")
+    return _from_array(array, reference)
+
+
+def _lung_regions(ct: sitk.Image, lungs: sitk.Image) -> sitk.Image:
+    """Return one region per lung (labels 1, 2) split by a watershed line, or a single region of ones."""
+    factors = _shrink_factors(ct)
+    if _max_label(lungs) == 2:
+        markers = _shrink_binary(lungs == 1, factors) + 2 * _shrink_binary(lungs == 2, factors)
+    else:
+        markers = _left_right_cores(_shrink_binary(lungs > 0, factors))
+    if _max_label(markers) < 2:
+        return _from_array(np.ones(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8), ct)
+    small_ct = sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
+    regions = sitk.MorphologicalWatershedFromMarkers(small_ct, markers, markWatershedLine=True, fullyConnected=False)
+    return _expand_labels(regions, factors, ct)
+
+
+def _close_and_fill(mask: sitk.Image, axis: int) -> sitk.Image:
+    """Return a binary mask closed with a ball of the closing radius and with its axial holes filled."""
+    # The margin keeps the dilation off the crop border; at the image border the erosion sees foreground.
+    radius = _radius_in_voxels(mask, CLOSING_RADIUS_MM)
+    index, size = _padded_bounding_box(mask, [r + 1 for r in radius])
+    dilated = sitk.BinaryDilate(sitk.RegionOfInterest(mask, size, index), radius, sitk.sitkBall)
+    closed = sitk.BinaryErode(dilated, radius, sitk.sitkBall)
+    result = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
+    result.CopyInformation(mask)
+    return sitk.Paste(result, _fill_axial_holes(closed, axis), size, [0, 0, 0], index)
+
+
+def _separate_and_fill(ct: sitk.Image, lungs: sitk.Image, axis: int) -> sitk.Image:
+    """Split the lungs along a watershed line, close and fill each lung in its region, drop small fragments."""
+    regions = _lung_regions(ct, lungs)
+    result = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    result.CopyInformation(ct)
+    for label in range(1, _max_label(regions) + 1):
+        region = regions == label
+        lung = (lungs > 0) & region
+        if _max_label(lung) > 0:
+            result = result | (_close_and_fill(lung, axis) & region)
+    fragments = sitk.RelabelComponent(sitk.ConnectedComponent(result), _voxels_in_ml(ct, MIN_LUNG_ML))
+    return fragments > 0
+
+
+def _max_label(labels: sitk.Image) -> int:
+    """Return the largest label value of a label image."""
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(labels)
+    return int(stats.GetMaximum())

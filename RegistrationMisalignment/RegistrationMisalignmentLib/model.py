@@ -1,0 +1,144 @@
+"""Hierarchical ConvLSTM network (S4 -> S2 -> S1) and its two ablations, all fully convolutional."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .labels import COARSE_THRESHOLDS_MM
+
+LEVELS = (4, 2, 1)
+ARCHITECTURES = ("hierarchical_lstm", "multires_cnn", "single_cnn")
+INPUT_CHANNELS = 3  # fixed, moving, inside-the-image indicator
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters; stored in every checkpoint."""
+
+    architecture: str = "hierarchical_lstm"
+    features: int = 16
+    hidden: int = 16
+    encoder_depths: dict = field(default_factory=lambda: {4: 7, 2: 6, 1: 5})
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        self.encoder_depths = {int(k): int(v) for k, v in self.encoder_depths.items()}
+
+    @property
+    def levels(self) -> tuple:
+        """Resolution levels the network reads, coarse to fine."""
+        return (1,) if self.architecture == "single_cnn" else LEVELS
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable dictionary."""
+        return asdict(self)
+
+
+def hidden_size(level: int, out_size: int) -> int:
+    """Edge length (in level voxels) of the hidden state at `level` for an S1 output tile of `out_size`."""
+    if level == 1:
+        return out_size
+    if level == 2:
+        return out_size // 2 + 2
+    return out_size // 4 + 2
+
+
+def input_size(config: ModelConfig, level: int, out_size: int) -> int:
+    """Edge length (in level voxels) of the input patch at `level` for an S1 output tile of `out_size`."""
+    return hidden_size(level, out_size) + 2 + 2 * config.encoder_depths[level]
+
+
+def check_output_size(out_size: int) -> None:
+    """Raise unless the S1 output tile edge is a positive multiple of 8 (keeps the pyramid grids aligned)."""
+    if out_size <= 0 or out_size % 8:
+        raise ValueError(f"output tile size must be a positive multiple of 8, got {out_size}")
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop the three spatial dimensions of a (N, C, D, H, W) tensor symmetrically to `size`."""
+    margin = (x.shape[-1] - size) // 2
+    if margin == 0:
+        return x
+    return x[..., margin:margin + size, margin:margin + size, margin:margin + size]
+
+
+def upsample_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour x2 upsampling followed by a centred crop to `size`."""
+    return center_crop(F.interpolate(x, scale_factor=2, mode="nearest"), size)
+
+
+class Encoder(nn.Sequential):
+    """Stack of valid 3x3x3 convolutions with ReLU for one resolution level."""
+
+    def __init__(self, in_channels: int, features: int, depth: int):
+        layers = []
+        for i in range(depth):
+            layers += [nn.Conv3d(in_channels if i == 0 else features, features, 3), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+class ConvLSTMCell(nn.Module):
+    """3-D ConvLSTM cell with valid convolutions; hidden and cell states come from the coarser step."""
+
+    def __init__(self, in_channels: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.gates = nn.Conv3d(in_channels + hidden, 4 * hidden, 3)
+
+    def forward(self, x, state):
+        """Return the new (hidden, cell) state; `state` is None at the first step."""
+        if state is None:
+            h_prev = x.new_zeros((x.shape[0], self.hidden) + x.shape[2:])
+            c_prev = None
+        else:
+            h_prev, c_prev = state
+        i, f, o, g = self.gates(torch.cat([x, h_prev], 1)).chunk(4, 1)
+        cell = torch.sigmoid(i) * torch.tanh(g)
+        if c_prev is not None:
+            cell = cell + torch.sigmoid(f) * center_crop(c_prev, cell.shape[-1])
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
+
+class FusionCell(nn.Module):
+    """Plain convolutional fusion of a level's features with the coarser step's output (no LSTM ablation)."""
+
+    def __init__(self, in_channels: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.conv = nn.Conv3d(in_channels + hidden, hidden, 3)
+
+    def forward(self, x, state):
+        """Return (features, None); `state` is None at the first step."""
+        prev = x.new_zeros((x.shape[0], self.hidden) + x.shape[2:]) if state is None else state[0]
+        return torch.relu(self.conv(torch.cat([x, prev], 1))), None
+
+
+class MisalignmentNet(nn.Module):
+    """Encoders per level, a recurrent (or plain) cell run coarse to fine, and a classification head per step."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        levels = config.levels
+        self.encoders = nn.ModuleDict(
+            {str(lv): Encoder(INPUT_CHANNELS, config.features, config.encoder_depths[lv]) for lv in levels})
+        cell_type = ConvLSTMCell if config.architecture == "hierarchical_lstm" else FusionCell
+        self.cell = cell_type(config.features, config.hidden)
+        self.heads = nn.ModuleDict(
+            {str(lv): nn.Conv3d(config.hidden, len(COARSE_THRESHOLDS_MM[lv]) + 1, 1) for lv in levels})
+
+    def forward(self, inputs: dict) -> dict:
+        """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits}, coarse to fine."""
+        state = None
+        logits = {}
+        for lv in self.config.levels:
+            x = self.encoders[str(lv)](inputs[lv])
+            if state is not None:
+                state = tuple(None if s is None else upsample_to(s, x.shape[-1]) for s in state)
+            state = self.cell(x, state)
+            logits[lv] = self.heads[str(lv)](state[0])
+        return logits

@@ -1,0 +1,180 @@
+"""From a fixed/moving image pair to the aligned S1 tensor the network reads (SimpleITK side)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import InputError
+from .imageio import check_volume
+from .masks import lung_mask, torso_mask
+from .pyramid import AIR_HU, stack_channels
+
+log = logging.getLogger("RegistrationMisalignment")
+S1_SPACING = 1.0
+BLOCK = 8  # S1 voxels: tiles and regions are aligned to this grid
+
+
+@dataclass
+class PreparedPair:
+    """The pair on the S1 grid around the region to evaluate, plus what is needed to map results back."""
+
+    fixed: sitk.Image
+    mask: sitk.Image
+    volume: torch.Tensor  # (3, D, H, W): normalised fixed, moving, inside flag; zyx order
+    crop_start: np.ndarray  # global S1 index (xyz) of volume[:, 0, 0, 0]
+    region_start: np.ndarray  # start (xyz, in crop voxels) of the block-aligned region to evaluate
+    region_size: np.ndarray  # size (xyz) of that region, multiples of BLOCK
+    timings: dict = field(default_factory=dict)
+
+    def s1_grid(self, start_xyz, size_xyz) -> sitk.Image:
+        """Return an empty image describing an S1 sub-grid (start relative to the crop)."""
+        return s1_reference(self.fixed, self.crop_start + np.asarray(start_xyz), size_xyz)
+
+
+def s1_reference(fixed: sitk.Image, global_start_xyz, size_xyz) -> sitk.Image:
+    """Empty 1 mm image sharing the fixed image's origin and axes, starting at a global S1 index."""
+    ref = sitk.Image([int(s) for s in size_xyz], sitk.sitkUInt8)
+    direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
+    ref.SetOrigin(tuple(np.asarray(fixed.GetOrigin()) + direction @ (np.asarray(global_start_xyz) * S1_SPACING)))
+    ref.SetSpacing((S1_SPACING,) * 3)
+    ref.SetDirection(fixed.GetDirection())
+    return ref
+
+
+def physical_bounds(image: sitk.Image) -> tuple:
+    """Axis-aligned physical bounding box (min, max corners) of an image's voxel centres."""
+    size = np.asarray(image.GetSize()) - 1
+    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+               for corner in np.array(np.meshgrid(*[[0, s] for s in size])).reshape(3, -1).T]
+    corners = np.asarray(corners)
+    return corners.min(0), corners.max(0)
+
+
+def check_overlap(fixed: sitk.Image, moving: sitk.Image) -> None:
+    """Raise InputError if the two images do not overlap in physical space."""
+    (flo, fhi), (mlo, mhi) = physical_bounds(fixed), physical_bounds(moving)
+    if np.any(np.minimum(fhi, mhi) < np.maximum(flo, mlo)):
+        raise InputError("fixed and moving images do not overlap in space; check their origins and orientation "
+                         "(the moving image must already be registered to the fixed image)")
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True when two images share size, spacing, origin and direction."""
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image) -> tuple:
+    """Return the moving image (float32) and its field-of-view mask (UInt8) on the fixed grid."""
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    if same_grid(fixed, moving):
+        inside = sitk.Image(fixed.GetSize(), sitk.sitkUInt8) + 1
+        inside.CopyInformation(fixed)
+        return moving, inside
+    log.warning("moving image is on another grid than the fixed image: resampling it onto the fixed grid")
+    resampled = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    inside = sitk.Resample(ones, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return resampled, inside
+
+
+def background_to_air(ct: sitk.Image, torso: sitk.Image) -> sitk.Image:
+    """Set everything outside the torso to air (float32)."""
+    return sitk.Mask(sitk.Cast(ct, sitk.sitkFloat32), torso, outsideValue=AIR_HU)
+
+
+def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
+    """Return the user's mask on the fixed grid (non-zero = evaluate), or the automatic lung mask."""
+    if mask is None:
+        lungs = lung_mask(fixed, torso)
+        if sitk.GetArrayViewFromImage(lungs).any():
+            return lungs
+        log.warning("no lungs found automatically: evaluating the whole torso; pass --mask to choose the region")
+        return torso
+    check_volume(mask, "mask")
+    if not same_grid(mask, fixed):
+        mask = sitk.Resample(mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(binary).any():
+        raise InputError("mask is empty on the fixed image's grid; pass a mask that covers the region to evaluate")
+    return binary
+
+
+def mask_region_s1(fixed: sitk.Image, mask: sitk.Image) -> tuple:
+    """Global S1 index range (xyz start, stop), block-aligned, covering the mask plus interpolation neighbours."""
+    nz = np.nonzero(sitk.GetArrayViewFromImage(mask))
+    lo_idx = np.array([nz[2].min(), nz[1].min(), nz[0].min()], dtype=float)
+    hi_idx = np.array([nz[2].max(), nz[1].max(), nz[0].max()], dtype=float)
+    spacing = np.asarray(fixed.GetSpacing())
+    lo = np.floor(lo_idx * spacing / S1_SPACING).astype(int)
+    hi = np.floor(hi_idx * spacing / S1_SPACING).astype(int) + 2
+    return BLOCK * np.floor_divide(lo, BLOCK), BLOCK * -np.floor_divide(-hi, BLOCK)
+
+
+def points_region_s1(fixed: sitk.Image, points_s1: np.ndarray) -> tuple:
+    """Global S1 index range (xyz start, stop), block-aligned, covering continuous S1 indices and neighbours."""
+    lo = np.floor(points_s1.min(0)).astype(int)
+    hi = np.floor(points_s1.max(0)).astype(int) + 2
+    return BLOCK * np.floor_divide(lo, BLOCK), BLOCK * -np.floor_divide(-hi, BLOCK)
+
+
+def resample_s1(image: sitk.Image, reference: sitk.Image, interpolator, default: float) -> np.ndarray:
+    """Resample onto an S1 reference grid and return the float32 array (zyx)."""
+    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+@dataclass
+class PairOnFixedGrid:
+    """Both images with background set to air, on the fixed grid, with the joint field of view."""
+
+    fixed: sitk.Image
+    fixed_air: sitk.Image
+    moving_air: sitk.Image
+    inside: sitk.Image
+    mask: sitk.Image
+
+
+def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None) -> PairOnFixedGrid:
+    """Check the pair, put the moving image on the fixed grid, set backgrounds to air, resolve the mask."""
+    check_volume(fixed, "fixed image")
+    check_volume(moving, "moving image")
+    check_overlap(fixed, moving)
+    moving_f, inside = moving_on_fixed_grid(fixed, moving)
+    if not sitk.GetArrayViewFromImage(inside).any():
+        raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
+    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
+    fixed_torso = torso_mask(fixed_f)
+    return PairOnFixedGrid(fixed, background_to_air(fixed_f, fixed_torso),
+                           background_to_air(moving_f, torso_mask(moving_f)), inside,
+                           evaluation_mask(fixed_f, mask, fixed_torso))
+
+
+def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPair:
+    """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context."""
+    start, stop = region
+    crop_start = start - margin
+    ref = s1_reference(pair.fixed, crop_start, stop - start + 2 * margin)
+    fixed_hu = resample_s1(pair.fixed_air, ref, sitk.sitkLinear, AIR_HU)
+    moving_hu = resample_s1(pair.moving_air, ref, sitk.sitkLinear, AIR_HU)
+    inside = resample_s1(pair.inside, ref, sitk.sitkNearestNeighbor, 0.0)
+    volume = stack_channels(torch.from_numpy(fixed_hu), torch.from_numpy(moving_hu), torch.from_numpy(inside))
+    return PreparedPair(pair.fixed, pair.mask, volume, crop_start, np.full(3, margin), stop - start)
+
+
+def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask=None, margin: int = 64, points_s1=None) -> PreparedPair:
+    """Full preparation: checks, fixed grid, masks, S1 crop over the mask (or the given S1 points)."""
+    t0 = time.perf_counter()
+    pair = to_fixed_grid(fixed, moving, mask)
+    t1 = time.perf_counter()
+    region = mask_region_s1(fixed, pair.mask) if points_s1 is None else points_region_s1(fixed, points_s1)
+    prepared = crop_to_s1(pair, region, margin)
+    prepared.timings = {"checks_masks_s": t1 - t0, "resample_s1_s": time.perf_counter() - t1}
+    return prepared

@@ -1,0 +1,79 @@
+"""Intensity normalisation, the S1/S2/S4 pyramid and aligned patch geometry, in torch."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .model import ModelConfig, input_size
+
+HU_MIN, HU_MAX = -1024.0, 1500.0
+AIR_HU = -1024.0
+PAD_VALUE = AIR_HU / 1000.0  # normalised value of voxels outside the image (the validity channel tells them apart)
+BORDER_S1 = 8  # extra S1 voxels so that smoothing at a crop border never reaches a patch
+_SMOOTH = (0.25, 0.5, 0.25)  # binomial smoothing before each x2 downsampling (sigma ~ 0.7 voxel)
+
+
+def normalise_hu(hu: torch.Tensor) -> torch.Tensor:
+    """Clip HU to the CT range and scale to about [-1, 1.5] (water = 0)."""
+    return hu.clamp(HU_MIN, HU_MAX) / 1000.0
+
+
+def stack_channels(fixed_hu: torch.Tensor, moving_hu: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Return the (3, D, H, W) network input: normalised fixed, moving (PAD_VALUE outside) and inside flag."""
+    inside = inside.to(fixed_hu.dtype)
+    pad = torch.full_like(fixed_hu, PAD_VALUE)
+    fixed = torch.where(inside > 0, normalise_hu(fixed_hu), pad)
+    moving = torch.where(inside > 0, normalise_hu(moving_hu), pad)
+    return torch.stack([fixed, moving, inside])
+
+
+def smooth_downsample(x: torch.Tensor) -> torch.Tensor:
+    """Smooth a (C, D, H, W) volume with a separable binomial kernel and average-pool it by 2."""
+    c = x.shape[0]
+    kernel = torch.tensor(_SMOOTH, dtype=x.dtype, device=x.device)
+    y = x.unsqueeze(0)
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = 3
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = 1
+        y = F.conv3d(F.pad(y, pad, mode="replicate"), kernel.view(shape).expand(c, 1, *shape[2:]), groups=c)
+    return F.avg_pool3d(y, 2)[0]
+
+
+def build_pyramid(s1: torch.Tensor) -> dict:
+    """Return {1: S1, 2: S2, 4: S4} from a (C, D, H, W) 1 mm volume whose dimensions are multiples of 4."""
+    if any(n % 4 for n in s1.shape[1:]):
+        raise ValueError(f"pyramid input dimensions must be multiples of 4, got {tuple(s1.shape[1:])}")
+    s2 = smooth_downsample(s1)
+    return {1: s1, 2: s2, 4: smooth_downsample(s2)}
+
+
+def context_margin(config: ModelConfig, out_size: int) -> int:
+    """S1 voxels of context needed on each side of an output tile (multiple of 8, includes BORDER_S1)."""
+    need = max(lv * input_size(config, lv, out_size) // 2 - out_size // 2 for lv in config.levels)
+    return int(math.ceil((need + BORDER_S1) / 8.0) * 8)
+
+
+def tile_inputs(pyramid: dict, config: ModelConfig, start, out_size: int) -> dict:
+    """Cut the per-level input patches of the S1 output tile starting at `start` (pyramid S1 index, multiples of 4)."""
+    if any(int(s) % 4 for s in start):
+        raise ValueError(f"tile start must be a multiple of 4 S1 voxels, got {tuple(start)}")
+    patches = {}
+    for lv in config.levels:
+        size = input_size(config, lv, out_size)
+        lo = [(int(s) + out_size // 2) // lv - size // 2 for s in start]
+        vol = pyramid[lv]
+        if min(lo) < 0 or any(l + size > n for l, n in zip(lo, vol.shape[1:])):
+            raise ValueError("tile context reaches outside the prepared volume; enlarge the context margin")
+        patches[lv] = vol[:, lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size]
+    return patches
+
+
+def batch_tiles(pyramid: dict, config: ModelConfig, starts, out_size: int) -> dict:
+    """Stack the input patches of several tiles into a batch {level: (N, 3, s, s, s)}."""
+    tiles = [tile_inputs(pyramid, config, s, out_size) for s in starts]
+    return {lv: torch.stack([t[lv] for t in tiles]) for lv in config.levels}
+

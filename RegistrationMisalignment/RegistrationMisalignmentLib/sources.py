@@ -1,0 +1,46 @@
+"""Training sources: real CTs resampled to 1 mm in LPS orientation with their masks, and phantoms."""
+from __future__ import annotations
+
+import SimpleITK as sitk
+
+from .imageio import read_image
+from .masks import lung_mask, torso_mask
+from .phantom import make_chest_phantom
+from .pyramid import AIR_HU
+from .synthesis import Source, source_from_arrays
+
+
+def to_lps_1mm(ct: sitk.Image) -> sitk.Image:
+    """Reorient a CT to LPS axes and resample it linearly to 1 mm isotropic (float32 HU)."""
+    ct = sitk.DICOMOrient(sitk.Cast(ct, sitk.sitkFloat32), "LPS")
+    spacing = ct.GetSpacing()
+    size = [max(1, int(round(n * s))) for n, s in zip(ct.GetSize(), spacing)]
+    ref = sitk.Image(size, sitk.sitkUInt8)
+    ref.SetOrigin(ct.GetOrigin())
+    ref.SetDirection(ct.GetDirection())
+    ref.SetSpacing((1.0, 1.0, 1.0))
+    return sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+
+
+def source_from_image(name: str, ct: sitk.Image, lungs: sitk.Image = None) -> Source:
+    """Training source from a CT (any grid): 1 mm LPS, background set to air, torso and lung masks."""
+    ct = to_lps_1mm(ct)
+    torso = torso_mask(ct)
+    if lungs is None:
+        lungs = lung_mask(ct, torso)
+    else:
+        lungs = sitk.Resample(lungs, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    hu = sitk.GetArrayFromImage(sitk.Mask(ct, torso, outsideValue=AIR_HU))
+    source = source_from_arrays(name, hu, sitk.GetArrayFromImage(torso), sitk.GetArrayFromImage(lungs))
+    if len(source.lung_voxels) == 0:
+        raise ValueError(f"{name}: no lungs found; training sources must be chest CTs")
+    return source
+
+
+def load_sources(ct_paths=(), phantom_seeds=()) -> list:
+    """Load real CTs from files and build phantoms with the given seeds."""
+    sources = [source_from_image(str(p), read_image(p)) for p in ct_paths]
+    for seed in phantom_seeds:
+        ct, lungs = make_chest_phantom(seed)
+        sources.append(source_from_image(f"phantom-{seed}", ct, lungs))
+    return sources

@@ -1,0 +1,281 @@
+"""Synthetic training pairs: deformation fields, warping, intensity augmentation and targets (torch, any device)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .labels import COARSE_THRESHOLDS_MM
+from .model import ModelConfig, hidden_size
+from .pyramid import AIR_HU, build_pyramid, context_margin, stack_channels, tile_inputs
+
+FAMILIES = ("single_frequency", "mixed_frequency", "respiratory", "zero")
+FAMILY_WEIGHTS = (0.35, 0.3, 0.2, 0.15)
+MAX_MAGNITUDES_MM = (7.0, 15.0, 20.0)
+WARP_MARGIN = 24  # S1 voxels of source read around the fixed region (>= largest displacement)
+IGNORE = -1
+FIELD_VOXEL_MM = 2.0  # deformation fields are generated on this grid, then upsampled to 1 mm
+
+
+@dataclass
+class Source:
+    """A CT on the 1 mm grid (zyx tensors) with its torso and lung masks."""
+
+    name: str
+    hu: torch.Tensor
+    torso: torch.Tensor
+    lungs: torch.Tensor
+
+    def __post_init__(self):
+        self.lung_voxels = torch.nonzero(self.lungs)
+        zs = self.lung_voxels[:, 0]
+        self.lung_z_range = (int(zs.min()), int(zs.max())) if len(zs) else (0, self.hu.shape[0] - 1)
+
+
+@dataclass
+class Sample:
+    """One training tile: per-level inputs and targets (class index or IGNORE)."""
+
+    inputs: dict
+    targets: dict
+    lungs: torch.Tensor  # S1 output region, bool
+    family: str
+
+
+def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
+    """1-D normalised Gaussian kernel truncated at 3 sigma."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of a (C, D, H, W) tensor (replicate border); wide kernels run at half size."""
+    if sigma <= 0:
+        return x
+    if sigma > 2.0 and min(x.shape[1:]) >= 8:
+        half = gaussian_smooth(F.avg_pool3d(x[None], 2, ceil_mode=True)[0], math.sqrt(sigma ** 2 - 0.25) / 2.0)
+        return F.interpolate(half[None], size=tuple(x.shape[1:]), mode="trilinear", align_corners=False)[0]
+    k = _gaussian_kernel(sigma, x.device, x.dtype)
+    r = (len(k) - 1) // 2
+    c = x.shape[0]
+    y = x.unsqueeze(0)
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(k)
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+        y = F.conv3d(F.pad(y, pad, mode="replicate"), k.view(shape).expand(c, 1, *shape[2:]), groups=c)
+    return y[0]
+
+
+def random_bspline_field(shape, spacing_mm: float, gen: torch.Generator, device, voxel_mm: float = 1.0):
+    """Smooth random vector field (3, D, H, W) from random control points `spacing_mm` apart, unit max norm."""
+    coarse = [max(2, int(math.ceil(n * voxel_mm / spacing_mm)) + 2) for n in shape]
+    ctrl = torch.randn((1, 3, *coarse), generator=gen).to(device)
+    field = F.interpolate(ctrl, size=tuple(shape), mode="trilinear", align_corners=True)[0]
+    field = gaussian_smooth(field, spacing_mm / (4.0 * voxel_mm))
+    return field / vector_norm(field).max().clamp_min(1e-6)
+
+
+def _rand(gen: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    """Uniform random float in [lo, hi) from a torch generator."""
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def vector_norm(field: torch.Tensor) -> torch.Tensor:
+    """Per-voxel Euclidean norm of a (3, D, H, W) field."""
+    return torch.sqrt((field * field).sum(0))
+
+
+def _scaled(field: torch.Tensor, max_mm: float) -> torch.Tensor:
+    """Scale a field so its largest displacement norm is `max_mm`."""
+    return field * (max_mm / vector_norm(field).max().clamp_min(1e-6))
+
+
+def single_frequency_field(torso, gen, max_mm) -> torch.Tensor:
+    """Random B-spline field (20-80 mm grid), smoothed and torso-masked (on the FIELD_VOXEL_MM grid)."""
+    field = random_bspline_field(torso.shape, _rand(gen, 20.0, 80.0), gen, torso.device, FIELD_VOXEL_MM)
+    soft = gaussian_smooth(torso[None].float(), 3.0 / FIELD_VOXEL_MM)
+    return _scaled(field * soft, max_mm)
+
+
+def mixed_frequency_field(hu, lungs, gen, max_mm) -> torch.Tensor:
+    """Edge-driven random regions inside the lungs times a B-spline field, smoothed (sigma 5-15 mm)."""
+    smooth = gaussian_smooth(hu[None], 1.0)[0]
+    grads = torch.gradient(smooth)
+    edges = (torch.sqrt(sum(g * g for g in grads)) > 60.0 * FIELD_VOXEL_MM) & (lungs > 0.5)
+    keep = torch.rand(edges.shape, generator=gen).to(edges.device) < _rand(gen, 0.005, 0.05)
+    seeds = (edges & keep).float()[None, None]
+    regions = F.max_pool3d(seeds, kernel_size=5, stride=1, padding=2)[0]
+    field = random_bspline_field(hu.shape, _rand(gen, 10.0, 30.0), gen, hu.device, FIELD_VOXEL_MM) * regions
+    field = gaussian_smooth(field, _rand(gen, 5.0, 15.0) / FIELD_VOXEL_MM)
+    if vector_norm(field).max() < 1e-6:
+        return torch.zeros_like(field)
+    return _scaled(field, max_mm)
+
+
+def respiratory_field(torso, z_offset_mm: float, lung_z_range, gen, max_mm) -> torch.Tensor:
+    """Diaphragm-driven cranio-caudal shift with anterior-posterior scaling decaying upward, plus weak B-spline."""
+    d, h, w = torso.shape
+    device = torso.device
+    z = torch.arange(d, device=device, dtype=torch.float32) * FIELD_VOXEL_MM + z_offset_mm
+    bottom, top = lung_z_range
+    decay = ((top - z) / max(top - bottom, 1)).clamp(0.0, 1.0).view(d, 1, 1).expand(d, h, w)
+    shift = _rand(gen, 15.0, 30.0)
+    y = torch.arange(h, device=device, dtype=torch.float32).view(1, h, 1).expand(d, h, w) * FIELD_VOXEL_MM
+    ap = _rand(gen, 0.08, 0.16) * (h * FIELD_VOXEL_MM - y) * decay
+    field = torch.stack([shift * decay, -ap.clamp_max(shift), torch.zeros_like(decay)])
+    field = field + 0.15 * shift * random_bspline_field(torso.shape, 60.0, gen, device, FIELD_VOXEL_MM)
+    field = field * gaussian_smooth(torso[None].float(), 3.0 / FIELD_VOXEL_MM)
+    return _scaled(field, max_mm)
+
+
+def warp(volume: torch.Tensor, field: torch.Tensor, margin: int) -> torch.Tensor:
+    """Sample a (C, D, H, W) volume at x + u(x), x on the central region (offset `margin`); trilinear."""
+    c, d, h, w = volume.shape
+    fd, fh, fw = field.shape[1:]
+    grids = torch.meshgrid(*[torch.arange(n, device=field.device, dtype=field.dtype) + margin for n in (fd, fh, fw)],
+                           indexing="ij")
+    pos = [g + u for g, u in zip(grids, field)]
+    norm = [2.0 * p / (n - 1) - 1.0 for p, n in zip(pos, (d, h, w))]
+    grid = torch.stack([norm[2], norm[1], norm[0]], dim=-1)[None]
+    return F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+def jacobian_determinant(field: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of x -> x + u(x) (central differences, voxel units)."""
+    grads = [torch.gradient(field[i]) for i in range(3)]
+    j = [[grads[i][k] + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
+    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1]) - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+
+
+def sponge(hu: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Sponge model: lung density divided by the Jacobian determinant (clipped to [0.7, 1.3])."""
+    jac = jacobian_determinant(field).clamp(0.7, 1.3)
+    return torch.where(hu < -200.0, (hu + 1000.0) / jac - 1000.0, hu)
+
+
+def thick_slices(hu: torch.Tensor, thickness: int) -> torch.Tensor:
+    """Simulate a scan with `thickness`-mm slices along z, linearly interpolated back to 1 mm."""
+    d = hu.shape[0]
+    pooled = F.avg_pool1d(hu.permute(1, 2, 0).reshape(1, -1, d), thickness, thickness, ceil_mode=True)
+    back = F.interpolate(pooled, size=d, mode="linear", align_corners=False)
+    return back.reshape(hu.shape[1], hu.shape[2], d).permute(2, 0, 1).contiguous()
+
+
+def random_field_of_view(shape, gen, device) -> torch.Tensor:
+    """Inside-the-image flag of a scan cropped by a random plane (simulates partial chest coverage)."""
+    inside = torch.ones(shape, device=device)
+    axis = int(torch.randint(0, 3, (), generator=gen))
+    cut = int(shape[axis] * _rand(gen, 0.3, 0.7))
+    index = [slice(None)] * 3
+    index[axis] = slice(cut, None) if _rand(gen) < 0.5 else slice(None, cut)
+    inside[tuple(index)] = 0.0
+    return inside
+
+
+def make_field(family: str, hu, torso, lungs, z_offset, lung_z_range, gen, max_mm) -> torch.Tensor:
+    """Deformation field (3, D, H, W) in mm of the given family, built on a coarser grid and upsampled."""
+    if family == "zero":
+        return torch.zeros((3,) + tuple(hu.shape), device=hu.device)
+    f = int(FIELD_VOXEL_MM)
+    hu_c, torso_c, lungs_c = (F.avg_pool3d(v[None, None].float(), f)[0, 0] for v in (hu, torso, lungs))
+    if family == "single_frequency":
+        field = single_frequency_field(torso_c, gen, max_mm)
+    elif family == "mixed_frequency":
+        field = mixed_frequency_field(hu_c, lungs_c, gen, max_mm)
+    else:
+        field = respiratory_field(torso_c, float(z_offset), lung_z_range, gen, max_mm)
+    return F.interpolate(field[None], size=tuple(hu.shape), mode="trilinear", align_corners=False)[0]
+
+
+def level_targets(magnitude: torch.Tensor, valid: torch.Tensor, config: ModelConfig, out_size: int) -> dict:
+    """Class targets per level from |u| and validity on the S1 region of the S4 output (IGNORE where invalid)."""
+    targets = {}
+    full = magnitude.shape[-1]
+    for lv in config.levels:
+        span = lv * hidden_size(lv, out_size)
+        lo = (full - span) // 2
+        crop = (slice(lo, lo + span),) * 3
+        mag = F.avg_pool3d(magnitude[crop][None, None], lv)[0, 0] if lv > 1 else magnitude[crop]
+        ok = F.avg_pool3d(valid[crop][None, None].float(), lv)[0, 0] > 0.5 if lv > 1 else valid[crop] > 0
+        thresholds = torch.tensor(COARSE_THRESHOLDS_MM[lv], device=mag.device)
+        cls = torch.bucketize(mag.contiguous(), thresholds, right=False)
+        targets[lv] = torch.where(ok, cls, torch.full_like(cls, IGNORE))
+    return targets
+
+
+def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, device="cpu",
+                family: str = None) -> Sample:
+    """Build one reproducible synthetic training tile from `source` (seed fixes everything)."""
+    gen = torch.Generator().manual_seed(seed)
+    family = family or FAMILIES[int(torch.multinomial(torch.tensor(FAMILY_WEIGHTS), 1, generator=gen))]
+    max_mm = MAX_MAGNITUDES_MM[int(torch.randint(0, len(MAX_MAGNITUDES_MM), (), generator=gen))] * _rand(gen, 0.6, 1.0)
+    margin = context_margin(config, out_size)
+    size = out_size + 2 * margin
+    centre = source.lung_voxels[int(torch.randint(0, len(source.lung_voxels), (), generator=gen))].tolist()
+    lo = [(c - size // 2) for c in centre]
+    region = _crop_padded(source, lo, size + 2 * WARP_MARGIN, WARP_MARGIN, device)
+    hu_src, torso_src, lungs_src, inside_src = region
+    core = (slice(WARP_MARGIN, WARP_MARGIN + size),) * 3
+    field = make_field(family, hu_src[core], torso_src[core], lungs_src[core], lo[0], source.lung_z_range, gen, max_mm)
+    fixed = warp(torch.stack([hu_src, inside_src]), field, WARP_MARGIN)
+    fixed_hu, inside = fixed[0], (fixed[1] > 0.5).float() * inside_src[core]
+    moving_hu = hu_src[core].clone()
+    fixed_hu = sponge(fixed_hu, field)
+    if _rand(gen) < 0.3:
+        thickness = int(torch.randint(2, 4, (), generator=gen))
+        fixed_hu, moving_hu = thick_slices(fixed_hu, thickness), thick_slices(moving_hu, thickness)
+    if _rand(gen) < 0.25:
+        inside = inside * random_field_of_view(inside.shape, gen, device)
+    body = torso_src[core] > 0
+    noise = _rand(gen, 0.0, 20.0)
+    fixed_hu = fixed_hu + body * noise * torch.randn(fixed_hu.shape, generator=gen).to(device)
+    moving_hu = moving_hu + body * noise * torch.randn(moving_hu.shape, generator=gen).to(device)
+    volume = stack_channels(fixed_hu, moving_hu, inside)
+    inputs = tile_inputs(build_pyramid(volume), config, (margin,) * 3, out_size)
+    magnitude = vector_norm(field)
+    s4_span = 4 * hidden_size(4, out_size) if 4 in config.levels else out_size
+    lo_t = (size - s4_span) // 2
+    crop = (slice(lo_t, lo_t + s4_span),) * 3
+    targets = level_targets(magnitude[crop], (inside * body)[crop], config, out_size)
+    out = (slice(margin, margin + out_size),) * 3
+    return Sample(inputs, targets, lungs_src[core][out] > 0, family)
+
+
+def _crop_padded(source: Source, lo, size: int, extra: int, device) -> tuple:
+    """Crop (hu, torso, lungs, inside) of edge `size` starting at `lo` - `extra`, padding outside the source."""
+    start = [l - extra for l in lo]
+    out_hu = torch.full((size,) * 3, AIR_HU)
+    out_masks = torch.zeros((3,) + (size,) * 3)
+    src_sl, dst_sl = [], []
+    for s, n in zip(start, source.hu.shape):
+        a, b = max(s, 0), min(s + size, n)
+        src_sl.append(slice(a, max(a, b)))
+        dst_sl.append(slice(a - s, a - s + max(0, b - a)))
+    src_sl, dst_sl = tuple(src_sl), tuple(dst_sl)
+    out_hu[dst_sl] = source.hu[src_sl]
+    out_masks[(0,) + dst_sl] = source.torso[src_sl].float()
+    out_masks[(1,) + dst_sl] = source.lungs[src_sl].float()
+    out_masks[(2,) + dst_sl] = 1.0
+    out_hu, out_masks = out_hu.to(device), out_masks.to(device)
+    return out_hu, out_masks[0], out_masks[1], out_masks[2]
+
+
+def collate(samples) -> tuple:
+    """Stack samples into batched inputs and targets."""
+    levels = samples[0].inputs.keys()
+    return ({lv: torch.stack([s.inputs[lv] for s in samples]) for lv in levels},
+            {lv: torch.stack([s.targets[lv] for s in samples]) for lv in levels})
+
+
+def source_from_arrays(name: str, hu: np.ndarray, torso: np.ndarray, lungs: np.ndarray) -> Source:
+    """Wrap zyx numpy arrays (1 mm grid) as a training source."""
+    return Source(name, torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)),
+                  torch.from_numpy(torso.astype(bool)), torch.from_numpy(lungs.astype(bool)))

@@ -1,0 +1,155 @@
+"""Training loop: synthetic pairs on the fly, loss on every step of the hierarchy, checkpoints and resume."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import export_weights
+from .devices import resolve_device
+from .metrics import classification_report, confusion_matrix
+from .model import MisalignmentNet, ModelConfig, check_output_size
+from .synthesis import IGNORE, collate, make_sample
+
+LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
+VALIDATION_SEED = 10 ** 9
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters; stored with every checkpoint."""
+
+    steps: int = 2000
+    batch_size: int = 4
+    out_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    validate_every: int = 100
+    validation_samples: int = 24
+    seed: int = 0
+    ct_paths: list = field(default_factory=list)
+    phantom_seeds: list = field(default_factory=lambda: [0, 1])
+    phantom_fraction: float = 0.3
+
+
+def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
+    """Choose the source of sample `index` reproducibly (phantoms drawn with `phantom_fraction`)."""
+    rng = np.random.default_rng([seed, index])
+    phantoms = [s for s in sources if s.name.startswith("phantom")]
+    real = [s for s in sources if not s.name.startswith("phantom")]
+    pool = phantoms if (phantoms and (not real or rng.random() < phantom_fraction)) else real
+    return pool[rng.integers(len(pool))]
+
+
+def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: int, count: int, device,
+                 base_seed: int):
+    """Generate `count` samples with indices from `first_index` (reproducible)."""
+    samples = [make_sample(pick_source(sources, i, base_seed, train.phantom_fraction), config, train.out_size,
+                           seed=base_seed * 10 ** 7 + i, device=device)
+               for i in range(first_index, first_index + count)]
+    return samples
+
+
+def hierarchy_loss(logits: dict, targets: dict) -> torch.Tensor:
+    """Class-balanced cross-entropy summed over the steps of the hierarchy."""
+    total = 0.0
+    for lv, out in logits.items():
+        target = targets[lv]
+        n_classes = out.shape[1]
+        counts = torch.bincount(target[target != IGNORE].flatten(), minlength=n_classes).float()
+        if counts.sum() == 0:
+            continue
+        weights = (counts.sum() / (n_classes * counts.clamp_min(1.0))).clamp(0.2, 10.0)
+        total = total + LEVEL_LOSS_WEIGHTS[lv] * F.cross_entropy(out, target, weight=weights, ignore_index=IGNORE)
+    return total
+
+
+@torch.no_grad()
+def validate(model: MisalignmentNet, samples: list) -> dict:
+    """Metrics of the finest step over lung voxels of validation samples."""
+    model.eval()
+    cm = np.zeros((3, 3), dtype=np.int64)
+    for sample in samples:
+        logits = model({lv: x[None] for lv, x in sample.inputs.items()})[1][0]
+        target = sample.targets[1]
+        keep = (target != IGNORE) & sample.lungs
+        cm += confusion_matrix(target[keep].cpu().numpy(), logits.argmax(0)[keep].cpu().numpy())
+    model.train()
+    return classification_report(cm)
+
+
+def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig, history):
+    """Write the resumable training state atomically (tensors and plain data only)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "model_config": json.dumps(model_config.to_dict()), "train_config": json.dumps(asdict(train)),
+                "history": json.dumps(history)}, tmp)
+    os.replace(tmp, path)
+
+
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """Linear warm-up over 50 steps, then cosine decay to 5 % of the peak."""
+    if step < 50:
+        return train.learning_rate * (step + 1) / 50
+    progress = (step - 50) / max(1, train.steps - 50)
+    return train.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, out_dir, device="auto",
+          progress: bool = True, log=print) -> dict:
+    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights."""
+    check_output_size(train_config.out_size)
+    device = resolve_device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / "training_state.pt"
+    torch.manual_seed(train_config.seed)
+    model = MisalignmentNet(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
+                                  weight_decay=train_config.weight_decay)
+    step, history = 0, []
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], json.loads(state["history"])
+        log(f"resuming from step {step}")
+    validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
+                              base_seed=VALIDATION_SEED + train_config.seed)
+    bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")
+    started = time.perf_counter()
+    model.train()
+    while step < train_config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(train_config, step)
+        inputs, targets = collate(sample_batch(sources, model_config, train_config, step * train_config.batch_size,
+                                               train_config.batch_size, device, base_seed=train_config.seed))
+        loss = hierarchy_loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % train_config.validate_every == 0 or step == train_config.steps:
+            metrics = validate(model, validation)
+            history.append({"step": step, "loss": loss.item(), "accuracy": metrics["accuracy"],
+                            "average_f1": metrics["average_f1"],
+                            "seconds": time.perf_counter() - started})
+            log(f"step {step}: loss {loss.item():.3f} val accuracy {metrics['accuracy']:.3f} "
+                f"avg F1 {metrics['average_f1']:.3f}")
+            save_state(state_path, model, optimizer, step, model_config, train_config, history)
+            with open(out_dir / "history.json", "w") as handle:
+                json.dump(history, handle, indent=1)
+    bar.close()
+    final = validate(model, validation)
+    sha = export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
+    return {"validation": final, "sha256": sha, "steps": step, "history": history, "device": str(device)}

@@ -1,0 +1,117 @@
+"""Tests of the automatic torso and lung masks on the shared real chest CTs and on small synthetic volumes."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "RegistrationMisalignment"))
+
+from RegistrationMisalignmentLib.masks import lung_mask, torso_mask  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Measured lung volumes: 3896 mL (NSCLC) and 5423 mL (Philips); the ranges leave about 20 % margin.
+CASES = {
+    "thorax_nsclc_r01-001.nii.gz": (3100.0, 4700.0),
+    "thorax_philips_00.nii.gz": (4300.0, 6500.0),
+}
+
+
+def _volume_ml(mask: sitk.Image) -> float:
+    """Return the volume of a binary mask in mL."""
+    return float(sitk.GetArrayViewFromImage(mask).sum()) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+def _component_volumes_ml(mask: sitk.Image) -> list:
+    """Return the volumes in mL of a mask's face-connected components, largest first."""
+    relabel = sitk.RelabelComponentImageFilter()
+    relabel.Execute(sitk.ConnectedComponent(mask))
+    voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
+    return [size * voxel_ml for size in relabel.GetSizeOfObjectsInPixels()]
+
+
+def _assert_binary_on_grid(mask: sitk.Image, ct: sitk.Image) -> None:
+    """Assert that a mask is UInt8 0/1 with exactly the CT's geometry."""
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSize() == ct.GetSize()
+    assert mask.GetSpacing() == ct.GetSpacing()
+    assert mask.GetOrigin() == ct.GetOrigin()
+    assert mask.GetDirection() == ct.GetDirection()
+    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) <= {0, 1}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    """A shared real CT with its copy, torso mask and lung mask (computed once per CT)."""
+    path = DATA_DIR / request.param
+    if not path.is_file():
+        pytest.fail(f"shared test CT {path} is missing: the real-CT mask tests need {DATA_DIR}")
+    ct = sitk.ReadImage(str(path))
+    original = sitk.GetArrayFromImage(ct)
+    torso = torso_mask(ct)
+    lungs = lung_mask(ct, torso)
+    return {"name": request.param, "ct": ct, "original": original, "torso": torso, "lungs": lungs}
+
+
+def test_masks_are_binary_on_the_ct_grid(case):
+    _assert_binary_on_grid(case["torso"], case["ct"])
+    _assert_binary_on_grid(case["lungs"], case["ct"])
+
+
+def test_input_is_unchanged(case):
+    ct = case["ct"]
+    assert np.array_equal(sitk.GetArrayViewFromImage(ct), case["original"])
+    assert ct.GetPixelID() == sitk.sitkInt16
+
+
+def test_lung_volume_is_plausible(case):
+    low, high = CASES[case["name"]]
+    assert low <= _volume_ml(case["lungs"]) <= high
+
+
+def test_lung_mask_is_air_filled(case):
+    hu = sitk.GetArrayViewFromImage(case["ct"])[sitk.GetArrayViewFromImage(case["lungs"]) > 0]
+    assert np.median(hu) < -700.0
+
+
+def test_two_large_lungs(case):
+    volumes = _component_volumes_ml(case["lungs"])
+    assert len(volumes) >= 2
+    assert volumes[1] > 1000.0
+    assert sum(volumes[:2]) >= 0.99 * sum(volumes)
+
+
+def test_torso_contains_lungs_but_not_outside_air(case):
+    lungs = sitk.GetArrayViewFromImage(case["lungs"]) > 0
+    torso = sitk.GetArrayViewFromImage(case["torso"]) > 0
+    assert torso[lungs].mean() >= 0.99
+    outside_air = sitk.GetArrayViewFromImage(case["ct"]) == -1024
+    assert (torso & outside_air).sum() < 0.01 * outside_air.sum()
+
+
+def test_half_chest_still_has_lung(case):
+    ct = case["ct"]
+    half = ct[: ct.GetWidth() // 2]
+    lungs = lung_mask(half)
+    _assert_binary_on_grid(lungs, half)
+    assert _volume_ml(lungs) > 500.0
+    assert np.median(sitk.GetArrayViewFromImage(half)[sitk.GetArrayViewFromImage(lungs) > 0]) < -700.0
+
+
+def test_uniform_soft_tissue_gives_empty_lung_mask():
+    ct = sitk.Image([40, 40, 40], sitk.sitkInt16) + 40
+    ct.SetSpacing((1.0, 1.0, 2.0))
+    lungs = lung_mask(ct)
+    _assert_binary_on_grid(lungs, ct)
+    assert not np.any(sitk.GetArrayViewFromImage(lungs))
+    assert np.all(sitk.GetArrayViewFromImage(torso_mask(ct)) == 1)
+
+
+def test_torso_on_another_grid_is_rejected():
+    ct = sitk.Image([40, 40, 40], sitk.sitkInt16) + 40
+    with pytest.raises(ValueError):
+        lung_mask(ct, sitk.Image([40, 40, 20], sitk.sitkUInt8))

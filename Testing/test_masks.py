@@ -1,18 +1,15 @@
 """Tests of the automatic torso and lung masks on the shared real chest CTs and on small synthetic volumes."""
 
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "RegistrationMisalignment"))
 
-from RegistrationMisalignmentLib.masks import lung_mask, torso_mask  # noqa: E402
+from RegistrationMisalignmentLib.masks import lung_mask, torso_mask
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import shared_ct
+
 
 # Measured lung volumes: 3896 mL (NSCLC) and 5423 mL (Philips); the ranges leave about 20 % margin.
 CASES = {
@@ -47,11 +44,8 @@ def _assert_binary_on_grid(mask: sitk.Image, ct: sitk.Image) -> None:
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
     """A shared real CT with its copy, torso mask and lung mask (computed once per CT)."""
-    path = DATA_DIR / request.param
-    if not path.is_file():
-        pytest.fail(f"shared test CT {path} is missing: the real-CT mask tests need {DATA_DIR}")
-    ct = sitk.ReadImage(str(path))
-    original = sitk.GetArrayFromImage(ct)
+    ct = sitk.ReadImage(str(shared_ct(request.param)))
+    original = (sitk.GetArrayFromImage(ct), ct.GetSpacing(), ct.GetOrigin(), ct.GetDirection())
     torso = torso_mask(ct)
     lungs = lung_mask(ct, torso)
     return {"name": request.param, "ct": ct, "original": original, "torso": torso, "lungs": lungs}
@@ -64,7 +58,9 @@ def test_masks_are_binary_on_the_ct_grid(case):
 
 def test_input_is_unchanged(case):
     ct = case["ct"]
-    assert np.array_equal(sitk.GetArrayViewFromImage(ct), case["original"])
+    array, spacing, origin, direction = case["original"]
+    assert np.array_equal(sitk.GetArrayViewFromImage(ct), array)
+    assert (ct.GetSpacing(), ct.GetOrigin(), ct.GetDirection()) == (spacing, origin, direction)
     assert ct.GetPixelID() == sitk.sitkInt16
 
 

@@ -1,15 +1,12 @@
 """Tests of the procedural chest CT phantom: determinism, geometry, HU statistics and anatomy."""
 
-import os
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "RegistrationMisalignment"))
 
-from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
+from RegistrationMisalignmentLib.phantom import make_chest_phantom
 
 DEFAULT_SIZE = (192, 160, 176)
 SMALL_SIZE = (96, 80, 88)

@@ -8,6 +8,8 @@ import sys
 
 from .errors import InputError
 
+_OPEN_BARS = []
+
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     """Add the --device option."""
@@ -84,7 +86,9 @@ def _progress_bar(enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
-    bar = tqdm(total=100, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr)
+    bar = tqdm(total=100, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr,
+               disable=None, leave=False)
+    _OPEN_BARS.append(bar)
 
     def update(fraction: float, message: str) -> None:
         bar.set_description_str(message)
@@ -92,6 +96,12 @@ def _progress_bar(enabled: bool):
         if fraction >= 1.0:
             bar.close()
     return update
+
+
+def _close_bars() -> None:
+    """Close progress bars left open by a failed command, so the error stands on its own line."""
+    while _OPEN_BARS:
+        _OPEN_BARS.pop().close()
 
 
 def _add_predict(sub) -> None:
@@ -165,8 +175,64 @@ def run_demo_command(args) -> dict:
     return result
 
 
+def _add_evaluate_synthetic(sub) -> None:
+    """Register the `evaluate-synthetic` command."""
+    p = sub.add_parser("evaluate-synthetic", help="metrics on synthetic pairs from a CT the model did not train on",
+                       description="Warp a held-out CT with reproducible synthetic fields (all families) and "
+                                   "report accuracy, per-class precision/recall/F1 and confusion matrices at "
+                                   "lung voxels (all, and class-stratified points).")
+    p.add_argument("--ct", required=True, help="held-out CT (file or DICOM folder)")
+    p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_options(p)
+
+
+def run_evaluate_synthetic(args) -> dict:
+    """Evaluate the model on synthetic pairs from a held-out CT."""
+    from .checkpoint import BUNDLED_WEIGHTS, load_model, sha256_of
+    from .devices import resolve_device
+    from .evaluation import evaluate_synthetic
+    from .imageio import read_image
+    from .sources import source_from_image
+    _set_threads(args.threads)
+    source = source_from_image(str(args.ct), read_image(args.ct))
+    weights = args.weights or BUNDLED_WEIGHTS
+    result = evaluate_synthetic(load_model(weights), source, args.samples, seed=args.seed,
+                                device=resolve_device(args.device), progress=not args.json)
+    result["weights_sha256"] = sha256_of(weights)
+    if not args.json:
+        for key in ("all_lung_voxels", "class_stratified_points"):
+            r = result[key]
+            print(f"{key}: n={r['n']} accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %")
+    return result
+
+
+def _add_release(sub) -> None:
+    """Register the `release` command."""
+    p = sub.add_parser("release", help="publish a trained run: weights, held-out evaluation and model card",
+                       description="Copy a run's weights, evaluate them on synthetic pairs from a held-out CT and "
+                                   "write the model card (JSON with sha256, and Markdown) next to the weights.")
+    p.add_argument("--run", required=True, help="training run folder (from `train --out`)")
+    p.add_argument("--weights-out", required=True, help="where to write the released .safetensors")
+    p.add_argument("--heldout-ct", required=True, help="CT the run did not train on")
+    p.add_argument("--samples", type=int, default=48)
+    p.add_argument("--training-command", default="", help="the command that trained the run (for the card)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+def run_release(args) -> dict:
+    """Release a run."""
+    from .release import release
+    _set_threads(args.threads)
+    card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command)
+    return {"sha256": card["sha256"], "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
+
+
 COMMANDS = {"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
-            "train": (_add_train, run_train)}
+            "train": (_add_train, run_train),
+            "evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
+            "release": (_add_release, run_release)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,9 +253,11 @@ def main(argv=None) -> int:
     try:
         result = COMMANDS[args.command][1](args)
     except InputError as exc:
+        _close_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_bars()
         print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
     if getattr(args, "json", False) and result is not None:

@@ -1,7 +1,9 @@
 """Reading, checking and atomically writing images with SimpleITK."""
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+
+NIFTI_MIN_HEADER = 352
 
 
 def read_image(path) -> sitk.Image:
@@ -21,11 +25,32 @@ def read_image(path) -> sitk.Image:
             image = _read_dicom_series(path)
         else:
             image = sitk.ReadImage(str(path))
+            _check_nifti_complete(path, image)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"{path}: cannot be read as an image ({reason[:160]}); check the file is complete") from None
     check_volume(image, str(path))
     return image
+
+
+def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
+    """Raise InputError if a NIfTI file holds fewer bytes than its header promises (ITK pads silently)."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    needed = NIFTI_MIN_HEADER + image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+    if name.endswith(".gz"):
+        available = 0
+        try:
+            with gzip.open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 22), b""):
+                    available += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            available = -1
+    else:
+        available = path.stat().st_size
+    if available < needed:
+        raise InputError(f"{path}: file is truncated (holds less data than its header says); copy it again")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

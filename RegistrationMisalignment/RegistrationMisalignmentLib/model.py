@@ -22,6 +22,8 @@ class ModelConfig:
     features: int = 16
     hidden: int = 16
     encoder_depths: dict = field(default_factory=lambda: {4: 7, 2: 6, 1: 5})
+    batch_norm: bool = True
+    difference_channel: bool = True
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -72,12 +74,15 @@ def upsample_to(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Encoder(nn.Sequential):
-    """Stack of valid 3x3x3 convolutions with ReLU for one resolution level."""
+    """Stack of valid 3x3x3 convolutions (+ batch norm, a per-voxel affine map at inference) with ReLU."""
 
-    def __init__(self, in_channels: int, features: int, depth: int):
+    def __init__(self, in_channels: int, features: int, depth: int, batch_norm: bool):
         layers = []
         for i in range(depth):
-            layers += [nn.Conv3d(in_channels if i == 0 else features, features, 3), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv3d(in_channels if i == 0 else features, features, 3, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm3d(features))
+            layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
 
@@ -124,8 +129,9 @@ class MisalignmentNet(nn.Module):
         super().__init__()
         self.config = config
         levels = config.levels
-        self.encoders = nn.ModuleDict(
-            {str(lv): Encoder(INPUT_CHANNELS, config.features, config.encoder_depths[lv]) for lv in levels})
+        channels = INPUT_CHANNELS + int(config.difference_channel)
+        self.encoders = nn.ModuleDict({str(lv): Encoder(channels, config.features, config.encoder_depths[lv],
+                                                        config.batch_norm) for lv in levels})
         cell_type = ConvLSTMCell if config.architecture == "hierarchical_lstm" else FusionCell
         self.cell = cell_type(config.features, config.hidden)
         self.heads = nn.ModuleDict(
@@ -136,7 +142,10 @@ class MisalignmentNet(nn.Module):
         state = None
         logits = {}
         for lv in self.config.levels:
-            x = self.encoders[str(lv)](inputs[lv])
+            x = inputs[lv]
+            if self.config.difference_channel:
+                x = torch.cat([x, x[:, :1] - x[:, 1:2]], 1)
+            x = self.encoders[str(lv)](x)
             if state is not None:
                 state = tuple(None if s is None else upsample_to(s, x.shape[-1]) for s in state)
             state = self.cell(x, state)

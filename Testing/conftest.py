@@ -1,0 +1,63 @@
+"""Shared fixtures: small phantom pairs, a small untrained network, the shared real CTs."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment"))
+
+from RegistrationMisalignmentLib.demo import synthetic_pair  # noqa: E402
+from RegistrationMisalignmentLib.inference import MisalignmentPredictor  # noqa: E402
+from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig  # noqa: E402
+from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMALL = (96, 80, 88)
+
+
+def shared_ct(name: str) -> Path:
+    """Path of a shared real CT; fails (never skips) when the shared data are missing."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the shared real CTs must sit in ../shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """A small phantom CT and its lung mask."""
+    return make_chest_phantom(0, SMALL)
+
+
+@pytest.fixture(scope="session")
+def small_pair(small_phantom):
+    """A synthetic pair from the small phantom with a known single-frequency field (max 12 mm)."""
+    ct, lungs = small_phantom
+    return synthetic_pair(ct, lungs, "single_frequency", 12.0, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small, untrained but deterministic hierarchical network."""
+    torch.manual_seed(0)
+    return MisalignmentNet(ModelConfig(features=4, hidden=4)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_model):
+    """A CPU predictor around the tiny model with a small memory budget (several tiles)."""
+    return MisalignmentPredictor(tiny_model, device="cpu", max_memory_gb=0.05)
+
+
+def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Image from a zyx array with the reference's geometry."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,65 @@
+"""Weights files: round trip, sha256 against the model card, corrupt and code-executing files refused."""
+import json
+import pickle
+
+import pytest
+import torch
+
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(1)
+    model = MisalignmentNet(ModelConfig(architecture="multires_cnn", features=4, hidden=4))
+    path = tmp_path / "model.safetensors"
+    sha = export_weights(model, path)
+    card_path(path).write_text(json.dumps({"sha256": sha}))
+    return model, path
+
+
+def test_round_trip_restores_configuration_and_weights(saved):
+    model, path = saved
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_tampered_weights_fail_the_sha256_check(saved):
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 does not match"):
+        load_model(path)
+
+
+def test_missing_truncated_and_foreign_files_give_clear_errors(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(InputError, match="not found"):
+        load_model(tmp_path / "absent.safetensors")
+    card_path(path).unlink()
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InputError, match="not a valid weights file"):
+        load_model(path)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_never_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"state": _Exploit()}))
+    with pytest.raises(InputError, match="not a valid weights file"):
+        load_model(evil)
+    legacy = tmp_path / "evil.pt"
+    torch.save({"state": _Exploit()}, legacy)
+    with pytest.raises(InputError, match="not a valid weights file"):
+        load_model(legacy)
+    assert not (tmp_path / "PWNED").exists()

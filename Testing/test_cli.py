@@ -1,0 +1,104 @@
+"""The command line: predict, demo, evaluate-synthetic; bad input exits 2 with one line and writes nothing."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
+from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.imageio import write_image
+
+from conftest import image_like
+
+
+@pytest.fixture(scope="module")
+def files(small_pair, tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    write_image(small_pair.fixed, folder / "fixed.nrrd")
+    write_image(small_pair.moving, folder / "moving.nii.gz")
+    weights = folder / "tiny.safetensors"
+    card_path(weights).write_text(json.dumps({"sha256": export_weights(tiny_model, weights)}))
+    return folder
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_predict_writes_labels_probabilities_and_a_json_summary(files, tmp_path, capsys):
+    out, probs = tmp_path / "labels.nrrd", tmp_path / "probs.nrrd"
+    code = main(["predict", "--fixed", str(files / "fixed.nrrd"), "--moving", str(files / "moving.nii.gz"),
+                 "--output", str(out), "--probabilities", str(probs), "--weights", str(files / "tiny.safetensors"),
+                 "--device", "cpu", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    labels = sitk.ReadImage(str(out))
+    assert labels.GetSize() == sitk.ReadImage(str(files / "fixed.nrrd")).GetSize()
+    assert sitk.ReadImage(str(probs)).GetNumberOfComponentsPerPixel() == 3
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=4)
+    assert [summary["classes"][n]["voxels"] for n in ("correct", "poor", "wrong")] == counts[1:].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nrrd", "probs.nrrd"]
+
+
+def _bad_inputs(files, folder):
+    """Bad-input cases: (name, extra args replacing defaults, expected message fragment)."""
+    fixed = sitk.ReadImage(str(files / "fixed.nrrd"))
+    write_image(sitk.Image([20, 20], sitk.sitkInt16), folder / "flat.nrrd")
+    nan = sitk.GetArrayFromImage(fixed).astype(np.float32)
+    nan[10, 10, 10] = np.nan
+    write_image(image_like(nan, fixed), folder / "nan.nrrd")
+    far = sitk.Image(fixed)
+    far.SetOrigin((5000.0, 0.0, 0.0))
+    write_image(far, folder / "far.nrrd")
+    (folder / "garbage.nrrd").write_bytes(b"garbage")
+    (folder / "corrupt.safetensors").write_bytes(b"\x00" * 64)
+    return [
+        ({"--fixed": folder / "garbage.nrrd"}, "cannot be read"),
+        ({"--moving": folder / "flat.nrrd"}, "3-D"),
+        ({"--moving": folder / "far.nrrd"}, "do not overlap"),
+        ({"--fixed": folder / "nan.nrrd"}, "NaN"),
+        ({"--weights": folder / "absent.safetensors"}, "not found"),
+        ({"--weights": folder / "corrupt.safetensors"}, "not a valid weights file"),
+        ({"--output": folder / "no_such_dir" / "labels.nrrd"}, "does not exist"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line_and_leaves_no_output(files, tmp_path, capsys):
+    out = tmp_path / "labels.nrrd"
+    defaults = {"--fixed": files / "fixed.nrrd", "--moving": files / "moving.nii.gz", "--output": out,
+                "--weights": files / "tiny.safetensors"}
+    for change, message in _bad_inputs(files, tmp_path):
+        args = dict(defaults, **change)
+        argv = ["predict", "--device", "cpu"] + [str(x) for kv in args.items() for x in kv]
+        assert main(argv) == 2, change
+        assert message in _error_line(capsys), change
+        assert not out.exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def test_demo_writes_its_files_and_reports_agreement(files, tmp_path, capsys, monkeypatch):
+    from RegistrationMisalignmentLib import demo
+    from conftest import SMALL
+    from RegistrationMisalignmentLib.phantom import make_chest_phantom
+    monkeypatch.setattr(demo, "make_chest_phantom", lambda seed: make_chest_phantom(seed, SMALL))
+    code = main(["demo", "--out", str(tmp_path), "--weights", str(files / "tiny.safetensors"), "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "wrong" in out
+    for name in ("fixed.nrrd", "moving.nrrd", "truth.nrrd", "labels.nrrd", "probabilities.nrrd", "demo.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    truth = sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_path / "truth.nrrd")))
+    assert {1, 2, 3} <= set(np.unique(truth).tolist())
+
+
+def test_every_command_has_help():
+    for command in ("demo", "predict", "train", "evaluate-synthetic"):
+        done = subprocess.run([sys.executable, "-m", "RegistrationMisalignmentLib", command, "--help"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0 and "usage:" in done.stdout, command

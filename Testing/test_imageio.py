@@ -1,0 +1,116 @@
+"""Reading every supported format, rejecting bad images, writing atomically, preparing pairs."""
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.imageio import read_image, write_image
+from RegistrationMisalignmentLib.preprocessing import moving_on_fixed_grid, to_fixed_grid
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_files_round_trip_with_geometry(small_phantom, tmp_path, suffix):
+    ct, _ = small_phantom
+    path = tmp_path / f"ct{suffix}"
+    write_image(ct, path)
+    back = read_image(path)
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(ct))
+    assert np.allclose(back.GetOrigin(), ct.GetOrigin(), atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_dicom_folder_is_read_as_a_volume(small_phantom, tmp_path):
+    ct, _ = small_phantom
+    sub = ct[:, :, 20:30]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(sub.GetDepth()):
+        slice_k = sub[:, :, k]
+        slice_k.SetMetaData("0020|0032", "\\".join(map(str, sub.TransformIndexToPhysicalPoint((0, 0, k)))))
+        slice_k.SetMetaData("0020|0013", str(k))
+        slice_k.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        slice_k.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(slice_k)
+    volume = read_image(tmp_path)
+    assert volume.GetSize() == sub.GetSize()
+    assert np.array_equal(sitk.GetArrayViewFromImage(volume), sitk.GetArrayViewFromImage(sub))
+
+
+def test_unreadable_truncated_and_missing_files_give_one_line_errors(small_phantom, tmp_path):
+    garbage = tmp_path / "garbage.nrrd"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="cannot be read") as err:
+        read_image(garbage)
+    assert "\n" not in str(err.value)
+    ct, _ = small_phantom
+    full = tmp_path / "full.nii.gz"
+    write_image(ct, full)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated"):
+        read_image(truncated)
+    for suffix in (".nii", ".nrrd", ".mha"):
+        whole = tmp_path / f"whole{suffix}"
+        write_image(ct, whole, compress=suffix != ".nii")
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        with pytest.raises(InputError, match="truncated|cannot be read"):
+            read_image(cut)
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "absent.nrrd")
+    with pytest.raises(InputError, match="no DICOM series"):
+        (tmp_path / "d").mkdir()
+        read_image(tmp_path / "d")
+
+
+def test_two_dimensional_and_non_finite_images_are_rejected(tmp_path):
+    flat = sitk.Image([32, 32], sitk.sitkInt16)
+    write_image(flat, tmp_path / "flat.nrrd")
+    with pytest.raises(InputError, match="3-D"):
+        read_image(tmp_path / "flat.nrrd")
+    nan = sitk.GetImageFromArray(np.full((8, 8, 8), np.nan, dtype=np.float32))
+    write_image(nan, tmp_path / "nan.nrrd")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        read_image(tmp_path / "nan.nrrd")
+
+
+def test_writing_into_a_missing_folder_fails_before_touching_anything(small_phantom, tmp_path):
+    ct, _ = small_phantom
+    with pytest.raises(InputError, match="does not exist"):
+        write_image(ct, tmp_path / "missing" / "out.nrrd")
+
+
+def test_images_that_do_not_overlap_are_rejected(small_phantom):
+    ct, _ = small_phantom
+    far = sitk.Image(ct)
+    far.SetOrigin(tuple(np.asarray(ct.GetOrigin()) + 1000.0))
+    with pytest.raises(InputError, match="do not overlap"):
+        to_fixed_grid(ct, far)
+
+
+def test_moving_on_another_grid_is_resampled_with_a_warning(small_phantom, caplog):
+    ct, _ = small_phantom
+    coarse = sitk.Resample(ct, [n // 2 for n in ct.GetSize()], sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(),
+                           [2.0] * 3, ct.GetDirection(), -1024, ct.GetPixelID())
+    with caplog.at_level(logging.WARNING, logger="RegistrationMisalignment"):
+        moving, inside = moving_on_fixed_grid(ct, coarse)
+    assert "resampling" in caplog.text
+    assert moving.GetSize() == ct.GetSize() and inside.GetSize() == ct.GetSize()
+    assert 0.7 < sitk.GetArrayViewFromImage(inside).mean() <= 1.0
+
+
+def test_user_mask_overrides_the_automatic_lung_mask_and_empty_masks_are_rejected(small_phantom):
+    ct, lungs = small_phantom
+    box = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    box.CopyInformation(ct)
+    box[30:40, 30:40, 30:40] = 1
+    pair = to_fixed_grid(ct, ct, mask=box)
+    assert sitk.GetArrayViewFromImage(pair.mask).sum() == 1000
+    with pytest.raises(InputError, match="mask is empty"):
+        to_fixed_grid(ct, ct, mask=box * 0)
+    auto = to_fixed_grid(ct, ct).mask
+    overlap = (sitk.GetArrayViewFromImage(auto) & sitk.GetArrayViewFromImage(lungs)).sum()
+    assert overlap / sitk.GetArrayViewFromImage(lungs).sum() > 0.9

@@ -1,0 +1,84 @@
+"""Dense tiled prediction equals the paper's per-patch evaluation; predict and predict_points agree."""
+import numpy as np
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, to_fixed_grid
+from RegistrationMisalignmentLib.pyramid import context_margin
+
+
+def test_dense_tiles_equal_per_patch_evaluation_at_random_points(small_pair, tiny_predictor):
+    pair = to_fixed_grid(small_pair.fixed, small_pair.moving)
+    start, stop = mask_region_s1(small_pair.fixed, pair.mask)
+    tile = 24
+    stop = start + tile * np.ceil((stop - start) / tile).astype(int)
+    prepared = crop_to_s1(pair, (start, stop), context_margin(tiny_predictor.model.config, tile))
+    dense = tiny_predictor.dense_probabilities(prepared, tile)
+    rng = np.random.default_rng(0)
+    computed = np.argwhere(dense.sum(0) > 0)  # voxels of tiles that touch the mask
+    chosen = computed[rng.choice(len(computed), 150, replace=False)]
+    per_patch = tiny_predictor.interpolate_blocks(prepared, chosen[:, ::-1].astype(float))
+    from_tiles = dense[:, chosen[:, 0], chosen[:, 1], chosen[:, 2]].T
+    assert np.abs(per_patch - from_tiles).max() <= 1e-4
+    assert np.allclose(per_patch.sum(1), 1.0, atol=1e-5)
+
+
+def test_predict_and_predict_points_agree_at_voxel_centres(small_pair, tiny_predictor):
+    result = tiny_predictor.predict(small_pair.fixed, small_pair.moving)
+    labels = sitk.GetArrayViewFromImage(result.labels)
+    probs = sitk.GetArrayViewFromImage(result.probabilities)
+    rng = np.random.default_rng(1)
+    inside = np.argwhere(labels > 0)
+    outside = np.argwhere(labels == 0)
+    chosen = np.concatenate([inside[rng.choice(len(inside), 100, replace=False)],
+                             outside[rng.choice(len(outside), 20, replace=False)]])
+    points = np.array([small_pair.fixed.TransformIndexToPhysicalPoint([int(i) for i in c[::-1]]) for c in chosen])
+    classes, point_probs = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
+    assert np.array_equal(classes, labels[tuple(chosen.T)])
+    assert np.abs(point_probs[:100] - probs[tuple(chosen[:100].T)]).max() <= 1e-4
+
+
+def test_result_is_on_the_fixed_grid_with_a_consistent_summary(small_pair, tiny_predictor):
+    calls = []
+    result = tiny_predictor.predict(small_pair.fixed, small_pair.moving, progress=lambda f, m: calls.append(f))
+    for image in (result.labels, result.probabilities):
+        assert image.GetSize() == small_pair.fixed.GetSize()
+        assert np.allclose(image.GetOrigin(), small_pair.fixed.GetOrigin())
+        assert np.allclose(image.GetSpacing(), small_pair.fixed.GetSpacing())
+    assert result.labels.GetPixelID() == sitk.sitkUInt8
+    assert result.probabilities.GetNumberOfComponentsPerPixel() == 3
+    labels = sitk.GetArrayViewFromImage(result.labels)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    summary = result.summary
+    for value in L.CLASS_VALUES:
+        entry = summary["classes"][L.CLASS_NAMES[value]]
+        assert entry["voxels"] == int((labels == value).sum())
+        assert entry["ml"] == entry["voxels"] * 0.001
+    assert summary["mask_voxels"] == int((labels > 0).sum())
+    assert sum(c["fraction"] for c in summary["classes"].values()) == 1.0 or abs(
+        sum(c["fraction"] for c in summary["classes"].values()) - 1.0) < 1e-9
+    assert calls[0] == 0.0 and calls[-1] == 1.0 and calls == sorted(calls)
+    assert summary["timings_s"]["total"] >= summary["timings_s"]["network"] > 0
+
+
+def test_a_user_mask_limits_the_evaluated_region(small_pair, tiny_predictor):
+    box = sitk.Image(small_pair.fixed.GetSize(), sitk.sitkUInt8)
+    box.CopyInformation(small_pair.fixed)
+    box[20:40, 30:50, 40:60] = 1
+    result = tiny_predictor.predict(small_pair.fixed, small_pair.moving, mask=box)
+    labels = sitk.GetArrayViewFromImage(result.labels)
+    assert np.array_equal(labels > 0, sitk.GetArrayViewFromImage(box) > 0)
+
+
+def test_anisotropic_fixed_and_moving_on_another_grid(small_pair, tiny_predictor):
+    fixed = small_pair.fixed
+    thick = sitk.Resample(fixed, [fixed.GetSize()[0], fixed.GetSize()[1], fixed.GetSize()[2] // 2],
+                          sitk.Transform(), sitk.sitkLinear, fixed.GetOrigin(), (1.0, 1.0, 2.0),
+                          fixed.GetDirection(), -1024, fixed.GetPixelID())
+    result = tiny_predictor.predict(thick, small_pair.moving)
+    labels = sitk.GetArrayViewFromImage(result.labels)
+    assert result.labels.GetSize() == thick.GetSize() and (labels > 0).sum() > 1000
+    chosen = np.argwhere(labels > 0)[::97][:40]
+    points = np.array([thick.TransformIndexToPhysicalPoint([int(i) for i in c[::-1]]) for c in chosen])
+    classes, _ = tiny_predictor.predict_points(thick, small_pair.moving, points)
+    assert np.array_equal(classes, labels[tuple(chosen.T)])

@@ -1,0 +1,57 @@
+"""Network shapes, the ablations and the aligned pyramid geometry."""
+import pytest
+import torch
+
+from RegistrationMisalignmentLib.model import ARCHITECTURES, MisalignmentNet, ModelConfig, input_size
+from RegistrationMisalignmentLib.pyramid import build_pyramid, context_margin, tile_inputs
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("out_size", [8, 16])
+def test_every_architecture_maps_patches_to_the_output_tile(architecture, out_size):
+    config = ModelConfig(architecture=architecture, features=4, hidden=4)
+    net = MisalignmentNet(config)
+    inputs = {lv: torch.randn(2, 3, *(input_size(config, lv, out_size),) * 3) for lv in config.levels}
+    logits = net(inputs)
+    assert tuple(logits[1].shape) == (2, 3, out_size, out_size, out_size)
+    assert set(logits) == set(config.levels)
+    for lv in config.levels:
+        assert logits[lv].shape[1] == (3 if lv == 1 else 2)
+
+
+def test_per_patch_inputs_have_the_same_voxel_count_at_every_level():
+    config = ModelConfig()
+    assert len({input_size(config, lv, 8) for lv in config.levels}) == 1
+
+
+def test_single_resolution_ablation_reads_only_s1():
+    assert ModelConfig(architecture="single_cnn").levels == (1,)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        ModelConfig(architecture="transformer")
+
+
+def test_pyramid_levels_halve_and_keep_the_grid():
+    volume = torch.zeros(3, 32, 40, 48)
+    volume[0, :, :, 24:] = 1.0
+    pyramid = build_pyramid(volume)
+    assert tuple(pyramid[2].shape) == (3, 16, 20, 24)
+    assert tuple(pyramid[4].shape) == (3, 8, 10, 12)
+    assert torch.all(pyramid[4][0, :, :, 7:] == 1.0) and torch.all(pyramid[4][0, :, :, :5] == 0.0)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        build_pyramid(torch.zeros(3, 30, 32, 32))
+
+
+def test_tiles_are_centred_on_the_same_physical_point():
+    config = ModelConfig(features=4, hidden=4)
+    margin = context_margin(config, 8)
+    n = 8 + 2 * margin
+    z = torch.arange(n, dtype=torch.float32).view(n, 1, 1).expand(n, n, n)
+    pyramid = build_pyramid(torch.stack([z, z, torch.ones_like(z)]))
+    patches = tile_inputs(pyramid, config, (margin,) * 3, 8)
+    centre_s1 = margin + 4 - 0.5  # physical centre of the output block, in S1 index units
+    for lv, patch in patches.items():
+        mid = patch.shape[1] // 2
+        value = 0.5 * (patch[0, mid - 1, mid, mid] + patch[0, mid, mid, mid])
+        assert abs(float(value) - centre_s1) < 0.6, lv
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tile_inputs(pyramid, config, (margin + 2,) * 3, 8)

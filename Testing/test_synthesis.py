@@ -1,0 +1,106 @@
+"""Synthetic deformation fields, warping, augmentation and training targets."""
+import numpy as np
+import pytest
+import torch
+
+from RegistrationMisalignmentLib import synthesis
+from RegistrationMisalignmentLib.model import ModelConfig
+from RegistrationMisalignmentLib.sources import source_from_image
+from RegistrationMisalignmentLib.synthesis import (FAMILIES, IGNORE, make_field, make_sample, sponge, thick_slices,
+                                                   vector_norm, warp)
+
+
+@pytest.fixture(scope="module")
+def source(small_phantom):
+    ct, lungs = small_phantom
+    return source_from_image("phantom-small", ct, lungs)
+
+
+CONFIG = ModelConfig(features=4, hidden=4)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "zero"])
+def test_fields_reach_the_requested_magnitude_and_stay_in_the_body(source, family):
+    gen = torch.Generator().manual_seed(3)
+    field = make_field(family, source.hu, source.torso, source.lungs, 0, source.lung_z_range, gen, 15.0)
+    magnitude = vector_norm(field)
+    assert field.shape == (3,) + tuple(source.hu.shape)
+    assert 10.0 < float(magnitude.max()) <= 15.0 + 1e-3
+    outside = ~source.torso
+    assert float(magnitude[outside].mean()) < 0.5 * float(magnitude[source.lungs].mean())
+
+
+def test_zero_field_gives_only_correct_targets(source):
+    sample = make_sample(source, CONFIG, 16, seed=5, family="zero")
+    for lv, target in sample.targets.items():
+        assert set(torch.unique(target).tolist()) <= {IGNORE, 0}
+        assert (target == 0).any()
+
+
+@pytest.mark.parametrize("shift_mm, classes", [(2.0, {4: 0, 2: 0, 1: 0}), (4.5, {4: 0, 2: 1, 1: 1}),
+                                                (8.0, {4: 1, 2: 1, 1: 2})])
+def test_targets_are_the_binned_field_magnitude_at_every_level(source, monkeypatch, shift_mm, classes):
+    def constant_field(family, hu, *args):
+        field = torch.zeros((3,) + tuple(hu.shape))
+        field[1] = shift_mm
+        return field
+    monkeypatch.setattr(synthesis, "make_field", constant_field)
+    sample = make_sample(source, CONFIG, 16, seed=7)
+    for lv, expected in classes.items():
+        valid = sample.targets[lv][sample.targets[lv] != IGNORE]
+        assert len(valid) > 0 and set(valid.tolist()) == {expected}
+
+
+def test_respiratory_field_is_largest_at_the_diaphragm(source):
+    gen = torch.Generator().manual_seed(0)
+    field = make_field("respiratory", source.hu, source.torso, source.lungs, 0, source.lung_z_range, gen, 20.0)
+    bottom, top = source.lung_z_range
+    lungs = source.lungs
+    low = vector_norm(field)[bottom:bottom + 10][lungs[bottom:bottom + 10]].mean()
+    high = vector_norm(field)[top - 10:top][lungs[top - 10:top]].mean()
+    assert float(low) > 2.0 * float(high)
+
+
+def test_samples_are_reproducible_by_seed(source):
+    a = make_sample(source, CONFIG, 16, seed=11)
+    b = make_sample(source, CONFIG, 16, seed=11)
+    c = make_sample(source, CONFIG, 16, seed=12)
+    for lv in CONFIG.levels:
+        assert torch.equal(a.inputs[lv], b.inputs[lv])
+        assert torch.equal(a.targets[lv], b.targets[lv])
+    assert not torch.equal(a.inputs[1], c.inputs[1])
+
+
+def test_warp_by_a_constant_shift_moves_the_image():
+    volume = torch.arange(20, dtype=torch.float32).view(20, 1, 1).expand(20, 20, 20)[None].clone()
+    field = torch.zeros(3, 10, 10, 10)
+    field[0] = 2.0
+    warped = warp(volume, field, 5)
+    assert torch.allclose(warped[0, :, 4, 4], torch.arange(7, 17, dtype=torch.float32))
+
+
+def test_sponge_changes_lung_density_with_volume_not_soft_tissue():
+    field = torch.zeros(3, 12, 12, 12)
+    field[0] = 0.2 * torch.arange(12, dtype=torch.float32).view(12, 1, 1)  # expansion: det J = 1.2
+    hu = torch.full((12, 12, 12), -800.0)
+    hu[:, :, 6:] = 40.0
+    out = sponge(hu, field)
+    assert torch.allclose(out[6, 6, 2], torch.tensor(200.0 / 1.2 - 1000.0))
+    assert torch.all(out[:, :, 6:] == 40.0)
+
+
+def test_thick_slices_average_along_z_only():
+    hu = torch.zeros(12, 4, 4)
+    hu[5] = 300.0
+    thick = thick_slices(hu, 3)
+    assert thick.shape == hu.shape
+    assert float(thick[5].mean()) < 300.0 and float(thick[:, 0, 0].sum()) == pytest.approx(300.0, rel=0.2)
+    assert torch.allclose(thick[:, 0, 0], thick[:, 3, 3])
+
+
+def test_class_labels_of_a_sample_cover_the_three_classes_over_families(source):
+    seen = set()
+    for seed in range(8):
+        sample = make_sample(source, CONFIG, 16, seed=seed)
+        seen |= set(np.unique(sample.targets[1].numpy()).tolist())
+    assert {0, 1, 2} <= seen

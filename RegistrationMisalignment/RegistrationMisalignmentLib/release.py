@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -24,7 +25,6 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    import os
     text = f"{cpu}, {os.cpu_count()} cores"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"

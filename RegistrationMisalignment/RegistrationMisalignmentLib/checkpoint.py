@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -12,7 +13,17 @@ from safetensors.torch import load_file, save_file
 from .errors import InputError
 from .model import MisalignmentNet, ModelConfig
 
-BUNDLED_WEIGHTS = Path(__file__).resolve().parents[2] / "model_weights" / "misalignment_hierarchical.safetensors"
+RELEASED_NAME = "misalignment_hierarchical.safetensors"
+WEIGHTS_ENV = "REGISTRATION_MISALIGNMENT_WEIGHTS"
+
+
+def released_weights_path() -> Path:
+    """The released weights: $REGISTRATION_MISALIGNMENT_WEIGHTS, the source tree, or the installed data folder."""
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    candidates = [Path(__file__).resolve().parents[2] / "model_weights" / RELEASED_NAME,
+                  Path(sys.prefix) / "share" / "registration-misalignment" / "model_weights" / RELEASED_NAME]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
 def sha256_of(path) -> str:
@@ -56,8 +67,8 @@ def expected_sha256(weights_path):
 
 
 def load_model(path=None, map_location="cpu") -> MisalignmentNet:
-    """Load weights (default: the bundled release), verifying the sha256 in the model card; never runs code."""
-    path = Path(path) if path is not None else BUNDLED_WEIGHTS
+    """Load weights (default: the released model), verifying the sha256 in the model card; never runs code."""
+    path = Path(path) if path is not None else released_weights_path()
     if not path.is_file():
         raise InputError(f"{path}: weights file not found; pass --weights PATH or reinstall the package")
     expected = expected_sha256(path)

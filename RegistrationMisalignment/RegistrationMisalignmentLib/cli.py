@@ -189,14 +189,14 @@ def _add_evaluate_synthetic(sub) -> None:
 
 def run_evaluate_synthetic(args) -> dict:
     """Evaluate the model on synthetic pairs from a held-out CT."""
-    from .checkpoint import BUNDLED_WEIGHTS, load_model, sha256_of
+    from .checkpoint import load_model, released_weights_path, sha256_of
     from .devices import resolve_device
     from .evaluation import evaluate_synthetic
     from .imageio import read_image
     from .sources import source_from_image
     _set_threads(args.threads)
     source = source_from_image(str(args.ct), read_image(args.ct))
-    weights = args.weights or BUNDLED_WEIGHTS
+    weights = args.weights or released_weights_path()
     result = evaluate_synthetic(load_model(weights), source, args.samples, seed=args.seed,
                                 device=resolve_device(args.device), progress=not args.json)
     result["weights_sha256"] = sha256_of(weights)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import labels as L
-from .checkpoint import BUNDLED_WEIGHTS, load_model, sha256_of
+from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import resolve_device
 from .model import MisalignmentNet, check_output_size, input_size
 from .preprocessing import BLOCK, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1, to_fixed_grid
@@ -71,7 +71,7 @@ class MisalignmentPredictor:
     @classmethod
     def load(cls, weights=None, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB):
         """Load released (weights=None) or given weights, checking the sha256 against the model card."""
-        path = weights if weights is not None else BUNDLED_WEIGHTS
+        path = weights if weights is not None else released_weights_path()
         model = load_model(path)
         return cls(model, device=device, max_memory_gb=max_memory_gb, weights_sha256=sha256_of(path))
 

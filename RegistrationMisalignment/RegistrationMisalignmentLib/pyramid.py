@@ -29,18 +29,23 @@ def stack_channels(fixed_hu: torch.Tensor, moving_hu: torch.Tensor, inside: torc
     return torch.stack([fixed, moving, inside])
 
 
-def smooth_downsample(x: torch.Tensor) -> torch.Tensor:
-    """Smooth a (C, D, H, W) volume with a separable binomial kernel and average-pool it by 2."""
-    c = x.shape[0]
-    kernel = torch.tensor(_SMOOTH, dtype=x.dtype, device=x.device)
+def separable_filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Filter every channel of a (C, D, H, W) volume with the same odd 1-D kernel along each axis (replicate border)."""
+    c, radius = x.shape[0], (len(kernel) - 1) // 2
     y = x.unsqueeze(0)
     for axis in range(3):
         shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = 3
+        shape[2 + axis] = len(kernel)
         pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = 1
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
         y = F.conv3d(F.pad(y, pad, mode="replicate"), kernel.view(shape).expand(c, 1, *shape[2:]), groups=c)
-    return F.avg_pool3d(y, 2)[0]
+    return y[0]
+
+
+def smooth_downsample(x: torch.Tensor) -> torch.Tensor:
+    """Smooth a (C, D, H, W) volume with a separable binomial kernel and average-pool it by 2."""
+    kernel = torch.tensor(_SMOOTH, dtype=x.dtype, device=x.device)
+    return F.avg_pool3d(separable_filter(x, kernel)[None], 2)[0]
 
 
 def build_pyramid(s1: torch.Tensor) -> dict:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .labels import COARSE_THRESHOLDS_MM
 from .model import ModelConfig, hidden_size
-from .pyramid import AIR_HU, build_pyramid, context_margin, stack_channels, tile_inputs
+from .pyramid import AIR_HU, build_pyramid, context_margin, separable_filter, stack_channels, tile_inputs
 
 FAMILIES = ("single_frequency", "mixed_frequency", "respiratory", "zero")
 FAMILY_WEIGHTS = (0.35, 0.3, 0.2, 0.15)
@@ -60,17 +60,7 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma > 2.0 and min(x.shape[1:]) >= 8:
         half = gaussian_smooth(F.avg_pool3d(x[None], 2, ceil_mode=True)[0], math.sqrt(sigma ** 2 - 0.25) / 2.0)
         return F.interpolate(half[None], size=tuple(x.shape[1:]), mode="trilinear", align_corners=False)[0]
-    k = _gaussian_kernel(sigma, x.device, x.dtype)
-    r = (len(k) - 1) // 2
-    c = x.shape[0]
-    y = x.unsqueeze(0)
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = len(k)
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
-        y = F.conv3d(F.pad(y, pad, mode="replicate"), k.view(shape).expand(c, 1, *shape[2:]), groups=c)
-    return y[0]
+    return separable_filter(x, _gaussian_kernel(sigma, x.device, x.dtype))
 
 
 def random_bspline_field(shape, spacing_mm: float, gen: torch.Generator, device, voxel_mm: float = 1.0):

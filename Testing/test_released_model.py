@@ -1,0 +1,33 @@
+"""The released weights: integrity against the model card, and better than chance on a CT they never saw."""
+import json
+
+import pytest
+
+from RegistrationMisalignmentLib.checkpoint import card_path, load_model, released_weights_path, sha256_of
+from RegistrationMisalignmentLib.evaluation import evaluate_synthetic
+from RegistrationMisalignmentLib.imageio import read_image
+from RegistrationMisalignmentLib.sources import source_from_image
+
+from conftest import shared_ct
+
+HELD_OUT = "thorax_nsclc_r01-001.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads(card_path(released_weights_path()).read_text())
+
+
+def test_released_weights_match_their_model_card(card):
+    path = released_weights_path()
+    assert sha256_of(path) == card["sha256"]
+    model = load_model(path)
+    assert model.config.architecture == card["architecture"]["architecture"]
+    assert HELD_OUT not in " ".join(card["training"]["ct_paths"])
+
+
+def test_released_model_beats_chance_on_the_held_out_ct(card):
+    source = source_from_image(HELD_OUT, read_image(shared_ct(HELD_OUT)))
+    result = evaluate_synthetic(load_model(), source, samples=8, seed=1)
+    stratified = result["class_stratified_points"]
+    assert stratified["accuracy"] > 0.55 and stratified["average_f1"] > 0.5

@@ -33,7 +33,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     validate_every: int = 100
-    validation_samples: int = 24
+    validation_samples: int = 32
     seed: int = 0
     ct_paths: list = field(default_factory=list)
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
@@ -147,6 +147,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
             log(f"step {step}: loss {loss.item():.3f} val accuracy {metrics['accuracy']:.3f} "
                 f"avg F1 {metrics['average_f1']:.3f}")
             save_state(state_path, model, optimizer, step, model_config, train_config, history)
+            export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
             with open(out_dir / "history.json", "w") as handle:
                 json.dump(history, handle, indent=1)
     bar.close()

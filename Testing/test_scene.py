@@ -1,0 +1,154 @@
+"""Scene logic on a real MRML scene (slicer-core): output nodes, reuse, untouched inputs, failure leaves no trace."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import vtk
+
+from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.scene import image_from_volume_node, moving_image, predict_nodes, update_volume_node
+
+
+@pytest.fixture
+def scene():
+    """A headless MRML scene with the application, colour and segmentation logics registered first."""
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    app_logic.GetColorLogic().SetMRMLScene(scene)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", "Red composite")
+    yield scene
+    segmentations.SetMRMLScene(None)
+    scene.Clear(True)
+
+
+def _volume(scene, image, name, label=False):
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode", name)
+    update_volume_node(node, image)
+    return node
+
+
+def _snapshot(node):
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return (slicer.util.arrayFromVolume(node).copy(), [matrix.GetElement(r, c) for r in range(4) for c in range(4)],
+            node.GetTransformNodeID(), node.GetName())
+
+
+def _node_ids(scene):
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def test_images_round_trip_through_volume_nodes_in_lps(scene, small_phantom):
+    ct, _ = small_phantom
+    oblique = sitk.Image(ct)
+    oblique.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    oblique.SetSpacing((0.8, 0.9, 2.0))
+    node = _volume(scene, oblique, "ct")
+    back = image_from_volume_node(node)
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(oblique))
+    assert np.allclose(back.GetDirection(), oblique.GetDirection()) and np.allclose(back.GetSpacing(), (0.8, 0.9, 2.0))
+    lps = np.asarray(oblique.TransformIndexToPhysicalPoint((3, 4, 5)))
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ras = matrix.MultiplyPoint((3, 4, 5, 1))[:3]
+    assert np.allclose(ras, lps * [-1, -1, 1])
+
+
+def test_predict_nodes_creates_the_outputs_and_leaves_inputs_alone(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    moving = _volume(scene, small_pair.moving, "moving")
+    before = (_snapshot(fixed), _snapshot(moving))
+    out = predict_nodes(fixed, moving, predictor=tiny_predictor, probabilities=True)
+    assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+               for old, new in zip(before, (_snapshot(fixed), _snapshot(moving))) for a, b in zip(old, new))
+    expected = sitk.GetArrayFromImage(tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels)
+    labels = slicer.util.arrayFromVolume(out["labels"])
+    assert np.array_equal(labels, expected)
+    assert _snapshot(out["labels"])[1] == _snapshot(fixed)[1]  # same geometry as the fixed volume
+    colors = out["labels"].GetDisplayNode().GetColorNode()
+    assert [colors.GetColorName(v) for v in L.CLASS_VALUES] == ["correct (<= 3 mm)", "poor (3-6 mm)", "wrong (> 6 mm)"]
+    rgba = [0.0] * 4
+    colors.GetColor(L.WRONG, rgba)
+    assert rgba[:3] == pytest.approx(L.CLASS_COLORS[L.WRONG], abs=1 / 255)  # stored as 8-bit
+    segmentation = out["segmentation"].GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert sorted(names) == sorted(L.display_name(v) for v in L.CLASS_VALUES)
+    table = out["table"]
+    assert table.GetNumberOfRows() == 3
+    for row, value in enumerate(L.CLASS_VALUES):
+        assert int(table.GetCellText(row, 2)) == int((labels == value).sum())
+        assert float(table.GetCellText(row, 3)) == pytest.approx((labels == value).sum() * 0.001)
+    probs = [slicer.util.arrayFromVolume(out[f"probability_{L.CLASS_NAMES[v]}"]) for v in L.CLASS_VALUES]
+    assert np.allclose(np.sum(probs, axis=0)[labels > 0], 1.0, atol=1e-4)
+    composite = scene.GetFirstNodeByName("Red composite")
+    assert composite.GetBackgroundVolumeID() == fixed.GetID()
+
+
+def test_segments_hold_exactly_the_label_map_voxels(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    out = predict_nodes(fixed, _volume(scene, small_pair.moving, "moving"), predictor=tiny_predictor)
+    exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "exported")
+    color_table = out["colors"]
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(out["segmentation"], exported)
+    seg_array = slicer.util.arrayFromVolume(exported)
+    label_array = slicer.util.arrayFromVolume(out["labels"])
+    segmentation = out["segmentation"].GetSegmentation()
+    for i in range(segmentation.GetNumberOfSegments()):
+        name = segmentation.GetNthSegment(i).GetName()
+        value = next(v for v in L.CLASS_VALUES if color_table.GetColorName(v) == name)
+        assert int((seg_array == i + 1).sum()) == int((label_array == value).sum()), name
+
+
+def test_a_second_run_reuses_the_nodes(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    moving = _volume(scene, small_pair.moving, "moving")
+    first = predict_nodes(fixed, moving, predictor=tiny_predictor)
+    ids = _node_ids(scene)
+    second = predict_nodes(fixed, moving, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids
+    for key in ("labels", "colors", "segmentation", "table"):
+        assert first[key].GetID() == second[key].GetID()
+
+
+def test_a_failing_run_leaves_the_scene_as_it_was(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    moving = _volume(scene, small_pair.moving, "moving")
+    empty = _volume(scene, sitk.Image(small_pair.fixed.GetSize(), sitk.sitkUInt8), "empty mask", label=True)
+    ids = _node_ids(scene)
+    with pytest.raises(InputError, match="mask is empty"):
+        predict_nodes(fixed, moving, mask_node=empty, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids
+
+
+def test_transform_is_hardened_on_a_copy_only(scene, small_pair):
+    moving = _volume(scene, small_pair.moving, "moving")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 10.0)  # 10 mm towards patient right... in RAS: +x = left? R = +x
+    transform.SetMatrixTransformToParent(matrix)
+    ids = _node_ids(scene)
+    before = _snapshot(moving)
+    hardened = moving_image(moving, transform)
+    assert _node_ids(scene) == ids
+    after = _snapshot(moving)
+    assert np.array_equal(before[0], after[0]) and before[1:] == after[1:]
+    shift = np.asarray(hardened.GetOrigin()) - np.asarray(small_pair.moving.GetOrigin())
+    assert np.allclose(shift, (-10.0, 0.0, 0.0))  # RAS +x is LPS -x
+
+
+def test_a_segmentation_mask_limits_the_evaluated_region(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    box = sitk.Image(small_pair.fixed.GetSize(), sitk.sitkUInt8)
+    box.CopyInformation(small_pair.fixed)
+    box[30:50, 30:45, 40:60] = 1
+    labelmap = _volume(scene, box, "box", label=True)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "box segmentation")
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    out = predict_nodes(fixed, _volume(scene, small_pair.moving, "moving"), mask_node=segmentation,
+                        predictor=tiny_predictor)
+    labels = slicer.util.arrayFromVolume(out["labels"])
+    assert np.array_equal(labels > 0, sitk.GetArrayViewFromImage(box) > 0)

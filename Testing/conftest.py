@@ -1,5 +1,4 @@
 """Shared fixtures: small phantom pairs, a small untrained network, the shared real CTs."""
-import os
 import sys
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment"))
 
@@ -14,6 +14,7 @@ from RegistrationMisalignmentLib.demo import synthetic_pair  # noqa: E402
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor  # noqa: E402
 from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig  # noqa: E402
 from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
+from RegistrationMisalignmentLib.scene import update_volume_node  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = (96, 80, 88)
@@ -60,4 +61,23 @@ def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+@pytest.fixture
+def scene():
+    """A headless MRML scene with the application, colour and segmentation logics registered first."""
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    app_logic.GetColorLogic().SetMRMLScene(scene)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", "Red composite")
+    yield scene
+    segmentations.SetMRMLScene(None)
+    scene.Clear(True)
+
+
+def volume_node(scene, image, name, label=False):
+    """A scalar (or label map) volume node holding a SimpleITK image."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode", name)
+    update_volume_node(node, image)
+    return node

@@ -7,28 +7,9 @@ import vtk
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.scene import image_from_volume_node, moving_image, predict_nodes, update_volume_node
+from RegistrationMisalignmentLib.scene import image_from_volume_node, moving_image, predict_nodes
 
-
-@pytest.fixture
-def scene():
-    """A headless MRML scene with the application, colour and segmentation logics registered first."""
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    app_logic.GetColorLogic().SetMRMLScene(scene)
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLScene(scene)
-    scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", "Red composite")
-    yield scene
-    segmentations.SetMRMLScene(None)
-    scene.Clear(True)
-
-
-def _volume(scene, image, name, label=False):
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode", name)
-    update_volume_node(node, image)
-    return node
+from conftest import volume_node as _volume
 
 
 def _snapshot(node):

@@ -98,6 +98,11 @@ def _progress_bar(enabled: bool):
     return update
 
 
+def _progress_lines(fraction: float, message: str) -> None:
+    """Machine-readable progress on stderr, one line per update."""
+    print(f"progress {fraction:.3f} {message}", file=sys.stderr, flush=True)
+
+
 def _close_bars() -> None:
     """Close progress bars left open by a failed command, so the error stands on its own line."""
     while _OPEN_BARS:
@@ -114,6 +119,8 @@ def _add_predict(sub) -> None:
                                                    "1 correct, 2 poor, 3 wrong")
     p.add_argument("--mask", help="region to evaluate (non-zero voxels; default: automatic lung mask)")
     p.add_argument("--probabilities", help="also write the class probabilities (3-component vector image)")
+    p.add_argument("--progress-lines", action="store_true",
+                   help="report progress as 'progress FRACTION MESSAGE' lines on stderr (for programs)")
     _add_model_options(p)
 
 
@@ -126,7 +133,8 @@ def run_predict(args) -> dict:
     fixed, moving = read_image(args.fixed), read_image(args.moving)
     mask = read_image(args.mask) if args.mask else None
     predictor = _load_predictor(args)
-    result = predictor.predict(fixed, moving, mask=mask, progress=_progress_bar(not args.json))
+    progress = _progress_lines if args.progress_lines else _progress_bar(not args.json)
+    result = predictor.predict(fixed, moving, mask=mask, progress=progress)
     write_image(result.labels, args.output)
     if args.probabilities:
         write_image(result.probabilities, args.probabilities)

@@ -174,6 +174,19 @@ def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, 
     fixed = image_from_volume_node(fixed_node)
     result = predictor.predict(fixed, moving_image(moving_node, transform_node), mask=mask_image(mask_node, fixed_node),
                                progress=progress)
+    return add_result_nodes(fixed_node, result, probabilities)
+
+
+def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=None, weights=None, device="auto",
+                     progress=None):
+    """Start predicting in a child process (inputs copied to files); finish with add_result_nodes(job.result())."""
+    from .background import BackgroundPrediction
+    return BackgroundPrediction(image_from_volume_node(fixed_node), moving_image(moving_node, transform_node),
+                                mask_image(mask_node, fixed_node), weights=weights, device=device, progress=progress)
+
+
+def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
+    """Create or update the output nodes from a prediction result; on failure, remove what was created."""
     scene = fixed_node.GetScene()
     names = output_names(fixed_node)
     created = []
@@ -186,7 +199,7 @@ def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, 
         table = _node(scene, "vtkMRMLTableNode", names["table"], created)
         _fill_table(table, result.summary)
         nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table}
-        if probabilities:
+        if probabilities and result.probabilities is not None:
             for i, value in enumerate(L.CLASS_VALUES):
                 key = f"probability_{L.CLASS_NAMES[value]}"
                 nodes[key] = _node(scene, "vtkMRMLScalarVolumeNode", names[key], created)

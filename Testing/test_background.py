@@ -1,0 +1,59 @@
+"""Prediction in a child process: same result as in-process, progress, cancel, errors, scene outputs."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib.background import BackgroundPrediction
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.scene import add_result_nodes, start_prediction
+
+from conftest import volume_node
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    card_path(path).write_text(json.dumps({"sha256": export_weights(tiny_model, path)}))
+    return path
+
+
+def test_child_process_gives_the_in_process_result_and_reports_progress(small_pair, tiny_predictor, weights):
+    seen = []
+    job = BackgroundPrediction(small_pair.fixed, small_pair.moving, weights=weights, device="cpu",
+                               progress=lambda fraction, message: seen.append(fraction))
+    job.wait(timeout=300)
+    result = job.result()
+    expected = tiny_predictor.predict(small_pair.fixed, small_pair.moving)
+    assert np.array_equal(sitk.GetArrayViewFromImage(result.labels), sitk.GetArrayViewFromImage(expected.labels))
+    assert result.summary["classes"] == expected.summary["classes"]
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+    assert not job.folder.exists()
+
+
+def test_cancel_stops_the_child_and_removes_its_files(small_pair, weights):
+    job = BackgroundPrediction(small_pair.fixed, small_pair.moving, weights=weights, device="cpu")
+    job.cancel()
+    assert job.process.poll() is not None and not job.folder.exists()
+    with pytest.raises(InputError, match="cancelled"):
+        job.result()
+
+
+def test_child_errors_come_back_as_one_line(small_pair, weights):
+    empty = sitk.Image(small_pair.fixed.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(small_pair.fixed)
+    job = BackgroundPrediction(small_pair.fixed, small_pair.moving, mask=empty, weights=weights, device="cpu")
+    with pytest.raises(InputError, match="mask is empty") as err:
+        job.result()
+    assert "\n" not in str(err.value)
+
+
+def test_background_run_on_scene_nodes(scene, small_pair, weights):
+    fixed = volume_node(scene, small_pair.fixed, "fixed")
+    moving = volume_node(scene, small_pair.moving, "moving")
+    job = start_prediction(fixed, moving, weights=weights, device="cpu")
+    nodes = add_result_nodes(fixed, job.result(), probabilities=True)
+    assert nodes["labels"].GetName() == "fixed misalignment"
+    assert nodes["table"].GetNumberOfRows() == 3 and "probability_wrong" in nodes

@@ -56,8 +56,11 @@ def test_predict_nodes_creates_the_outputs_and_leaves_inputs_alone(scene, small_
     colors.GetColor(L.WRONG, rgba)
     assert rgba[:3] == pytest.approx(L.CLASS_COLORS[L.WRONG], abs=1 / 255)  # stored as 8-bit
     segmentation = out["segmentation"].GetSegmentation()
-    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-    assert sorted(names) == sorted(L.display_name(v) for v in L.CLASS_VALUES)
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert sorted(s.GetName() for s in segments) == sorted(L.display_name(v) for v in L.CLASS_VALUES)
+    for segment in segments:
+        value = next(v for v in L.CLASS_VALUES if L.display_name(v) == segment.GetName())
+        assert segment.GetColor() == pytest.approx(L.CLASS_COLORS[value], abs=1 / 255)
     table = out["table"]
     assert table.GetNumberOfRows() == 3
     for row, value in enumerate(L.CLASS_VALUES):

@@ -98,7 +98,22 @@ def test_demo_writes_its_files_and_reports_agreement(files, tmp_path, capsys, mo
 
 
 def test_every_command_has_help():
-    for command in ("demo", "predict", "train", "evaluate-synthetic"):
+    for command in ("demo", "predict", "train", "evaluate-synthetic", "release", "benchmark"):
         done = subprocess.run([sys.executable, "-m", "RegistrationMisalignmentLib", command, "--help"],
                               capture_output=True, text=True)
         assert done.returncode == 0 and "usage:" in done.stdout, command
+
+
+def test_benchmark_reports_dense_faster_than_per_patch_with_identical_results(files, capsys, monkeypatch):
+    from RegistrationMisalignmentLib import benchmark
+    from conftest import SMALL
+    from RegistrationMisalignmentLib.phantom import make_chest_phantom
+    monkeypatch.setattr(benchmark, "make_chest_phantom", lambda seed: make_chest_phantom(seed, SMALL))
+    code = main(["benchmark", "--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--blocks", "16",
+                 "--max-memory", "0.2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["max_probability_difference_dense_vs_per_patch"] <= 1e-4
+    assert result["speedup_dense_over_per_patch"] > 1.0
+    assert result["flops_per_output_voxel"] > 0 and result["peak_rss_bytes"] > 0
+    assert result["per_patch_blocks_sampled"] == 16

@@ -237,10 +237,41 @@ def run_release(args) -> dict:
     return {"sha256": card["sha256"], "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
 
 
+def _add_benchmark(sub) -> None:
+    """Register the `benchmark` command."""
+    p = sub.add_parser("benchmark", help="time dense inference against per-patch evaluation, memory and FLOPs",
+                       description="On a CT (default: the demo phantom) warped by a synthetic field: preprocessing "
+                                   "times, dense tiled inference (time, voxels/s, peak memory, FLOP/s), the paper's "
+                                   "per-patch evaluation on sampled blocks scaled to the volume, and their agreement.")
+    p.add_argument("--ct", help="CT to benchmark on (e.g. ../shared/data/thorax_nsclc_r01-001.nii.gz)")
+    p.add_argument("--blocks", type=int, default=64, help="8^3 blocks evaluated the per-patch way")
+    _add_model_options(p)
+
+
+def run_benchmark_command(args) -> dict:
+    """Run the benchmark and print its main figures."""
+    from .benchmark import run_benchmark
+    result = run_benchmark(_load_predictor(args), args.ct, args.blocks)
+    if not args.json:
+        s = result["seconds"]
+        print(f"{result['case']} on {result['device']} ({result['machine']}, {result['torch_threads']} threads)")
+        print(f"  preprocessing {s['preprocessing_checks_masks_resample'] + s['pyramid']:.1f} s, dense network "
+              f"{s['dense_network']:.1f} s, back to fixed grid {s['resample_to_fixed_grid']:.1f} s, "
+              f"end to end {s['end_to_end_without_read']:.1f} s (+ read {s['read']:.1f} s)")
+        print(f"  per-patch (estimated) {s['per_patch_estimated_whole_volume']:.1f} s: dense is "
+              f"{result['speedup_dense_over_per_patch']:.1f}x faster, max probability difference "
+              f"{result['max_probability_difference_dense_vs_per_patch']:.2e}")
+        print(f"  {result['flops_per_output_voxel'] / 1e3:.0f} kFLOP per voxel, "
+              f"{result['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s "
+              f"({100 * result['fraction_of_matmul_reference']:.0f} % of a float32 matmul), "
+              f"peak RSS {result['peak_rss_bytes'] / 2 ** 30:.2f} GiB")
+    return result
+
+
 COMMANDS = {"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
             "train": (_add_train, run_train),
             "evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
-            "release": (_add_release, run_release)}
+            "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,17 +81,12 @@ class MisalignmentPredictor:
         t0 = time.perf_counter()
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
-        pair = to_fixed_grid(fixed, moving, mask)
-        region = mask_region_s1(fixed, pair.mask)
-        largest = min(tile_size_for_memory(self.model, self.max_memory_gb), MAX_TILE)
-        tile = best_tile(self.model, region[1] - region[0], largest)
-        stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)
-        prepared = crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile))
+        prepared, tile = self.prepare(fixed, moving, mask)
         t1 = time.perf_counter()
         probs_s1 = self.dense_probabilities(prepared, tile, lambda f: report(0.05 + 0.85 * f, "predicting"))
         t2 = time.perf_counter()
         report(0.9, "resampling to the fixed grid")
-        result = self._to_fixed_grid(prepared, probs_s1)
+        result = self.result_on_fixed_grid(prepared, probs_s1)
         t3 = time.perf_counter()
         result.summary["timings_s"] = {"preprocessing": t1 - t0, "network": t2 - t1, "resampling": t3 - t2,
                                        "total": t3 - t0}
@@ -99,14 +94,23 @@ class MisalignmentPredictor:
         report(1.0, "done")
         return result
 
-    def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None) -> np.ndarray:
+    def prepare(self, fixed: sitk.Image, moving: sitk.Image, mask=None) -> tuple:
+        """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""
+        pair = to_fixed_grid(fixed, moving, mask)
+        region = mask_region_s1(fixed, pair.mask)
+        largest = min(tile_size_for_memory(self.model, self.max_memory_gb), MAX_TILE)
+        tile = best_tile(self.model, region[1] - region[0], largest)
+        stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)
+        return crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
+
+    def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None, pyramid=None) -> np.ndarray:
         """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile."""
         check_output_size(tile)
-        pyramid = build_pyramid(prepared.volume)
+        pyramid = pyramid or build_pyramid(prepared.volume)
         size = prepared.region_size[::-1]
         start = prepared.region_start[::-1]
         probs = np.zeros((3,) + tuple(int(n) for n in size), dtype=np.float32)
-        needed = self._tiles_touching_mask(prepared, tile)
+        needed = self.tiles_touching_mask(prepared, tile)
         for i, corner in enumerate(needed):
             batch = _to_device(batch_tiles(pyramid, self.model.config, [start + corner], tile), self.device)
             with torch.no_grad():
@@ -117,7 +121,7 @@ class MisalignmentPredictor:
                 progress((i + 1) / len(needed))
         return probs
 
-    def _tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
+    def tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
         """Corners (zyx, region voxels) of the tiles that contain evaluated voxels."""
         ref = prepared.s1_grid(prepared.region_start, prepared.region_size)
         s1_mask = sitk.Resample(prepared.mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -126,7 +130,7 @@ class MisalignmentPredictor:
         occupied = F.max_pool3d(occupied, tile, stride=tile)[0, 0] > 0
         return [np.asarray(c) * tile for c in torch.nonzero(occupied).tolist()]
 
-    def _to_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
+    def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
         """Resample S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask."""
         vector = sitk.GetImageFromArray(np.moveaxis(probs_s1, 0, -1), isVector=True)
         vector.CopyInformation(prepared.s1_grid(prepared.region_start, prepared.region_size))
@@ -202,9 +206,9 @@ class MisalignmentPredictor:
             result += weight[:, None] * vals
         return result
 
-    def block_probabilities(self, prepared: PreparedPair, blocks_xyz, batch_size: int = 16) -> dict:
+    def block_probabilities(self, prepared: PreparedPair, blocks_xyz, batch_size: int = 16, pyramid=None) -> dict:
         """Per-block evaluation: one input patch per level for each 8^3 output block (xyz block index)."""
-        pyramid = build_pyramid(prepared.volume)
+        pyramid = pyramid or build_pyramid(prepared.volume)
         start = prepared.region_start
         out = {}
         for i in range(0, len(blocks_xyz), batch_size):

@@ -1,0 +1,142 @@
+"""Benchmark: dense tiled inference against the paper's per-patch evaluation, memory, FLOPs, preprocessing."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .demo import synthetic_pair
+from .imageio import read_image
+from .inference import MisalignmentPredictor
+from .phantom import make_chest_phantom
+from .preprocessing import BLOCK
+from .pyramid import batch_tiles, build_pyramid
+from .release import machine_description
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter for this process, where Linux allows it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def conv_flops_per_output_voxel(predictor: MisalignmentPredictor, pyramid: dict, tile: int, start) -> float:
+    """FLOPs (2 x multiply-adds) of all convolutions for one tile, divided by its output voxels."""
+    total = [0.0]
+
+    def count(module, inputs, output):
+        kernel = np.prod(module.kernel_size)
+        total[0] += 2.0 * output.numel() * kernel * module.in_channels / module.groups
+
+    convs = [m for m in predictor.model.modules() if isinstance(m, nn.Conv3d)]
+    hooks = [m.register_forward_hook(count) for m in convs]
+    try:
+        batch = {lv: x.to(predictor.device) for lv, x in batch_tiles(pyramid, predictor.model.config, [start],
+                                                                      tile).items()}
+        with torch.no_grad():
+            predictor.model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0] / tile ** 3
+
+
+def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Practical peak: FLOP/s of a float32 matrix product on the device."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2.0 * size ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 64, seed: int = 0) -> dict:
+    """Time preprocessing, dense tiled inference and per-patch evaluation on a synthetic pair of one CT."""
+    t0 = time.perf_counter()
+    ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
+    read_s = time.perf_counter() - t0
+    pair = synthetic_pair(ct, lungs, "single_frequency", 12.0, seed)
+    reset_peak_rss()
+    if predictor.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    prepared, tile = predictor.prepare(pair.fixed, pair.moving)
+    t1 = time.perf_counter()
+    pyramid = build_pyramid(prepared.volume)
+    t2 = time.perf_counter()
+    probs = predictor.dense_probabilities(prepared, tile, pyramid=pyramid)
+    _sync(predictor.device)
+    t3 = time.perf_counter()
+    result = predictor.result_on_fixed_grid(prepared, probs)
+    t4 = time.perf_counter()
+    tiles = predictor.tiles_touching_mask(prepared, tile)
+    computed_voxels = len(tiles) * tile ** 3
+    per_patch = _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks, seed)
+    start = tuple(int(s) for s in prepared.region_start[::-1] + tiles[0])
+    flops_per_voxel = conv_flops_per_output_voxel(predictor, pyramid, tile, start)
+    dense_s = t3 - t2
+    per_patch_total_s = per_patch["seconds_per_block"] * computed_voxels / BLOCK ** 3
+    achieved = flops_per_voxel * computed_voxels / dense_s
+    reference = matmul_flops_per_second(predictor.device)
+    return {
+        "case": str(ct_path) if ct_path else f"phantom seed {seed}",
+        "image_size": list(pair.fixed.GetSize()), "image_spacing": list(pair.fixed.GetSpacing()),
+        "mask_voxels": result.summary["mask_voxels"], "tile_size": tile, "tiles": len(tiles),
+        "computed_output_voxels": computed_voxels,
+        "device": str(predictor.device), "machine": machine_description(), "torch_threads": torch.get_num_threads(),
+        "seconds": {"read": read_s, "preprocessing_checks_masks_resample": t1 - t0, "pyramid": t2 - t1,
+                    "dense_network": dense_s, "resample_to_fixed_grid": t4 - t3,
+                    "end_to_end_without_read": (t4 - t0), "per_patch_estimated_whole_volume": per_patch_total_s},
+        "dense_voxels_per_second": computed_voxels / dense_s,
+        "per_patch_voxels_per_second": BLOCK ** 3 / per_patch["seconds_per_block"],
+        "speedup_dense_over_per_patch": per_patch_total_s / dense_s,
+        "max_probability_difference_dense_vs_per_patch": per_patch["max_difference"],
+        "per_patch_blocks_sampled": per_patch["blocks"],
+        "flops_per_output_voxel": flops_per_voxel, "achieved_flops_per_second": achieved,
+        "matmul_reference_flops_per_second": reference, "fraction_of_matmul_reference": achieved / reference,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if predictor.device.type == "cuda" else None,
+    }
+
+
+def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: int, seed: int) -> dict:
+    """Time per-patch evaluation of random 8^3 blocks inside computed tiles; compare with the dense result."""
+    rng = np.random.default_rng(seed)
+    per_tile = tile // BLOCK
+    chosen = set()
+    while len(chosen) < min(blocks, len(tiles) * per_tile ** 3):
+        corner = tiles[rng.integers(len(tiles))] // BLOCK + rng.integers(0, per_tile, 3)
+        chosen.add(tuple(int(c) for c in corner[::-1]))  # xyz block index
+    chosen = sorted(chosen)
+    t0 = time.perf_counter()
+    values = predictor.block_probabilities(prepared, chosen, pyramid=pyramid)
+    _sync(predictor.device)
+    seconds = (time.perf_counter() - t0) / len(chosen)
+    difference = 0.0
+    for bx, by, bz in chosen:
+        dense = probs[:, bz * BLOCK:(bz + 1) * BLOCK, by * BLOCK:(by + 1) * BLOCK, bx * BLOCK:(bx + 1) * BLOCK]
+        difference = max(difference, float(np.abs(dense - values[(bx, by, bz)]).max()))
+    return {"seconds_per_block": seconds, "max_difference": difference, "blocks": len(chosen)}

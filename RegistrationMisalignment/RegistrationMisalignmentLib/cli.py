@@ -268,10 +268,92 @@ def run_benchmark_command(args) -> dict:
     return result
 
 
+def _add_evaluate(sub) -> None:
+    """Register the `evaluate` command (the paper's landmark protocol)."""
+    p = sub.add_parser("evaluate", help="landmark protocol: register with elastix, compare predicted and true classes",
+                       description="Register moving to fixed with elastix in each setup (affine, poorly tuned "
+                                   "B-spline, well-tuned B-spline), bin the residual distance at every fixed landmark "
+                                   "(<= 3 / (3, 6] / > 6 mm), query the predicted class there and report per setup and "
+                                   "pooled. Or give an already registered moving image and its residuals.")
+    p.add_argument("--fixed", required=True)
+    p.add_argument("--moving", help="moving image to register (not needed with --registered-moving)")
+    p.add_argument("--fixed-landmarks", required=True, help="elastix/ITK point file, CSV (x,y,z mm), .mrk.json, .fcsv")
+    p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same formats)")
+    p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned", help="comma-separated elastix setups")
+    p.add_argument("--registered-moving", help="moving image already registered to the fixed image")
+    p.add_argument("--residuals", help="with --registered-moving: CSV with the residual (mm) of each fixed landmark")
+    p.add_argument("--mask", help="mask for the prediction (default: automatic lung mask)")
+    p.add_argument("--out", help="folder for evaluation.json and evaluation.md")
+    _add_model_options(p)
+
+
+def run_evaluate(args) -> dict:
+    """Run the landmark protocol."""
+    import numpy as np
+    from .imageio import read_image, write_bytes
+    from .landmark_evaluation import SETUPS, evaluate_landmarks, markdown_table, pooled, score
+    from .landmarks import check_inside, read_landmarks
+    fixed = read_image(args.fixed)
+    mask = read_image(args.mask) if args.mask else None
+    fixed_points = read_landmarks(args.fixed_landmarks, fixed)
+    check_inside(fixed_points, fixed, args.fixed_landmarks)
+    predictor = _load_predictor(args)
+    if args.registered_moving:
+        if not args.residuals:
+            raise InputError("--registered-moving needs --residuals (one residual in mm per fixed landmark)")
+        residual = np.asarray(read_residuals(args.residuals))
+        if len(residual) != len(fixed_points):
+            raise InputError(f"{args.residuals}: {len(residual)} residuals for {len(fixed_points)} landmarks")
+        setups = {"given": score(predictor, fixed, read_image(args.registered_moving), fixed_points, residual, mask)}
+        result = {"setups": setups, "total": pooled(setups)}
+    else:
+        if not (args.moving and args.moving_landmarks):
+            raise InputError("give --moving and --moving-landmarks (or --registered-moving with --residuals)")
+        moving = read_image(args.moving)
+        moving_points = read_landmarks(args.moving_landmarks, moving)
+        if len(moving_points) != len(fixed_points):
+            raise InputError(f"{len(fixed_points)} fixed landmarks but {len(moving_points)} moving landmarks; "
+                             "they must correspond one to one")
+        check_inside(moving_points, moving, args.moving_landmarks)
+        setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+        unknown = [s for s in setups if s not in SETUPS]
+        if unknown:
+            raise InputError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
+        result = evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups, mask,
+                                    progress=_progress_bar(not args.json))
+    table = markdown_table(result)
+    if args.out:
+        from pathlib import Path
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_bytes(json.dumps(result, indent=1).encode(), Path(args.out) / "evaluation.json")
+        write_bytes(table.encode(), Path(args.out) / "evaluation.md")
+    if not args.json:
+        print(table)
+    return result
+
+
+def read_residuals(path) -> list:
+    """One residual distance (mm) per row of a CSV (a header row is allowed)."""
+    values = []
+    from pathlib import Path
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        field = line.split(",")[0].strip()
+        if not field:
+            continue
+        try:
+            values.append(float(field))
+        except ValueError:
+            if i == 0:
+                continue
+            raise InputError(f"{path}:{i + 1}: cannot parse {field!r} as a residual in mm") from None
+    return values
+
+
 COMMANDS = {"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
             "train": (_add_train, run_train),
             "evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
-            "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command)}
+            "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command),
+            "evaluate": (_add_evaluate, run_evaluate)}
 
 
 def build_parser() -> argparse.ArgumentParser:

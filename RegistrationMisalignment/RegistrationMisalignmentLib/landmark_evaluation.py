@@ -1,0 +1,128 @@
+"""The paper's landmark protocol: register with elastix in three setups, bin the residual at each fixed landmark,
+compare with the predicted class there, and report per setup and pooled."""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import labels as L
+from .errors import InputError
+from .metrics import classification_report, confusion_matrix
+
+SETUPS = ("affine", "bspline_poor", "bspline_tuned")
+
+
+def _maps(setup: str) -> list:
+    """elastix parameter maps (as plain dicts of overrides on elastix's defaults) for one setup."""
+    affine = ("affine", 3, {"MaximumNumberOfIterations": "250"})
+    if setup == "affine":
+        return [affine]
+    if setup == "bspline_poor":
+        return [("bspline", 1, {"MaximumNumberOfIterations": "20", "FinalGridSpacingInPhysicalUnits": "40"})]
+    if setup == "bspline_tuned":
+        return [affine, ("bspline", 4, {"MaximumNumberOfIterations": "500", "FinalGridSpacingInPhysicalUnits": "10",
+                                         "NumberOfSpatialSamples": "5000"})]
+    raise ValueError(f"unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
+
+
+def _itk():
+    """The itk module with elastix, or a clear error saying how to install it."""
+    try:
+        import itk
+        itk.ElastixRegistrationMethod  # noqa: B018 - fails early when only plain ITK is installed
+    except (ImportError, AttributeError):
+        raise InputError("the landmark protocol needs elastix: pip install itk-elastix") from None
+    return itk
+
+
+def _to_itk(image: sitk.Image):
+    """SimpleITK image -> float32 ITK image with the same geometry."""
+    itk = _itk()
+    out = itk.GetImageFromArray(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))
+    out.SetOrigin(image.GetOrigin())
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection()).reshape(3, 3)))
+    return out
+
+
+def _from_itk(array: np.ndarray, reference: sitk.Image, vector: bool = False) -> sitk.Image:
+    """SimpleITK image from an ITK result array on the reference grid."""
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float64 if vector else np.float32), isVector=vector)
+    image.CopyInformation(reference)
+    return image
+
+
+def register(fixed: sitk.Image, moving: sitk.Image, setup: str) -> tuple:
+    """Register moving to fixed with elastix; return (moving resampled onto the fixed grid, displacement field)."""
+    itk = _itk()
+    parameters = itk.ParameterObject.New()
+    for kind, resolutions, overrides in _maps(setup):
+        parameter_map = parameters.GetDefaultParameterMap(kind, resolutions)
+        for key, value in overrides.items():
+            parameter_map[key] = [value]
+        parameter_map["DefaultPixelValue"] = ["-1024"]
+        parameters.AddParameterMap(parameter_map)
+    fixed_itk, moving_itk = _to_itk(fixed), _to_itk(moving)
+    result, transform = itk.elastix_registration_method(fixed_itk, moving_itk, parameter_object=parameters,
+                                                        log_to_console=False)
+    field = itk.transformix_deformation_field(moving_itk, transform)
+    return (_from_itk(itk.GetArrayFromImage(result), fixed),
+            _from_itk(itk.GetArrayFromImage(field), fixed, vector=True))
+
+
+def residuals(displacement: sitk.Image, fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
+    """|T(p_fixed) - p_moving| in mm, T(p) = p + u(p) with u linearly interpolated."""
+    mapped = np.array([np.asarray(p) + np.asarray(displacement.EvaluateAtPhysicalPoint(tuple(float(v) for v in p),
+                                                                                      sitk.sitkLinear))
+                       for p in fixed_points])
+    return np.linalg.norm(mapped - moving_points, axis=1)
+
+
+def score(predictor, fixed: sitk.Image, registered: sitk.Image, fixed_points: np.ndarray, residual_mm: np.ndarray,
+          mask=None) -> dict:
+    """Truth (binned residual) against the predicted class at each fixed landmark (arg-max, mask or not)."""
+    _, probabilities = predictor.predict_points(fixed, registered, fixed_points, mask=mask)
+    truth = L.class_index(residual_mm)
+    predicted = probabilities.argmax(1)
+    report = classification_report(confusion_matrix(truth, predicted))
+    report["landmarks"] = [{"residual_mm": float(r), "truth": L.CLASS_NAMES[int(t) + 1],
+                            "predicted": L.CLASS_NAMES[int(p) + 1], "probabilities": [float(v) for v in pr]}
+                           for r, t, p, pr in zip(residual_mm, truth, predicted, probabilities)]
+    return report
+
+
+def pooled(setups: dict) -> dict:
+    """The 'Total' report over all setups' landmarks."""
+    cm = sum(np.asarray(r["confusion_matrix"]) for r in setups.values())
+    return classification_report(cm)
+
+
+def evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups=SETUPS, mask=None,
+                       progress=None) -> dict:
+    """Run the protocol for every setup and pool the results."""
+    report = progress or (lambda fraction, message: None)
+    results = {}
+    for i, setup in enumerate(setups):
+        report(i / len(setups), f"registering ({setup})")
+        registered, displacement = register(fixed, moving, setup)
+        residual = residuals(displacement, fixed_points, moving_points)
+        report((i + 0.7) / len(setups), f"predicting ({setup})")
+        results[setup] = score(predictor, fixed, registered, fixed_points, residual, mask)
+    report(1.0, "done")
+    return {"setups": results, "total": pooled(results)}
+
+
+def markdown_table(result: dict) -> str:
+    """Markdown: one row per setup and the pooled total, plus the confusion matrices."""
+    names = [L.CLASS_NAMES[v] for v in L.CLASS_VALUES]
+    lines = ["| setup | landmarks | accuracy | average F1 | " + " | ".join(f"F1 {n}" for n in names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    rows = dict(result["setups"], Total=result["total"])
+    for name, r in rows.items():
+        f1 = " | ".join(f"{100 * r['per_class'][n]['f1']:.1f} %" for n in names)
+        lines.append(f"| {name} | {r['n']} | {100 * r['accuracy']:.1f} % | {100 * r['average_f1']:.1f} % | {f1} |")
+    lines.append("")
+    for name, r in rows.items():
+        lines.append(f"Confusion matrix, {name} (rows truth, columns prediction; {', '.join(names)}): "
+                     f"`{r['confusion_matrix']}`")
+    return "\n".join(lines) + "\n"

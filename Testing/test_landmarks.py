@@ -1,0 +1,122 @@
+"""The landmark protocol: file formats, residuals, metrics on a known field, elastix setups, bad input."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
+from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.imageio import write_image
+from RegistrationMisalignmentLib.landmark_evaluation import register, residuals
+from RegistrationMisalignmentLib.landmarks import check_inside, read_landmarks
+
+POINTS = np.array([[-10.5, 4.0, 2.25], [12.0, -6.5, 0.0], [3.0, 3.0, -8.0]])
+
+
+def _write_all_formats(folder, points):
+    ras = points * [-1, -1, 1]
+    (folder / "p.txt").write_text("point\n3\n" + "\n".join(" ".join(map(str, p)) for p in points))
+    (folder / "p.csv").write_text("x,y,z\n" + "\n".join(",".join(map(str, p)) for p in points))
+    (folder / "p.mrk.json").write_text(json.dumps({"markups": [{"coordinateSystem": "RAS", "controlPoints": [
+        {"position": list(p)} for p in ras]}]}))
+    (folder / "p.fcsv").write_text("# Markups fiducial file version = 4.11\n# CoordinateSystem = RAS\n"
+                                   "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                                   + "\n".join(f"{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,F-{i},," for i, p in
+                                               enumerate(ras)))
+    return ["p.txt", "p.csv", "p.mrk.json", "p.fcsv"]
+
+
+def test_every_landmark_format_gives_the_same_lps_points(tmp_path, small_phantom):
+    for name in _write_all_formats(tmp_path, POINTS):
+        assert np.allclose(read_landmarks(tmp_path / name), POINTS), name
+    ct, _ = small_phantom
+    index = [ct.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in POINTS]
+    (tmp_path / "i.txt").write_text("index\n3\n" + "\n".join(" ".join(map(str, p)) for p in index))
+    assert np.allclose(read_landmarks(tmp_path / "i.txt", ct), POINTS)
+
+
+def test_bad_landmark_files_give_clear_errors(tmp_path, small_phantom):
+    (tmp_path / "bad.csv").write_text("x,y,z\n1,2,3\n4,five,6\n")
+    with pytest.raises(InputError, match=r"bad.csv:2: cannot parse"):
+        read_landmarks(tmp_path / "bad.csv")
+    (tmp_path / "count.txt").write_text("point\n3\n1 2 3\n4 5 6\n")
+    with pytest.raises(InputError, match="header says 3 points but the file has 2"):
+        read_landmarks(tmp_path / "count.txt")
+    ct, _ = small_phantom
+    with pytest.raises(InputError, match="landmark 2 .* outside the image"):
+        check_inside(np.array([[0.0, 0.0, 0.0], [500.0, 0.0, 0.0]]), ct, "fixed landmarks")
+
+
+def test_residual_uses_the_fixed_to_moving_displacement():
+    field = sitk.Image([10, 10, 10], sitk.sitkVectorFloat64, 3)
+    field.SetOrigin((-5.0, -5.0, -5.0))
+    field += 0  # zero field
+    array = sitk.GetArrayFromImage(field)
+    array[...] = (2.0, 0.0, 0.0)
+    shifted = sitk.GetImageFromArray(array, isVector=True)
+    shifted.CopyInformation(field)
+    fixed = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    moving = fixed + [2.0, 0.0, 0.0] + [[0.0, 0.0, 0.0], [0.0, 3.0, 4.0]]
+    assert np.allclose(residuals(shifted, fixed, moving), [0.0, 5.0])
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    card_path(path).write_text(json.dumps({"sha256": export_weights(tiny_model, path)}))
+    return path
+
+
+def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_pair, tiny_predictor, weights,
+                                                                         tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    magnitude = small_pair.magnitude_mm
+    voxels = np.argwhere(magnitude > -1)[rng.choice(magnitude.size, 60, replace=False)]
+    voxels = voxels[(voxels > 10).all(1) & (voxels < np.array(magnitude.shape) - 10).all(1)]
+    points = np.array([small_pair.fixed.TransformIndexToPhysicalPoint([int(v) for v in c[::-1]]) for c in voxels])
+    truth = L.class_index(magnitude[tuple(voxels.T)])
+    write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
+    write_image(small_pair.moving, tmp_path / "moving.nrrd")
+    np.savetxt(tmp_path / "fixed.csv", points, delimiter=",")
+    np.savetxt(tmp_path / "residuals.csv", magnitude[tuple(voxels.T)], delimiter=",")
+    code = main(["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--fixed-landmarks", str(tmp_path / "fixed.csv"),
+                 "--registered-moving", str(tmp_path / "moving.nrrd"), "--residuals", str(tmp_path / "residuals.csv"),
+                 "--weights", str(weights), "--device", "cpu", "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    _, probabilities = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
+    expected = np.zeros((3, 3), dtype=int)
+    np.add.at(expected, (truth, probabilities.argmax(1)), 1)
+    assert result["setups"]["given"]["confusion_matrix"] == expected.tolist()
+    assert result["total"]["confusion_matrix"] == expected.tolist()
+    assert "| given |" in (tmp_path / "out" / "evaluation.md").read_text()
+
+
+def test_affine_elastix_recovers_a_translation(small_phantom):
+    ct, _ = small_phantom
+    shift = np.array([4.0, -3.0, 2.0])
+    moving = sitk.Resample(ct, ct, sitk.TranslationTransform(3, tuple(-shift)), sitk.sitkLinear, -1024)
+    points = np.array([[-15.0, 0.0, 0.0], [15.0, 5.0, -5.0], [0.0, -10.0, 10.0]])
+    registered, displacement = register(ct, moving, "affine")
+    assert registered.GetSize() == ct.GetSize()
+    assert np.all(residuals(displacement, points, points + shift) < 1.5)
+    no_registration = np.linalg.norm(shift)
+    assert no_registration > 5.0
+
+
+def test_protocol_runs_every_setup_and_rejects_mismatched_landmarks(small_pair, weights, tmp_path, capsys):
+    write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
+    write_image(small_pair.moving, tmp_path / "moving.nrrd")
+    np.savetxt(tmp_path / "f.csv", POINTS, delimiter=",")
+    np.savetxt(tmp_path / "m.csv", POINTS + 1.0, delimiter=",")
+    np.savetxt(tmp_path / "m2.csv", POINTS[:2], delimiter=",")
+    base = ["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving", str(tmp_path / "moving.nrrd"),
+            "--fixed-landmarks", str(tmp_path / "f.csv"), "--weights", str(weights), "--device", "cpu"]
+    assert main(base + ["--moving-landmarks", str(tmp_path / "m2.csv")]) == 2
+    assert "3 fixed landmarks but 2 moving landmarks" in capsys.readouterr().err
+    assert main(base + ["--moving-landmarks", str(tmp_path / "m.csv"), "--setups", "affine,bspline_poor", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["setups"]) == {"affine", "bspline_poor"} and result["total"]["n"] == 6

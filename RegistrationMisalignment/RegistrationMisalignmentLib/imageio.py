@@ -84,6 +84,7 @@ def write_image(image: sitk.Image, path, compress: bool = True) -> None:
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, compress)
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,10 +99,18 @@ def write_bytes(data: bytes, path) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _usual_permissions(path) -> None:
+    """Give a temporary file the permissions a normally created file would have (mkstemp makes it private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def check_output_path(path) -> None:

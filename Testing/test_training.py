@@ -59,3 +59,19 @@ def test_loss_covers_every_step_and_ignores_unlabelled_voxels():
                                            rel=1e-5)
     targets[1][:] = -1
     assert float(hierarchy_loss(logits, targets)) == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-5)
+
+
+def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_phantom, tmp_path):
+    from RegistrationMisalignmentLib.ablation import run_ablation
+    from RegistrationMisalignmentLib.imageio import write_image
+    ct, _ = small_phantom
+    write_image(ct, tmp_path / "heldout.nrrd")
+    config = TrainConfig(steps=1, batch_size=1, out_size=8, validate_every=1, validation_samples=1,
+                         phantom_seeds=[0])
+    summary = run_ablation(config, tmp_path / "heldout.nrrd", tmp_path / "ablation", samples=2, base=MODEL,
+                           device="cpu", log=lambda m: None)
+    assert set(summary["results"]) == {"hierarchical_lstm", "multires_cnn", "single_cnn"}
+    params = {k: v["parameters"] for k, v in summary["results"].items()}
+    assert params["single_cnn"] < params["multires_cnn"] < params["hierarchical_lstm"]
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert all(f"| {name} |" in table for name in params)

@@ -349,11 +349,45 @@ def read_residuals(path) -> list:
     return values
 
 
+def _add_ablation(sub) -> None:
+    """Register the `ablation` command."""
+    p = sub.add_parser("ablation", help="train the three architectures the same way and compare them on a held-out CT",
+                       description="Single-resolution CNN, multi-resolution CNN without LSTM and the hierarchical "
+                                   "ConvLSTM, same data, steps and seeds; writes ablation.json and ablation.md. "
+                                   "Re-running resumes.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ct", action="append", default=[], help="training CT; repeatable")
+    p.add_argument("--heldout-ct", required=True)
+    p.add_argument("--phantoms", type=int, default=2)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--samples", type=int, default=48)
+    p.add_argument("--threads", type=int, default=0)
+    _add_device(p)
+    p.add_argument("--json", action="store_true")
+
+
+def run_ablation_command(args) -> dict:
+    """Run the ablation."""
+    from .ablation import run_ablation
+    from .model import ModelConfig
+    from .training import TrainConfig
+    _set_threads(args.threads)
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, ct_paths=[str(p) for p in args.ct],
+                               phantom_seeds=list(range(args.phantoms)))
+    summary = run_ablation(train_config, args.heldout_ct, args.out, args.samples,
+                           ModelConfig(features=12, hidden=12), args.device)
+    if not args.json:
+        from .ablation import ablation_markdown
+        print(ablation_markdown(summary))
+    return summary
+
+
 COMMANDS = {"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
             "train": (_add_train, run_train),
             "evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
             "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command),
-            "evaluate": (_add_evaluate, run_evaluate)}
+            "evaluate": (_add_evaluate, run_evaluate), "ablation": (_add_ablation, run_ablation_command)}
 
 
 def build_parser() -> argparse.ArgumentParser:

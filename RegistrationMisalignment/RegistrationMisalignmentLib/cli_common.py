@@ -1,0 +1,65 @@
+"""Options and helpers shared by the command-line commands: device, model loading, threads, progress."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+OPEN_BARS = []
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """Add the --device option."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"],
+                        help="where the network runs (default: auto = GPU if available)")
+
+
+def set_threads(threads: int) -> None:
+    """Use `threads` CPU threads for torch (0 = leave torch's default: all cores)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Add --weights, --device, --max-memory and --threads."""
+    parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")
+    add_device(parser)
+    parser.add_argument("--max-memory", type=float, default=2.0, metavar="GIB",
+                        help="memory budget that sets the tile size (default 2 GiB)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
+
+
+def load_predictor(args):
+    """The predictor from --weights / --device / --max-memory / --threads."""
+    from .inference import MisalignmentPredictor
+    set_threads(args.threads)
+    return MisalignmentPredictor.load(args.weights, device=args.device, max_memory_gb=args.max_memory)
+
+
+def progress_bar(enabled: bool):
+    """A progress callback drawing a tqdm bar on stderr (or None when disabled)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    bar = tqdm(total=100, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr,
+               disable=None, leave=False)
+    OPEN_BARS.append(bar)
+
+    def update(fraction: float, message: str) -> None:
+        bar.set_description_str(message)
+        bar.update(int(round(100 * fraction)) - bar.n)
+        if fraction >= 1.0:
+            bar.close()
+    return update
+
+
+def progress_lines(fraction: float, message: str) -> None:
+    """Machine-readable progress on stderr, one line per update."""
+    print(f"progress {fraction:.3f} {message}", file=sys.stderr, flush=True)
+
+
+def close_bars() -> None:
+    """Close progress bars left open by a failed command, so the error stands on its own line."""
+    while OPEN_BARS:
+        OPEN_BARS.pop().close()

@@ -1,0 +1,212 @@
+"""Evaluation commands: evaluate (landmarks), evaluate-synthetic, ablation, release, benchmark."""
+from __future__ import annotations
+
+import json
+
+from .cli_common import add_device, add_model_options, load_predictor, progress_bar, set_threads
+from .errors import InputError
+
+
+def _add_evaluate_synthetic(sub) -> None:
+    """Register the `evaluate-synthetic` command."""
+    p = sub.add_parser("evaluate-synthetic", help="metrics on synthetic pairs from a CT the model did not train on",
+                       description="Warp a held-out CT with reproducible synthetic fields (all families) and "
+                                   "report accuracy, per-class precision/recall/F1 and confusion matrices at "
+                                   "lung voxels (all, and class-stratified points).")
+    p.add_argument("--ct", required=True, help="held-out CT (file or DICOM folder)")
+    p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
+    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p)
+
+
+def run_evaluate_synthetic(args) -> dict:
+    """Evaluate the model on synthetic pairs from a held-out CT."""
+    from .checkpoint import load_model, released_weights_path, sha256_of
+    from .devices import resolve_device
+    from .evaluation import evaluate_synthetic
+    from .imageio import read_image
+    from .sources import source_from_image
+    set_threads(args.threads)
+    source = source_from_image(str(args.ct), read_image(args.ct))
+    weights = args.weights or released_weights_path()
+    result = evaluate_synthetic(load_model(weights), source, args.samples, seed=args.seed,
+                                device=resolve_device(args.device), progress=not args.json)
+    result["weights_sha256"] = sha256_of(weights)
+    if not args.json:
+        for key in ("all_lung_voxels", "class_stratified_points"):
+            r = result[key]
+            print(f"{key}: n={r['n']} accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %")
+    return result
+
+
+def _add_release(sub) -> None:
+    """Register the `release` command."""
+    p = sub.add_parser("release", help="publish a trained run: weights, held-out evaluation and model card",
+                       description="Copy a run's weights, evaluate them on synthetic pairs from a held-out CT and "
+                                   "write the model card (JSON with sha256, and Markdown) next to the weights.")
+    p.add_argument("--run", required=True, help="training run folder (from `train --out`)")
+    p.add_argument("--weights-out", required=True, help="where to write the released .safetensors")
+    p.add_argument("--heldout-ct", required=True, help="CT the run did not train on")
+    p.add_argument("--samples", type=int, default=48)
+    p.add_argument("--training-command", default="", help="the command that trained the run (for the card)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+def run_release(args) -> dict:
+    """Release a run."""
+    from .release import release
+    set_threads(args.threads)
+    card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command)
+    return {"sha256": card["sha256"], "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
+
+
+def _add_benchmark(sub) -> None:
+    """Register the `benchmark` command."""
+    p = sub.add_parser("benchmark", help="time dense inference against per-patch evaluation, memory and FLOPs",
+                       description="On a CT (default: the demo phantom) warped by a synthetic field: preprocessing "
+                                   "times, dense tiled inference (time, voxels/s, peak memory, FLOP/s), the paper's "
+                                   "per-patch evaluation on sampled blocks scaled to the volume, and their agreement.")
+    p.add_argument("--ct", help="CT to benchmark on (e.g. ../shared/data/thorax_nsclc_r01-001.nii.gz)")
+    p.add_argument("--blocks", type=int, default=64, help="8^3 blocks evaluated the per-patch way")
+    add_model_options(p)
+
+
+def run_benchmark_command(args) -> dict:
+    """Run the benchmark and print its main figures."""
+    from .benchmark import run_benchmark
+    result = run_benchmark(load_predictor(args), args.ct, args.blocks)
+    if not args.json:
+        s = result["seconds"]
+        print(f"{result['case']} on {result['device']} ({result['machine']}, {result['torch_threads']} threads)")
+        print(f"  preprocessing {s['preprocessing_checks_masks_resample'] + s['pyramid']:.1f} s, dense network "
+              f"{s['dense_network']:.1f} s, back to fixed grid {s['resample_to_fixed_grid']:.1f} s, "
+              f"end to end {s['end_to_end_without_read']:.1f} s (+ read {s['read']:.1f} s)")
+        print(f"  per-patch (estimated) {s['per_patch_estimated_whole_volume']:.1f} s: dense is "
+              f"{result['speedup_dense_over_per_patch']:.1f}x faster, max probability difference "
+              f"{result['max_probability_difference_dense_vs_per_patch']:.2e}")
+        print(f"  {result['flops_per_output_voxel'] / 1e3:.0f} kFLOP per voxel, "
+              f"{result['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s "
+              f"({100 * result['fraction_of_matmul_reference']:.0f} % of a float32 matmul), "
+              f"peak RSS {result['peak_rss_bytes'] / 2 ** 30:.2f} GiB")
+    return result
+
+
+def _add_evaluate(sub) -> None:
+    """Register the `evaluate` command (the paper's landmark protocol)."""
+    p = sub.add_parser("evaluate", help="landmark protocol: register with elastix, compare predicted and true classes",
+                       description="Register moving to fixed with elastix in each setup (affine, poorly tuned "
+                                   "B-spline, well-tuned B-spline), bin the residual distance at every fixed landmark "
+                                   "(<= 3 / (3, 6] / > 6 mm), query the predicted class there and report per setup and "
+                                   "pooled. Or give an already registered moving image and its residuals.")
+    p.add_argument("--fixed", required=True)
+    p.add_argument("--moving", help="moving image to register (not needed with --registered-moving)")
+    p.add_argument("--fixed-landmarks", required=True, help="elastix/ITK point file, CSV (x,y,z mm), .mrk.json, .fcsv")
+    p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same formats)")
+    p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned", help="comma-separated elastix setups")
+    p.add_argument("--registered-moving", help="moving image already registered to the fixed image")
+    p.add_argument("--residuals", help="with --registered-moving: CSV with the residual (mm) of each fixed landmark")
+    p.add_argument("--mask", help="mask for the prediction (default: automatic lung mask)")
+    p.add_argument("--out", help="folder for evaluation.json and evaluation.md")
+    add_model_options(p)
+
+
+def run_evaluate(args) -> dict:
+    """Run the landmark protocol."""
+    import numpy as np
+    from .imageio import read_image, write_bytes
+    from .landmark_evaluation import SETUPS, evaluate_landmarks, markdown_table, pooled, score
+    from .landmarks import check_inside, read_landmarks
+    fixed = read_image(args.fixed)
+    mask = read_image(args.mask) if args.mask else None
+    fixed_points = read_landmarks(args.fixed_landmarks, fixed)
+    check_inside(fixed_points, fixed, args.fixed_landmarks)
+    predictor = load_predictor(args)
+    if args.registered_moving:
+        if not args.residuals:
+            raise InputError("--registered-moving needs --residuals (one residual in mm per fixed landmark)")
+        residual = np.asarray(read_residuals(args.residuals))
+        if len(residual) != len(fixed_points):
+            raise InputError(f"{args.residuals}: {len(residual)} residuals for {len(fixed_points)} landmarks")
+        setups = {"given": score(predictor, fixed, read_image(args.registered_moving), fixed_points, residual, mask)}
+        result = {"setups": setups, "total": pooled(setups)}
+    else:
+        if not (args.moving and args.moving_landmarks):
+            raise InputError("give --moving and --moving-landmarks (or --registered-moving with --residuals)")
+        moving = read_image(args.moving)
+        moving_points = read_landmarks(args.moving_landmarks, moving)
+        if len(moving_points) != len(fixed_points):
+            raise InputError(f"{len(fixed_points)} fixed landmarks but {len(moving_points)} moving landmarks; "
+                             "they must correspond one to one")
+        check_inside(moving_points, moving, args.moving_landmarks)
+        setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+        unknown = [s for s in setups if s not in SETUPS]
+        if unknown:
+            raise InputError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
+        result = evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups, mask,
+                                    progress=progress_bar(not args.json))
+    table = markdown_table(result)
+    if args.out:
+        from pathlib import Path
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_bytes(json.dumps(result, indent=1).encode(), Path(args.out) / "evaluation.json")
+        write_bytes(table.encode(), Path(args.out) / "evaluation.md")
+    if not args.json:
+        print(table)
+    return result
+
+
+def read_residuals(path) -> list:
+    """One residual distance (mm) per row of a CSV (a header row is allowed)."""
+    values = []
+    from pathlib import Path
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        field = line.split(",")[0].strip()
+        if not field:
+            continue
+        try:
+            values.append(float(field))
+        except ValueError:
+            if i == 0:
+                continue
+            raise InputError(f"{path}:{i + 1}: cannot parse {field!r} as a residual in mm") from None
+    return values
+
+
+def _add_ablation(sub) -> None:
+    """Register the `ablation` command."""
+    p = sub.add_parser("ablation", help="train the three architectures the same way and compare them on a held-out CT",
+                       description="Single-resolution CNN, multi-resolution CNN without LSTM and the hierarchical "
+                                   "ConvLSTM, same data, steps and seeds; writes ablation.json and ablation.md. "
+                                   "Re-running resumes.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ct", action="append", default=[], help="training CT; repeatable")
+    p.add_argument("--heldout-ct", required=True)
+    p.add_argument("--phantoms", type=int, default=2)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--samples", type=int, default=48)
+    p.add_argument("--threads", type=int, default=0)
+    add_device(p)
+    p.add_argument("--json", action="store_true")
+
+
+def run_ablation_command(args) -> dict:
+    """Run the ablation."""
+    from .ablation import run_ablation
+    from .model import ModelConfig
+    from .training import TrainConfig
+    set_threads(args.threads)
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, ct_paths=[str(p) for p in args.ct],
+                               phantom_seeds=list(range(args.phantoms)))
+    summary = run_ablation(train_config, args.heldout_ct, args.out, args.samples,
+                           ModelConfig(features=12, hidden=12), args.device)
+    if not args.json:
+        from .ablation import ablation_markdown
+        print(ablation_markdown(summary))
+    return summary
+
+
+EVALUATION_COMMANDS = {"evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
+                       "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command),
+                       "evaluate": (_add_evaluate, run_evaluate), "ablation": (_add_ablation, run_ablation_command)}

@@ -13,7 +13,7 @@ from .figures import comparison_png
 from .imageio import read_image, write_bytes, write_image
 from .metrics import classification_report, confusion_matrix
 from .phantom import make_chest_phantom
-from .sources import source_from_image
+from .sources import lps_1mm_reference, source_from_image
 from .synthesis import make_field, vector_norm, warp
 
 
@@ -33,19 +33,9 @@ def synthetic_pair(ct: sitk.Image, lungs: sitk.Image = None, family: str = "sing
     gen = torch.Generator().manual_seed(seed)
     field = make_field(family, source.hu, source.torso, source.lungs, 0, source.lung_z_range, gen, max_mm)
     fixed_hu = warp(source.hu[None], field, 0)[0]
-    reference = _lps_reference(ct, source.hu.shape)
+    reference = lps_1mm_reference(ct)
     return SyntheticPair(_image(fixed_hu.numpy(), reference), _image(source.hu.numpy(), reference),
                          vector_norm(field).numpy())
-
-
-def _lps_reference(ct: sitk.Image, shape_zyx) -> sitk.Image:
-    """1 mm LPS grid of a CT, matching the arrays of its training source."""
-    oriented = sitk.DICOMOrient(ct, "LPS")
-    ref = sitk.Image([int(n) for n in shape_zyx[::-1]], sitk.sitkUInt8)
-    ref.SetOrigin(oriented.GetOrigin())
-    ref.SetDirection(oriented.GetDirection())
-    ref.SetSpacing((1.0, 1.0, 1.0))
-    return ref
 
 
 def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -10,16 +10,21 @@ from .pyramid import AIR_HU
 from .synthesis import Source, source_from_arrays
 
 
+def lps_1mm_reference(ct: sitk.Image) -> sitk.Image:
+    """Empty 1 mm isotropic grid over a CT's extent with LPS axes (the grid of its training source)."""
+    oriented = sitk.DICOMOrient(ct, "LPS")
+    size = [max(1, int(round(n * s))) for n, s in zip(oriented.GetSize(), oriented.GetSpacing())]
+    ref = sitk.Image(size, sitk.sitkUInt8)
+    ref.SetOrigin(oriented.GetOrigin())
+    ref.SetDirection(oriented.GetDirection())
+    ref.SetSpacing((1.0, 1.0, 1.0))
+    return ref
+
+
 def to_lps_1mm(ct: sitk.Image) -> sitk.Image:
     """Reorient a CT to LPS axes and resample it linearly to 1 mm isotropic (float32 HU)."""
-    ct = sitk.DICOMOrient(sitk.Cast(ct, sitk.sitkFloat32), "LPS")
-    spacing = ct.GetSpacing()
-    size = [max(1, int(round(n * s))) for n, s in zip(ct.GetSize(), spacing)]
-    ref = sitk.Image(size, sitk.sitkUInt8)
-    ref.SetOrigin(ct.GetOrigin())
-    ref.SetDirection(ct.GetDirection())
-    ref.SetSpacing((1.0, 1.0, 1.0))
-    return sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    return sitk.Resample(sitk.Cast(ct, sitk.sitkFloat32), lps_1mm_reference(ct), sitk.Transform(), sitk.sitkLinear,
+                         AIR_HU, sitk.sitkFloat32)
 
 
 def source_from_image(name: str, ct: sitk.Image, lungs: sitk.Image = None) -> Source:

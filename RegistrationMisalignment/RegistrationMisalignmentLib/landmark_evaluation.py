@@ -2,6 +2,8 @@
 compare with the predicted class there, and report per setup and pooled."""
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -65,7 +67,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, setup: str) -> tuple:
     fixed_itk, moving_itk = _to_itk(fixed), _to_itk(moving)
     result, transform = itk.elastix_registration_method(fixed_itk, moving_itk, parameter_object=parameters,
                                                         log_to_console=False)
-    field = itk.transformix_deformation_field(moving_itk, transform)
+    with tempfile.TemporaryDirectory(prefix="transformix-") as scratch:  # transformix writes its field to disk
+        field = itk.transformix_deformation_field(moving_itk, transform, output_directory=scratch)
     return (_from_itk(itk.GetArrayFromImage(result), fixed),
             _from_itk(itk.GetArrayFromImage(field), fixed, vector=True))
 

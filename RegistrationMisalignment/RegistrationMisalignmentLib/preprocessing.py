@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,7 +28,6 @@ class PreparedPair:
     crop_start: np.ndarray  # global S1 index (xyz) of volume[:, 0, 0, 0]
     region_start: np.ndarray  # start (xyz, in crop voxels) of the block-aligned region to evaluate
     region_size: np.ndarray  # size (xyz) of that region, multiples of BLOCK
-    timings: dict = field(default_factory=dict)
 
     def s1_grid(self, start_xyz, size_xyz) -> sitk.Image:
         """Return an empty image describing an S1 sub-grid (start relative to the crop)."""
@@ -167,14 +165,3 @@ def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPai
     inside = resample_s1(pair.inside, ref, sitk.sitkNearestNeighbor, 0.0)
     volume = stack_channels(torch.from_numpy(fixed_hu), torch.from_numpy(moving_hu), torch.from_numpy(inside))
     return PreparedPair(pair.fixed, pair.mask, volume, crop_start, np.full(3, margin), stop - start)
-
-
-def prepare_pair(fixed: sitk.Image, moving: sitk.Image, mask=None, margin: int = 64, points_s1=None) -> PreparedPair:
-    """Full preparation: checks, fixed grid, masks, S1 crop over the mask (or the given S1 points)."""
-    t0 = time.perf_counter()
-    pair = to_fixed_grid(fixed, moving, mask)
-    t1 = time.perf_counter()
-    region = mask_region_s1(fixed, pair.mask) if points_s1 is None else points_region_s1(fixed, points_s1)
-    prepared = crop_to_s1(pair, region, margin)
-    prepared.timings = {"checks_masks_s": t1 - t0, "resample_s1_s": time.perf_counter() - t1}
-    return prepared

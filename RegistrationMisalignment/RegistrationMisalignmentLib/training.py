@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .checkpoint import export_weights
 from .devices import resolve_device
+from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
 from .synthesis import IGNORE, collate, make_sample
@@ -78,10 +79,7 @@ def validate(model: MisalignmentNet, samples: list) -> dict:
     model.eval()
     cm = np.zeros((3, 3), dtype=np.int64)
     for sample in samples:
-        logits = model({lv: x[None] for lv, x in sample.inputs.items()})[1][0]
-        target = sample.targets[1]
-        keep = (target != IGNORE) & sample.lungs
-        cm += confusion_matrix(target[keep].cpu().numpy(), logits.argmax(0)[keep].cpu().numpy())
+        cm += confusion_matrix(*lung_truth_and_prediction(model, sample))
     model.train()
     return classification_report(cm)
 

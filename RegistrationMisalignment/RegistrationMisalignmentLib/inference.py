@@ -76,12 +76,15 @@ class MisalignmentPredictor:
         return cls(model, device=device, max_memory_gb=max_memory_gb, weights_sha256=sha256_of(path))
 
     # ----- dense prediction -------------------------------------------------------------------------------
-    def predict(self, fixed: sitk.Image, moving: sitk.Image, mask=None, progress=None) -> PredictionResult:
-        """Dense map on the fixed grid: labels (0 outside the mask) and class probabilities."""
+    def predict(self, fixed: sitk.Image, moving: sitk.Image, mask=None, progress=None,
+                transform: sitk.Transform = None) -> PredictionResult:
+        """Dense map on the fixed grid: labels (0 outside the mask) and class probabilities.
+
+        `transform` (fixed-to-moving, ITK convention) is applied to the moving image first, if given."""
         t0 = time.perf_counter()
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
-        prepared, tile = self.prepare(fixed, moving, mask)
+        prepared, tile = self.prepare(fixed, moving, mask, transform)
         t1 = time.perf_counter()
         probs_s1 = self.dense_probabilities(prepared, tile, lambda f: report(0.05 + 0.85 * f, "predicting"))
         t2 = time.perf_counter()
@@ -94,9 +97,9 @@ class MisalignmentPredictor:
         report(1.0, "done")
         return result
 
-    def prepare(self, fixed: sitk.Image, moving: sitk.Image, mask=None) -> tuple:
+    def prepare(self, fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> tuple:
         """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""
-        pair = to_fixed_grid(fixed, moving, mask)
+        pair = to_fixed_grid(fixed, moving, mask, transform)
         region = mask_region_s1(fixed, pair.mask)
         largest = min(tile_size_for_memory(self.model, self.max_memory_gb), MAX_TILE)
         tile = best_tile(self.model, region[1] - region[0], largest)
@@ -158,10 +161,10 @@ class MisalignmentPredictor:
                 "architecture": self.model.config.architecture, "weights_sha256": self.weights_sha256}
 
     # ----- point queries (the paper's way: one patch per output block) -----------------------------------
-    def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None) -> tuple:
+    def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None, transform=None) -> tuple:
         """Classes (N,, 0 outside the mask) and probabilities (N, 3) at physical points (LPS, mm)."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        pair = to_fixed_grid(fixed, moving, mask)
+        pair = to_fixed_grid(fixed, moving, mask, transform)
         s1 = self._points_to_s1(fixed, points)
         region = points_region_s1(fixed, s1)
         prepared = crop_to_s1(pair, region, context_margin(self.model.config, BLOCK))

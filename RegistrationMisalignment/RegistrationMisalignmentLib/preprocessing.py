@@ -68,18 +68,22 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
 
 
-def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image) -> tuple:
-    """Return the moving image (float32) and its field-of-view mask (UInt8) on the fixed grid."""
+def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform = None) -> tuple:
+    """Return the moving image (float32) and its field-of-view mask (UInt8) on the fixed grid.
+
+    `transform` (fixed-to-moving, as ITK resampling and Slicer transform files use) is applied first."""
     moving = sitk.Cast(moving, sitk.sitkFloat32)
-    if same_grid(fixed, moving):
+    if transform is None and same_grid(fixed, moving):
         inside = sitk.Image(fixed.GetSize(), sitk.sitkUInt8) + 1
         inside.CopyInformation(fixed)
         return moving, inside
-    log.warning("moving image is on another grid than the fixed image: resampling it onto the fixed grid")
-    resampled = sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    if transform is None:
+        log.warning("moving image is on another grid than the fixed image: resampling it onto the fixed grid")
+    transform = transform or sitk.Transform()
+    resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
     ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(moving)
-    inside = sitk.Resample(ones, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    inside = sitk.Resample(ones, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return resampled, inside
 
 
@@ -140,12 +144,13 @@ class PairOnFixedGrid:
     mask: sitk.Image
 
 
-def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None) -> PairOnFixedGrid:
-    """Check the pair, put the moving image on the fixed grid, set backgrounds to air, resolve the mask."""
+def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> PairOnFixedGrid:
+    """Check the pair, put the moving image on the fixed grid (through `transform` if given), resolve the mask."""
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
-    check_overlap(fixed, moving)
-    moving_f, inside = moving_on_fixed_grid(fixed, moving)
+    if transform is None:
+        check_overlap(fixed, moving)
+    moving_f, inside = moving_on_fixed_grid(fixed, moving, transform)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
     fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)

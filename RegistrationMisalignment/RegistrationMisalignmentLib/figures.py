@@ -61,3 +61,38 @@ def comparison_png(ct: np.ndarray, rows: dict, centre_zyx=None, spacing_zyx=(1.0
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def worst_slice_indices(label_array: np.ndarray) -> dict:
+    """Per view, the slice index with the most wrong voxels (else most evaluated voxels, else the middle)."""
+    for where in (label_array == L.WRONG, label_array > 0):
+        per_zy = np.count_nonzero(where, axis=2)
+        if per_zy.any():
+            return {"axial": int(np.argmax(per_zy.sum(axis=1))), "coronal": int(np.argmax(per_zy.sum(axis=0))),
+                    "sagittal": int(np.argmax(np.count_nonzero(where, axis=(0, 1))))}
+    z, y, x = (n // 2 for n in label_array.shape)
+    return {"axial": z, "coronal": y, "sagittal": x}
+
+
+def _resample_nearest(image: np.ndarray, pixel_mm: tuple, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D slice with square pixels, its longer physical side `size` pixels."""
+    extent = np.asarray(image.shape) * np.asarray(pixel_mm, dtype=np.float64)
+    shape = np.maximum(1, np.round(extent * size / extent.max())).astype(int)
+    rows, cols = ((np.arange(n) + 0.5) * old / n for n, old in zip(shape, image.shape))
+    return image[rows.astype(int)[:, None], cols.astype(int)]
+
+
+def thumbnail_pngs(ct_array: np.ndarray, label_array: np.ndarray, spacing_zyx, size: int = 256) -> dict:
+    """PNG bytes per view: the class overlay through the slices with the most wrong voxels, true aspect ratio."""
+    worst = worst_slice_indices(label_array)
+    centre = (worst["axial"], worst["coronal"], worst["sagittal"])
+    sz, sy, sx = spacing_zyx
+    pixel_mm = {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}
+    ct_views, label_views = view_slices(ct_array, centre), view_slices(label_array, centre)
+    pngs = {}
+    for view in VIEWS:
+        ct_small, label_small = (_resample_nearest(v[view], pixel_mm[view], size) for v in (ct_views, label_views))
+        buffer = io.BytesIO()
+        plt.imsave(buffer, overlay_rgb(ct_small.astype(np.float32), label_small), format="png")
+        pngs[view] = buffer.getvalue()
+    return pngs

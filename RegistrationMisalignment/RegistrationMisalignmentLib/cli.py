@@ -1,4 +1,4 @@
-"""Command line: `registration-misalignment demo | predict | train | evaluate | evaluate-synthetic | benchmark | ...`."""
+"""Command line: `registration-misalignment demo | predict | batch | train | evaluate | evaluate-synthetic | ...`."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 
 from .cli_common import (add_device, add_model_options, close_bars, load_predictor, progress_bar, progress_lines,
                          set_threads)
+from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .errors import InputError
 
@@ -127,7 +128,7 @@ def run_demo_command(args) -> dict:
 
 
 COMMANDS = dict({"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
-                 "train": (_add_train, run_train)}, **EVALUATION_COMMANDS)
+                 "train": (_add_train, run_train)}, **BATCH_COMMANDS, **EVALUATION_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +156,10 @@ def main(argv=None) -> int:
         close_bars()
         print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
+    status = result.pop("exit_status", 0) if isinstance(result, dict) else 0
     if getattr(args, "json", False) and result is not None:
         print(json.dumps(result, indent=2, default=str))
-    return 0
+    return status
 
 
 if __name__ == "__main__":

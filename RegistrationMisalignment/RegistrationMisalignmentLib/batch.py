@@ -1,0 +1,231 @@
+"""One case of a batch run: skip it if finished with the same inputs, else predict and publish its folder atomically."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from . import __version__
+from .batch_cases import Case, input_checksums
+from .case_lock import CaseLock
+from .errors import InputError
+from .figures import thumbnail_pngs
+from .imageio import read_image, write_bytes, write_image
+
+RECORD_NAME = "case.json"
+LABELS_NAME = "labels.nrrd"
+PROBABILITIES_NAME = "probabilities.nrrd"
+_PREDICTORS = {}
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every case of a batch run shares: output folder and model options."""
+
+    out_dir: str
+    weights: str = None
+    device: str = "auto"
+    max_memory_gb: float = 2.0
+    threads: int = 0
+    probabilities: bool = False
+
+
+def cases_folder(out_dir) -> Path:
+    """Folder holding one sub-folder per case."""
+    return Path(out_dir) / "cases"
+
+
+def case_folder(out_dir, case_id: str) -> Path:
+    """A case's published output folder."""
+    return cases_folder(out_dir) / case_id
+
+
+def lock_path(out_dir, case_id: str) -> Path:
+    """The lock file held while a case is being processed."""
+    return cases_folder(out_dir) / f".{case_id}.lock"
+
+
+def read_record(out_dir, case_id: str):
+    """The published record of a case, or None if the case has not finished."""
+    try:
+        return json.loads((case_folder(out_dir, case_id) / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def predictor_for(settings: BatchSettings):
+    """The predictor for these settings, loaded once per process (workers reuse it across cases)."""
+    key = (settings.weights, settings.device, settings.max_memory_gb, settings.threads)
+    if key not in _PREDICTORS:
+        from .cli_common import set_threads
+        from .inference import MisalignmentPredictor
+        set_threads(settings.threads)
+        _PREDICTORS[key] = MisalignmentPredictor.load(settings.weights, settings.device, settings.max_memory_gb)
+    return _PREDICTORS[key]
+
+
+def run_case(case: Case, settings: BatchSettings) -> dict:
+    """Process one case under its lock and return its record; the case's own problems become a 'failed' record."""
+    folder = cases_folder(settings.out_dir)
+    lock = CaseLock(lock_path(settings.out_dir, case.case_id))
+    if not lock.acquire():
+        return {"case_id": case.case_id, "status": "busy", "error": "being processed by another run"}
+    started = time.perf_counter()
+    try:
+        _remove_leftovers(folder, case.case_id)
+        try:
+            predictor = predictor_for(settings)
+            checksums = input_checksums(case)
+            fingerprint = _fingerprint(predictor, checksums, settings)
+            previous = read_record(settings.out_dir, case.case_id)
+            if _is_finished(previous, fingerprint, settings.out_dir):
+                return dict(previous, skipped=True)
+            record = _predict_case(case, predictor, settings, fingerprint, started)
+        except InputError as exc:
+            record = failed_record(case, str(exc))
+        except (RuntimeError, OSError, MemoryError, ValueError) as exc:
+            record = failed_record(case, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                                   if str(exc).strip() else type(exc).__name__)
+        if record["status"] == "failed":
+            publish_failure(settings.out_dir, record)
+        return record
+    finally:
+        lock.release()
+
+
+def publish_failure(out_dir, record: dict) -> None:
+    """Publish a failed case's record; if even that cannot be written (e.g. disk full), the caller still has it."""
+    try:
+        publish(out_dir, record["case_id"], {}, record)
+    except OSError:
+        record["error"] += " (this record could not be written to the output folder)"
+
+
+def failed_record(case: Case, error: str) -> dict:
+    """The record of a case that could not be processed."""
+    return {"case_id": case.case_id, "status": "failed", "error": error, "inputs": case.inputs(),
+            "worker": _worker(), "finished": _now()}
+
+
+def _fingerprint(predictor, checksums: dict, settings: BatchSettings) -> dict:
+    """What a finished result depends on: input checksums, model and options."""
+    return {"checksums": checksums,
+            "model": {"weights_sha256": predictor.weights_sha256, "architecture": predictor.model.config.architecture,
+                      "package_version": __version__},
+            "options": {"probabilities": settings.probabilities}}
+
+
+def _is_finished(record, fingerprint: dict, out_dir) -> bool:
+    """True when a published record is done, made from the same inputs, model and options, with its files."""
+    if not record or record.get("status") != "done":
+        return False
+    if any(record.get(key) != value for key, value in fingerprint.items()):
+        return False
+    folder = case_folder(out_dir, record["case_id"])
+    outputs = record.get("outputs", {})
+    names = [outputs.get("labels"), outputs.get("probabilities"), *outputs.get("thumbnails", {}).values()]
+    return all((folder / name).is_file() for name in names if name)
+
+
+def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: dict, started: float) -> dict:
+    """Read the inputs, predict, and publish labels, probabilities, thumbnails and the record."""
+    from .transforms import read_transform
+    with _CapturedWarnings() as warnings:
+        fixed, moving = read_image(case.fixed), read_image(case.moving)
+        mask = read_image(case.mask) if case.mask else None
+        transform = read_transform(case.transform) if case.transform else None
+        read_s = time.perf_counter() - started
+        result = predictor.predict(fixed, moving, mask=mask, transform=transform)
+    images = {LABELS_NAME: result.labels}
+    if settings.probabilities:
+        images[PROBABILITIES_NAME] = result.probabilities
+    thumbnails = thumbnail_pngs(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(result.labels),
+                                fixed.GetSpacing()[::-1])
+    files = dict(images, **{f"{view}.png": png for view, png in thumbnails.items()})
+    summary = result.summary
+    timings = dict(summary.get("timings_s", {}), reading=read_s)
+    record = {"case_id": case.case_id, "status": "done", "error": None, "warnings": list(warnings),
+              "inputs": case.inputs(), **fingerprint,
+              "outputs": {"labels": LABELS_NAME, "probabilities": PROBABILITIES_NAME if settings.probabilities else None,
+                          "thumbnails": {view: f"{view}.png" for view in thumbnails}},
+              "classes": summary["classes"], "mask_voxels": summary["mask_voxels"], "mask_ml": summary["mask_ml"],
+              "device": summary["device"], "tile_size": summary.get("tile_size"), "worker": _worker()}
+    publish(settings.out_dir, case.case_id, files, record, timings, started)
+    return record
+
+
+def publish(out_dir, case_id: str, files: dict, record: dict, timings: dict = None, started: float = None) -> None:
+    """Write a case's files into a staging folder, then swap it in place of the published one (never half-written)."""
+    folder = cases_folder(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{case_id}.staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        writing = time.perf_counter()
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                write_bytes(content, staging / name)
+            else:
+                write_image(content, staging / name)
+        if timings is not None:
+            now = time.perf_counter()
+            record["timings_s"] = dict(timings, writing=now - writing, total=now - started)
+        record["finished"] = record.get("finished") or _now()
+        write_bytes(json.dumps(record, indent=2).encode(), staging / RECORD_NAME)
+        _swap_in(staging, case_folder(out_dir, case_id))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace `final` by `staging` with renames; the old folder is removed only once the new one is in place."""
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path, case_id: str) -> None:
+    """Remove staging and replaced folders that an interrupted run left for this case (we hold its lock)."""
+    for pattern in (f".{case_id}.staging-*", f".{case_id}.old-*", f".{case_id}.lock.broken-*"):
+        for path in folder.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _worker() -> dict:
+    """Which machine and process handled a case."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _now() -> str:
+    """Current time, ISO 8601 with time zone."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _CapturedWarnings(list):
+    """Collects the engine's warnings logged by this thread while the block runs (they still reach the log)."""
+
+    def __enter__(self):
+        self._thread = threading.get_ident()
+        self._handler = logging.Handler(logging.WARNING)
+        self._handler.emit = lambda rec: self.append(rec.getMessage()) if rec.thread == self._thread else None
+        logging.getLogger("RegistrationMisalignment").addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("RegistrationMisalignment").removeHandler(self._handler)
+        return False

@@ -1,0 +1,107 @@
+"""A batch run: its cases in this process, in local worker processes or on a Dask cluster; then summary and report."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .batch import (BatchSettings, cases_folder, failed_record, lock_path, publish_failure, read_record,
+                    run_case)
+from .errors import InputError
+from .report import write_report, write_summary_csv
+
+SUMMARY_NAME = "summary.csv"
+REPORT_NAME = "report.html"
+
+
+def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler: str = None,
+              flag_wrong_fraction: float = 0.1, progress: bool = True) -> dict:
+    """Process every case (skipping finished ones), then write summary.csv and report.html; return the counts."""
+    cases_folder(settings.out_dir).mkdir(parents=True, exist_ok=True)
+    returned = {}
+    with tqdm(total=len(cases), unit="case", desc="cases", disable=not progress or None) as bar:
+        for record in _execute(cases, settings, workers, scheduler):
+            returned[record["case_id"]] = record
+            bar.update(1)
+            bar.set_postfix(Counter(_outcome(r) for r in returned.values()), refresh=False)
+    records = [_final_record(settings.out_dir, case, returned.get(case.case_id)) for case in cases]
+    out = Path(settings.out_dir)
+    write_summary_csv(records, out / SUMMARY_NAME, flag_wrong_fraction)
+    write_report(records, out, flag_wrong_fraction)
+    counts = Counter(_outcome(r) for r in returned.values())
+    flagged = [r["case_id"] for r in records if r.get("status") == "done"
+               and r["classes"]["wrong"]["fraction"] > flag_wrong_fraction]
+    return {"cases": len(cases), "done": counts["done"], "skipped": counts["skipped"], "failed": counts["failed"],
+            "busy": counts["busy"], "flagged": flagged, "summary": str(out / SUMMARY_NAME),
+            "report": str(out / REPORT_NAME),
+            "failures": {r["case_id"]: r["error"] for r in records if r.get("status") == "failed"}}
+
+
+def _outcome(record: dict) -> str:
+    """done, skipped, failed or busy."""
+    return "skipped" if record.get("skipped") else record["status"]
+
+
+def _final_record(out_dir, case, returned):
+    """What the report shows for a case: 'busy' if another run still holds it, else its published record."""
+    if returned is not None and returned["status"] == "busy" and lock_path(out_dir, case.case_id).exists():
+        return returned
+    return read_record(out_dir, case.case_id) or returned or failed_record(case, "not finished; run again to resume")
+
+
+def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str):
+    """Yield each case's record as it completes."""
+    if scheduler:
+        yield from _on_dask(cases, settings, scheduler)
+    elif workers > 1:
+        yield from _in_processes(cases, settings, workers)
+    else:
+        for case in cases:
+            yield run_case(case, settings)
+
+
+def _in_processes(cases: list, settings: BatchSettings, workers: int):
+    """Run cases in `workers` local processes, sharing the cores between them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    settings = replace(settings, threads=settings.threads or max(1, cores // workers))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(run_case, case, settings): case for case in cases}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield failed_record(futures[future], "a worker process stopped (out of memory?); "
+                                                     "run the same command again to resume")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _on_dask(cases: list, settings: BatchSettings, address: str):
+    """Run cases on an existing Dask distributed cluster; the output folder must be shared with its workers."""
+    try:
+        from distributed import Client, as_completed as dask_completed
+    except ImportError:
+        raise InputError("--scheduler needs Dask distributed: pip install distributed") from None
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({exc}); check the address") from None
+    try:
+        futures = {client.submit(run_case, case, settings, pure=False, key=f"misalignment-{case.case_id}-"
+                                 f"{os.urandom(4).hex()}"): case for case in cases}
+        for future in dask_completed(futures):
+            try:
+                yield future.result()
+            except Exception as exc:  # a worker died too often (KilledWorker) or the cluster went away
+                record = failed_record(futures[future], f"{type(exc).__name__}: {str(exc)[:200]}")
+                publish_failure(settings.out_dir, record)
+                yield record
+    finally:
+        client.close()

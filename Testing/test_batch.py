@@ -1,0 +1,222 @@
+"""The `batch` command: per-case outputs, summary and report, resume after Ctrl-C and crashes, concurrent runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib.batch_cases import read_cases
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
+from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.imageio import write_image
+
+from conftest import image_like
+
+GOOD_CASES = ["plain", "shifted", "masked"]
+SHIFT_MM = (6.0, -3.0, 2.0)
+
+
+@pytest.fixture(scope="module")
+def cohort(small_pair, small_phantom, tiny_model, tmp_path_factory):
+    """A folder with a CSV of four cases: plain, through a translation transform, with a mask, and a broken file."""
+    folder = tmp_path_factory.mktemp("cohort")
+    write_image(small_pair.fixed, folder / "fixed.nrrd")
+    write_image(small_pair.moving, folder / "moving.nrrd")
+    write_image(small_pair.moving, folder / "moving_copy.nrrd")
+    shifted = sitk.Image(small_pair.moving)
+    shifted.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) + SHIFT_MM))
+    write_image(shifted, folder / "moving_shifted.nrrd")
+    sitk.WriteTransform(sitk.TranslationTransform(3, SHIFT_MM), str(folder / "shift.tfm"))
+    lungs = sitk.GetArrayFromImage(small_phantom[1])
+    half = np.zeros_like(lungs)
+    half[:, :, : lungs.shape[2] // 2] = lungs[:, :, : lungs.shape[2] // 2]
+    write_image(image_like(half.astype(np.uint8), small_pair.fixed), folder / "right_lung.nrrd")
+    (folder / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    weights = folder / "tiny.safetensors"
+    card_path(weights).write_text(json.dumps({"sha256": export_weights(tiny_model, weights)}))
+    (folder / "cases.csv").write_text(
+        "case_id,fixed,moving,mask,transform\n"
+        "plain,fixed.nrrd,moving.nrrd,,\n"
+        "shifted,fixed.nrrd,moving_shifted.nrrd,,shift.tfm\n"
+        "masked,fixed.nrrd,moving_copy.nrrd,right_lung.nrrd,\n"
+        "broken,fixed.nrrd,truncated.nii.gz,,\n")
+    (folder / "good.csv").write_text("".join(line + "\n" for line in (folder / "cases.csv").read_text().splitlines()
+                                             if not line.startswith("broken")))
+    return folder
+
+
+def _args(cohort, out, csv="cases.csv", *extra):
+    return ["batch", str(cohort / csv), "--out", str(out), "--weights", str(cohort / "tiny.safetensors"),
+            "--device", "cpu", *extra]
+
+
+def _labels(out, case_id):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cases" / case_id / "labels.nrrd")))
+
+
+def _leftovers(out):
+    """Staging folders, replaced folders and lock files left in the cases folder."""
+    return sorted(p.name for p in (out / "cases").iterdir() if p.name.startswith("."))
+
+
+def test_batch_writes_each_case_summary_and_report_and_resumes(cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(cohort, out, "cases.csv", "--probabilities", "--json")) == 1  # one broken case
+    result = json.loads(capsys.readouterr().out)
+    assert (result["done"], result["failed"], result["skipped"]) == (3, 1, 0)
+    assert "truncated" in result["failures"]["broken"] or "cannot be read" in result["failures"]["broken"]
+    for case_id in GOOD_CASES:
+        folder = out / "cases" / case_id
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["axial.png", "case.json", "coronal.png", "labels.nrrd", "probabilities.nrrd", "sagittal.png"])
+        record = json.loads((folder / "case.json").read_text())
+        counts = np.bincount(_labels(out, case_id).ravel(), minlength=4)
+        assert [record["classes"][n]["voxels"] for n in ("correct", "poor", "wrong")] == counts[1:].tolist()
+        assert record["checksums"]["fixed"] and len(record["checksums"]["moving"]) == 64
+        assert record["model"]["architecture"] == "hierarchical_lstm" and record["timings_s"]["total"] > 0
+    assert np.array_equal(_labels(out, "shifted"), _labels(out, "plain"))  # the transform undoes the shift
+    masked = _labels(out, "masked")
+    assert masked.any() and not masked[:, :, masked.shape[2] // 2:].any()
+    broken = json.loads((out / "cases" / "broken" / "case.json").read_text())
+    assert broken["status"] == "failed" and sorted(p.name for p in (out / "cases" / "broken").iterdir()) == ["case.json"]
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 5 and summary[0].startswith("case_id,status")
+    report = (out / "report.html").read_text()
+    assert all(case_id in report for case_id in GOOD_CASES + ["broken"])
+    assert _leftovers(out) == []
+
+    write_image(sitk.ReadImage(str(cohort / "moving.nrrd")) + 1, cohort / "moving_copy.nrrd")
+    assert main(_args(cohort, out, "cases.csv", "--probabilities", "--json")) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert (again["done"], again["skipped"], again["failed"]) == (1, 2, 1)  # only the changed case is redone
+    assert main(_args(cohort, out, "cases.csv", "--json")) == 1  # other options: recomputed without probabilities
+    third = json.loads(capsys.readouterr().out)
+    assert third["done"] == 3 and not (out / "cases" / "plain" / "probabilities.nrrd").exists()
+
+
+def _run_cli(args):
+    engine = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([engine] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    return subprocess.Popen([sys.executable, "-m", "RegistrationMisalignmentLib", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(predicate, process=None, timeout=240.0):
+    """Poll until `predicate` returns something true; fail if `process` ends first."""
+    end = time.time() + timeout
+    while time.time() < end:
+        found = predicate()
+        if found:
+            return found
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the run ended early: {process.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def _finished(out):
+    return [p.parent.name for p in (out / "cases").glob("*/case.json")] if (out / "cases").exists() else []
+
+
+def test_ctrl_c_and_a_crash_leave_nothing_half_written_and_the_next_run_resumes(cohort, tmp_path):
+    out = tmp_path / "run"
+    args = _args(cohort, out, "good.csv")
+    run = _run_cli(args)
+    _wait_for(lambda: _finished(out), run)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert _leftovers(out) == [] and 1 <= len(_finished(out)) < 3
+
+    run = _run_cli(args)  # a crash: killed while a case is half-way
+    before = set(_finished(out))
+    _wait_for(lambda: list((out / "cases").glob(".*.lock")), run)
+    run.kill()
+    run.communicate(timeout=60)
+    assert set(_finished(out)) >= before
+
+    run = _run_cli(args + ["--json"])
+    stdout, _ = run.communicate(timeout=300)
+    result = json.loads(stdout)
+    assert run.returncode == 0 and result["skipped"] >= len(before) and result["done"] + result["skipped"] == 3
+    assert _leftovers(out) == []
+
+
+def test_concurrent_runs_on_one_folder_process_each_case_once(cohort, tmp_path):
+    out = tmp_path / "shared"
+    runs = [_run_cli(_args(cohort, out, "good.csv", "--json")) for _ in range(2)]
+    results = [json.loads(run.communicate(timeout=300)[0]) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert sum(r["done"] for r in results) == 3  # every case computed by exactly one of the runs
+    records = [json.loads((out / "cases" / c / "case.json").read_text()) for c in GOOD_CASES]
+    assert all(r["status"] == "done" for r in records) and _leftovers(out) == []
+    assert (out / "summary.csv").read_text().count(",done,") == 3
+
+
+def test_dask_cluster_survives_a_killed_worker_with_identical_outputs(cohort, tmp_path):
+    import threading
+    from distributed import Client, LocalCluster
+    from RegistrationMisalignmentLib.batch import BatchSettings
+    from RegistrationMisalignmentLib.batch_runner import run_batch
+    cases = read_cases(cohort / "good.csv")
+    reference = tmp_path / "serial"
+    run_batch(cases, BatchSettings(str(reference), str(cohort / "tiny.safetensors"), "cpu", threads=1),
+              progress=False)
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        worker_pids = set(client.run(os.getpid).values())
+        killed = []
+
+        def kill_a_worker_mid_case():
+            for lock in _wait_for(lambda: list((out / "cases").glob(".*.lock")) if (out / "cases").exists() else []):
+                pid = json.loads(lock.read_text() or "{}").get("pid")
+                if pid in worker_pids:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+
+        killer = threading.Thread(target=kill_a_worker_mid_case)
+        killer.start()
+        settings = BatchSettings(str(out), str(cohort / "tiny.safetensors"), "cpu", threads=1)
+        result = run_batch(cases, settings, scheduler=cluster.scheduler_address, progress=False)
+        killer.join()
+    assert killed, "no worker was killed mid-case"
+    assert result["done"] == 3 and result["failed"] == 0 and _leftovers(out) == []
+    for case_id in GOOD_CASES:
+        record = json.loads((out / "cases" / case_id / "case.json").read_text())
+        assert record["worker"]["pid"] not in killed
+        assert (out / "cases" / case_id / "labels.nrrd").read_bytes() == \
+            (reference / "cases" / case_id / "labels.nrrd").read_bytes()  # byte-identical across processes
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fixed,moving\na.nrrd,b.nrrd\n", "header must name columns"),
+    ("case_id,fixed,moving\np1,a.nrrd,b.nrrd\np1,c.nrrd,d.nrrd\n", "listed twice"),
+    ("case_id,fixed,moving\n../up,a.nrrd,b.nrrd\n", ":2: case_id"),
+    ("case_id,fixed,moving\np1,,b.nrrd\n", ":2: case p1 has no fixed"),
+    ("case_id,fixed,moving\np1,a.nrrd,b.nrrd,extra\n", ":2: 4 cells"),
+    ("case_id,fixed,moving\n", "no cases"),
+    ("", "file is empty"),
+])
+def test_bad_pairs_csv_gives_a_line_numbered_error(tmp_path, text, message):
+    path = tmp_path / "pairs.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message.replace(".", r"\.")):
+        read_cases(path)
+
+
+def test_pairs_csv_paths_are_relative_to_the_csv(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "pairs.csv"
+    path.write_text("Case_ID,fixed,moving,mask\n\np1,a.nrrd,/data/b.nrrd,\n")
+    (case,) = read_cases(path)
+    assert (case.case_id, case.fixed, case.moving, case.mask) == ("p1", str(tmp_path / "sub" / "a.nrrd"),
+                                                                   "/data/b.nrrd", None)

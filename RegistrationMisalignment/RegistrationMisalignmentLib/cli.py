@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point: run one command; bad input gives a one-line error and exit status 2."""
+    """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
@@ -152,6 +152,11 @@ def main(argv=None) -> int:
         close_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, MemoryError) as exc:
+        close_bars()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "not enough memory"
+        print(f"error: {type(exc).__name__}: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         close_bars()
         print("error: interrupted; nothing half-written was left behind", file=sys.stderr)

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from .errors import InputError
 
 NIFTI_MIN_HEADER = 352
+BYTES_PER_VOXEL = 24  # peak memory of a prediction per fixed-image voxel, with margin (see BENCHMARKS.md)
 
 
 def read_image(path) -> sitk.Image:
@@ -24,6 +25,7 @@ def read_image(path) -> sitk.Image:
         if path.is_dir():
             image = _read_dicom_series(path)
         else:
+            _check_fits_in_memory(path)
             image = sitk.ReadImage(str(path))
             _check_nifti_complete(path, image)
     except RuntimeError as exc:
@@ -31,6 +33,31 @@ def read_image(path) -> sitk.Image:
         raise InputError(f"{path}: cannot be read as an image ({reason[:160]}); check the file is complete") from None
     check_volume(image, str(path))
     return image
+
+
+def available_memory_bytes() -> int:
+    """Memory the system can still give this process (MemAvailable), or a large number where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def _check_fits_in_memory(path: Path) -> None:
+    """Raise InputError before reading when the header describes a volume too large to process in memory."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
+    needed, available = voxels * BYTES_PER_VOXEL, available_memory_bytes()
+    if needed > available:
+        size = "x".join(str(n) for n in reader.GetSize())
+        raise InputError(f"{path}: {size} voxels need about {needed / 2 ** 30:.0f} GiB of memory but "
+                         f"{available / 2 ** 30:.0f} GiB is available; crop or downsample the image first")
 
 
 def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
@@ -86,6 +113,9 @@ def write_image(image: sitk.Image, path, compress: bool = True) -> None:
         sitk.WriteImage(image, tmp, compress)
         _usual_permissions(tmp)
         os.replace(tmp, path)
+    except (RuntimeError, OSError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -101,9 +131,19 @@ def write_bytes(data: bytes, path) -> None:
             handle.write(data)
         _usual_permissions(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_error(path: Path, exc: Exception) -> InputError:
+    """A one-line error for a failed write (disk full, file too large, no permission); nothing was left behind."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1][:160]
+    return InputError(f"{path}: could not be written ({reason}); free disk space or choose another folder, "
+                      "then run again (no partial file was left)")
 
 
 def _usual_permissions(path) -> None:
@@ -125,5 +165,8 @@ def _check_writable(folder: Path) -> None:
     """Raise InputError unless `folder` exists and is writable."""
     if not folder.is_dir():
         raise InputError(f"{folder}: output folder does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{folder}: output folder is not writable; choose another --output")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{folder}: output folder is not writable ({exc.strerror}); choose another folder") from None

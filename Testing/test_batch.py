@@ -151,7 +151,7 @@ def test_ctrl_c_and_a_crash_leave_nothing_half_written_and_the_next_run_resumes(
 
 def test_concurrent_runs_on_one_folder_process_each_case_once(cohort, tmp_path):
     out = tmp_path / "shared"
-    runs = [_run_cli(_args(cohort, out, "good.csv", "--json")) for _ in range(2)]
+    runs = [_run_cli(_args(cohort, out, "good.csv", "--json", *extra)) for extra in ([], ["--workers", "2"])]
     results = [json.loads(run.communicate(timeout=300)[0]) for run in runs]
     assert [run.returncode for run in runs] == [0, 0]
     assert sum(r["done"] for r in results) == 3  # every case computed by exactly one of the runs

@@ -84,7 +84,8 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     np.savetxt(tmp_path / "residuals.csv", magnitude[tuple(voxels.T)], delimiter=",")
     code = main(["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--fixed-landmarks", str(tmp_path / "fixed.csv"),
                  "--registered-moving", str(tmp_path / "moving.nrrd"), "--residuals", str(tmp_path / "residuals.csv"),
-                 "--weights", str(weights), "--device", "cpu", "--out", str(tmp_path / "out"), "--json"])
+                 "--weights", str(weights), "--device", "cpu", "--out", str(tmp_path / "out"), "--json",
+                 "--compare", f"same={weights}"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     _, probabilities = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
@@ -92,7 +93,28 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     np.add.at(expected, (truth, probabilities.argmax(1)), 1)
     assert result["setups"]["given"]["confusion_matrix"] == expected.tolist()
     assert result["total"]["confusion_matrix"] == expected.tolist()
+    assert result["compared"]["same"]["total"]["confusion_matrix"] == expected.tolist()
     assert "| given |" in (tmp_path / "out" / "evaluation.md").read_text()
+    assert "### Compared: same" in (tmp_path / "out" / "evaluation.md").read_text()
+
+
+def test_a_landmark_pair_from_a_known_field_has_exact_correspondences(small_phantom, tmp_path, capsys):
+    ct, _ = small_phantom
+    write_image(ct, tmp_path / "ct.nrrd")
+    assert main(["make-landmark-pair", "--ct", str(tmp_path / "ct.nrrd"), "--out", str(tmp_path / "pair"),
+                 "--points", "80", "--field", "single_frequency", "--max-mm", "10", "--seed", "3"]) == 0
+    fixed, moving = (sitk.ReadImage(str(tmp_path / "pair" / f"{n}.nrrd")) for n in ("fixed", "moving"))
+    fixed_points, moving_points = (read_landmarks(tmp_path / "pair" / f"{n}_landmarks.csv") for n in ("fixed", "moving"))
+    assert fixed_points.shape == moving_points.shape == (80, 3)
+    shift = np.linalg.norm(moving_points - fixed_points, axis=1)
+    assert shift.max() <= 10.0 + 1e-3 and shift.max() > 3.0
+
+    def values(image, points):
+        return np.array([image.EvaluateAtPhysicalPoint(tuple(p), sitk.sitkLinear) for p in points])
+    matched = np.abs(values(fixed, fixed_points) - values(moving, moving_points))
+    unmatched = np.abs(values(fixed, fixed_points) - values(moving, fixed_points))
+    assert np.median(matched) < 2.0 and np.median(unmatched) > 5 * np.median(matched) + 10
+    assert (values(fixed, fixed_points) > -500).mean() > 0.9  # landmarks sit on lung structures
 
 
 def test_affine_elastix_recovers_a_translation(small_phantom, tmp_path, monkeypatch):

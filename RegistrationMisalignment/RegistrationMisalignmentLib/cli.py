@@ -10,6 +10,7 @@ from .cli_common import (add_device, add_model_options, close_bars, load_predict
                          set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
+from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
 from .errors import InputError
 
 
@@ -128,7 +129,8 @@ def run_demo_command(args) -> dict:
 
 
 COMMANDS = dict({"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
-                 "train": (_add_train, run_train)}, **BATCH_COMMANDS, **EVALUATION_COMMANDS)
+                 "train": (_add_train, run_train)}, **BATCH_COMMANDS, **EVALUATION_COMMANDS,
+                **LANDMARK_PAIR_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Evaluation commands: evaluate (landmarks), evaluate-synthetic, ablation, release, benchmark."""
+"""Evaluation commands: evaluate (landmarks), evaluate-synthetic, calibrate, ablation, release, benchmark."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,8 @@ def _add_evaluate_synthetic(sub) -> None:
     p.add_argument("--ct", required=True, help="held-out CT (file or DICOM folder)")
     p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float,
+                   help="use this logit temperature instead of the weights' own (1 = uncalibrated)")
     add_model_options(p)
 
 
@@ -29,14 +31,60 @@ def run_evaluate_synthetic(args) -> dict:
     set_threads(args.threads)
     source = source_from_image(str(args.ct), read_image(args.ct))
     weights = args.weights or released_weights_path()
-    result = evaluate_synthetic(load_model(weights), source, args.samples, seed=args.seed,
-                                device=resolve_device(args.device), progress=not args.json)
+    model = load_model(weights)
+    if args.temperature is not None:
+        if not 0 < args.temperature < float("inf"):
+            raise InputError(f"--temperature must be positive, got {args.temperature}")
+        model.config.temperature = args.temperature
+    result = evaluate_synthetic(model, source, args.samples, seed=args.seed, device=resolve_device(args.device),
+                                progress=not args.json)
     result["weights_sha256"] = sha256_of(weights)
     if not args.json:
         for key in ("all_lung_voxels", "class_stratified_points"):
             r = result[key]
-            print(f"{key}: n={r['n']} accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %")
+            print(f"{key}: n={r['n']} accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
+                  f"ECE {100 * r['expected_calibration_error']:.1f} % (temperature {result['temperature']:.3g})")
     return result
+
+
+def _add_calibrate(sub) -> None:
+    """Register the `calibrate` command."""
+    p = sub.add_parser("calibrate", help="fit the probability temperature on synthetic pairs from a training CT",
+                       description="Temperature scaling: fit T minimising the negative log-likelihood of "
+                                   "softmax(logits / T) at lung voxels of reproducible synthetic pairs from a CT the "
+                                   "model trained on, and write the weights (tensors unchanged) with T in their "
+                                   "metadata. Classes (argmax) do not change; never fit on the held-out CT.")
+    p.add_argument("--weights", help="weights to calibrate (default: the released model)")
+    p.add_argument("--ct", required=True, help="a training CT of the model (file or DICOM folder)")
+    p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
+    p.add_argument("--out", required=True, help="calibrated .safetensors to write")
+    add_device(p)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
+
+
+def run_calibrate(args) -> dict:
+    """Fit the temperature and write the calibrated weights."""
+    from pathlib import Path
+    from .calibration import calibrate_weights
+    from .checkpoint import card_path, released_weights_path
+    from .devices import resolve_device
+    from .imageio import read_image
+    from .sources import source_from_image
+    if args.samples < 1:
+        raise InputError("--samples must be at least 1")
+    if card_path(args.out).exists():
+        raise InputError(f"{args.out}: a model card sits next to it and would no longer match; write elsewhere "
+                         "or publish with `release --calibration-ct`")
+    set_threads(args.threads)
+    source = source_from_image(Path(args.ct).name, read_image(args.ct))
+    fit = calibrate_weights(args.weights or released_weights_path(), source, args.out, args.samples,
+                            device=resolve_device(args.device), progress=not args.json)
+    if not args.json:
+        print(f"temperature {fit['temperature']:.4f} (was {fit['temperature_before']:.4g}) on {fit['voxels']} lung "
+              f"voxels: NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}, ECE {100 * fit['ece_before']:.2f} % -> "
+              f"{100 * fit['ece_after']:.2f} %; wrote {args.out}")
+    return fit
 
 
 def _add_release(sub) -> None:
@@ -49,6 +97,8 @@ def _add_release(sub) -> None:
     p.add_argument("--heldout-ct", required=True, help="CT the run did not train on")
     p.add_argument("--samples", type=int, default=48)
     p.add_argument("--training-command", default="", help="the command that trained the run (for the card)")
+    p.add_argument("--calibration-ct", help="training CT to fit the probability temperature on (see `calibrate`)")
+    p.add_argument("--calibration-samples", type=int, default=48, help="synthetic pairs for the temperature fit")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
@@ -57,8 +107,10 @@ def run_release(args) -> dict:
     """Release a run."""
     from .release import release
     set_threads(args.threads)
-    card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command)
-    return {"sha256": card["sha256"], "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
+    card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command,
+                   args.calibration_ct, args.calibration_samples)
+    return {"sha256": card["sha256"], "temperature": card["architecture"]["temperature"],
+            "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
 
 
 def _add_benchmark(sub) -> None:
@@ -69,12 +121,23 @@ def _add_benchmark(sub) -> None:
                                    "per-patch evaluation on sampled blocks scaled to the volume, and their agreement.")
     p.add_argument("--ct", help="CT to benchmark on (e.g. ../shared/data/thorax_nsclc_r01-001.nii.gz)")
     p.add_argument("--blocks", type=int, default=64, help="8^3 blocks evaluated the per-patch way")
+    p.add_argument("--memory-size", metavar="X,Y,Z",
+                   help="instead: peak memory of `predict` (each run in a fresh process, labels alone and with "
+                        "--probabilities) on the pair resampled to X,Y,Z voxels over the same extent, e.g. 512,512,600")
+    p.add_argument("--training", action="store_true",
+                   help="instead: synthetic pairs and training samples per second (release recipe: 4 tiles of 32^3)")
     add_model_options(p)
 
 
 def run_benchmark_command(args) -> dict:
-    """Run the benchmark and print its main figures."""
+    """Run the benchmark (or its memory or training variant) and print its main figures."""
     from .benchmark import run_benchmark
+    if args.memory_size and args.training:
+        raise InputError("choose --memory-size or --training, not both")
+    if args.memory_size:
+        return run_memory_benchmark_command(args)
+    if args.training:
+        return run_training_benchmark_command(args)
     result = run_benchmark(load_predictor(args), args.ct, args.blocks)
     if not args.json:
         s = result["seconds"]
@@ -89,6 +152,46 @@ def run_benchmark_command(args) -> dict:
               f"{result['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s "
               f"({100 * result['fraction_of_matmul_reference']:.0f} % of a float32 matmul), "
               f"peak RSS {result['peak_rss_bytes'] / 2 ** 30:.2f} GiB")
+    return result
+
+
+def parse_size(text: str) -> list:
+    """Three positive voxel counts from 'X,Y,Z'."""
+    try:
+        size = [int(n) for n in text.split(",")]
+    except ValueError:
+        size = []
+    if len(size) != 3 or min(size) < 2:
+        raise InputError(f"--memory-size must be three voxel counts like 512,512,600, got {text!r}")
+    return size
+
+
+def run_memory_benchmark_command(args) -> dict:
+    """Peak memory of `predict` in fresh processes on the pair resampled to --memory-size."""
+    from .benchmark import run_memory_benchmark
+    size = parse_size(args.memory_size)
+    options = ["--device", args.device, "--max-memory", str(args.max_memory), "--threads", str(args.threads)]
+    if args.weights:
+        options += ["--weights", str(args.weights)]
+    result = run_memory_benchmark(args.ct, size, options)
+    if not args.json:
+        print(f"{result['case']} resampled to {'x'.join(map(str, size))} voxels ({result['voxels'] / 1e6:.0f} million) "
+              f"on {result['machine']}, {result['cpu_threads_available']} CPUs available")
+        for name, run in result["runs"].items():
+            print(f"  predict, {name.replace('_', ' ')}: peak RSS {run['peak_rss_bytes'] / 2 ** 30:.2f} GiB, "
+                  f"{run['seconds']['total']:.1f} s (tile {run['tile_size']})")
+    return result
+
+
+def run_training_benchmark_command(args) -> dict:
+    """Synthetic pairs and training samples per second with the predictor's architecture."""
+    from .benchmark import run_training_benchmark
+    result = run_training_benchmark(load_predictor(args), args.ct)
+    if not args.json:
+        print(f"{result['case']} on {result['device']} ({result['machine']}, {result['torch_threads']} threads)")
+        print(f"  synthetic pairs: {result['synthetic_pairs_per_second']:.2f} per second; training "
+              f"(batch {result['batch_size']}, {result['out_size']}^3 tiles, forward + backward + step): "
+              f"{result['training_samples_per_second']:.2f} samples per second")
     return result
 
 
@@ -108,28 +211,44 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--residuals", help="with --registered-moving: CSV with the residual (mm) of each fixed landmark")
     p.add_argument("--mask", help="mask for the prediction (default: automatic lung mask)")
     p.add_argument("--out", help="folder for evaluation.json and evaluation.md")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=WEIGHTS",
+                   help="also score these weights on the same registrations (repeatable; for ablations)")
     add_model_options(p)
+
+
+def _compared_predictors(args) -> dict:
+    """Predictors for --compare NAME=WEIGHTS options."""
+    from .inference import MisalignmentPredictor
+    compared = {}
+    for item in args.compare:
+        name, _, path = item.partition("=")
+        if not (name and path):
+            raise InputError(f"--compare {item!r}: write NAME=WEIGHTS, e.g. single_cnn=runs/single/weights.safetensors")
+        compared[name] = MisalignmentPredictor.load(path, device=args.device, max_memory_gb=args.max_memory)
+    return compared
 
 
 def run_evaluate(args) -> dict:
     """Run the landmark protocol."""
     import numpy as np
     from .imageio import read_image, write_bytes
-    from .landmark_evaluation import SETUPS, evaluate_landmarks, markdown_table, pooled, score
+    from .landmark_evaluation import SETUPS, evaluate_landmarks, markdown_table, score, with_comparisons
     from .landmarks import check_inside, read_landmarks
     fixed = read_image(args.fixed)
     mask = read_image(args.mask) if args.mask else None
     fixed_points = read_landmarks(args.fixed_landmarks, fixed)
     check_inside(fixed_points, fixed, args.fixed_landmarks)
     predictor = load_predictor(args)
+    compared = _compared_predictors(args)
     if args.registered_moving:
         if not args.residuals:
             raise InputError("--registered-moving needs --residuals (one residual in mm per fixed landmark)")
         residual = np.asarray(read_residuals(args.residuals))
         if len(residual) != len(fixed_points):
             raise InputError(f"{args.residuals}: {len(residual)} residuals for {len(fixed_points)} landmarks")
-        setups = {"given": score(predictor, fixed, read_image(args.registered_moving), fixed_points, residual, mask)}
-        result = {"setups": setups, "total": pooled(setups)}
+        registered = read_image(args.registered_moving)
+        result = with_comparisons({name: {"given": score(model, fixed, registered, fixed_points, residual, mask)}
+                                   for name, model in dict({None: predictor}, **compared).items()})
     else:
         if not (args.moving and args.moving_landmarks):
             raise InputError("give --moving and --moving-landmarks (or --registered-moving with --residuals)")
@@ -144,7 +263,7 @@ def run_evaluate(args) -> dict:
         if unknown:
             raise InputError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
         result = evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups, mask,
-                                    progress=progress_bar(not args.json))
+                                    progress=progress_bar(not args.json), compared=compared)
     table = markdown_table(result)
     if args.out:
         from pathlib import Path
@@ -208,5 +327,6 @@ def run_ablation_command(args) -> dict:
 
 
 EVALUATION_COMMANDS = {"evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
+                       "calibrate": (_add_calibrate, run_calibrate),
                        "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command),
                        "evaluate": (_add_evaluate, run_evaluate), "ablation": (_add_ablation, run_ablation_command)}

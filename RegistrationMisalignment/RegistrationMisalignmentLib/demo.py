@@ -29,13 +29,20 @@ class SyntheticPair:
 def synthetic_pair(ct: sitk.Image, lungs: sitk.Image = None, family: str = "single_frequency",
                    max_mm: float = 12.0, seed: int = 0) -> SyntheticPair:
     """Resample `ct` to 1 mm LPS; fixed = ct warped by a random field of `family`, moving = ct."""
+    return known_field_pair(ct, lungs, family, max_mm, seed)[0]
+
+
+def known_field_pair(ct: sitk.Image, lungs: sitk.Image = None, family: str = "single_frequency",
+                     max_mm: float = 12.0, seed: int = 0) -> tuple:
+    """The synthetic pair and its field (3, D, H, W; zyx components in mm on the 1 mm LPS grid of the pair)."""
     source = source_from_image("demo", ct, lungs)
     gen = torch.Generator().manual_seed(seed)
     field = make_field(family, source.hu, source.torso, source.lungs, 0, source.lung_z_range, gen, max_mm)
     fixed_hu = warp(source.hu[None], field, 0)[0]
     reference = lps_1mm_reference(ct)
-    return SyntheticPair(_image(fixed_hu.numpy(), reference), _image(source.hu.numpy(), reference),
+    pair = SyntheticPair(_image(fixed_hu.numpy(), reference), _image(source.hu.numpy(), reference),
                          vector_norm(field).numpy())
+    return pair, field.numpy()
 
 
 def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -101,22 +101,41 @@ def pooled(setups: dict) -> dict:
 
 
 def evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups=SETUPS, mask=None,
-                       progress=None) -> dict:
-    """Run the protocol for every setup and pool the results."""
+                       progress=None, compared: dict = None) -> dict:
+    """Run the protocol for every setup and pool the results; `compared` models are scored on the same registrations."""
     report = progress or (lambda fraction, message: None)
-    results = {}
+    models = dict({None: predictor}, **(compared or {}))
+    results = {name: {} for name in models}
     for i, setup in enumerate(setups):
         report(i / len(setups), f"registering ({setup})")
         registered, displacement = register(fixed, moving, setup)
         residual = residuals(displacement, fixed_points, moving_points)
         report((i + 0.7) / len(setups), f"predicting ({setup})")
-        results[setup] = score(predictor, fixed, registered, fixed_points, residual, mask)
+        for name, model in models.items():
+            results[name][setup] = score(model, fixed, registered, fixed_points, residual, mask)
     report(1.0, "done")
-    return {"setups": results, "total": pooled(results)}
+    return with_comparisons(results)
+
+
+def with_comparisons(results: dict) -> dict:
+    """{model name (None = the main model): {setup: report}} -> the main result, with 'compared' models if any."""
+    pooled_results = {name: {"setups": setups, "total": pooled(setups)} for name, setups in results.items()}
+    main = pooled_results.pop(None)
+    if pooled_results:
+        main["compared"] = pooled_results
+    return main
 
 
 def markdown_table(result: dict) -> str:
-    """Markdown: one row per setup and the pooled total, plus the confusion matrices."""
+    """Markdown: one row per setup and the pooled total, plus the confusion matrices; then any compared models."""
+    text = _model_table(result)
+    for name, other in result.get("compared", {}).items():
+        text += f"\n### Compared: {name}\n\n" + _model_table(other)
+    return text
+
+
+def _model_table(result: dict) -> str:
+    """The table and confusion matrices of one model."""
     names = [L.CLASS_NAMES[v] for v in L.CLASS_VALUES]
     lines = ["| setup | landmarks | accuracy | average F1 | " + " | ".join(f"F1 {n}" for n in names) + " |",
              "|---|---|---|---|" + "---|" * len(names)]

@@ -22,6 +22,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, history, exported weights)")
     p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
     p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
+    p.add_argument("--sources", action="append", default=[],
+                   help="sources file from `cache-sources` (repeatable); needs no SimpleITK")
     p.add_argument("--architecture", default="hierarchical_lstm",
                    choices=["hierarchical_lstm", "multires_cnn", "single_cnn"])
     p.add_argument("--features", type=int, default=12, help="channels per encoder layer")
@@ -40,18 +42,47 @@ def _add_train(sub) -> None:
 def run_train(args) -> dict:
     """Train a model from the parsed arguments."""
     from .model import ModelConfig
-    from .sources import load_sources
+    from .source_cache import load_cached_sources
     from .training import TrainConfig, train
     set_threads(args.threads)
     model_config = ModelConfig(architecture=args.architecture, features=args.features, hidden=args.hidden)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
                                learning_rate=args.learning_rate, validate_every=args.validate_every,
                                seed=args.seed, ct_paths=[str(p) for p in args.ct],
-                               phantom_seeds=list(range(args.phantoms)))
-    sources = load_sources(train_config.ct_paths, train_config.phantom_seeds)
+                               phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources))
+    sources = [s for path in args.sources for s in load_cached_sources(path)]
+    if train_config.ct_paths or train_config.phantom_seeds:
+        from .sources import load_sources  # SimpleITK is needed only here
+        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log)
     return {k: v for k, v in result.items() if k != "history"}
+
+
+def _add_cache_sources(sub) -> None:
+    """Register the `cache-sources` command."""
+    p = sub.add_parser("cache-sources", help="preprocess training CTs and phantoms once into one file for `train`",
+                       description="Resample CTs to 1 mm, find torso and lungs, build phantoms, and save everything "
+                                   "as one compressed .npz for `train --sources` (e.g. on a GPU machine without "
+                                   "SimpleITK).")
+    p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
+    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
+    p.add_argument("--out", required=True, help="file to write (.npz)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run_cache_sources(args) -> dict:
+    """Preprocess and save the sources."""
+    from .imageio import check_output_path
+    from .source_cache import save_sources
+    from .sources import load_sources
+    check_output_path(args.out)
+    sources = load_sources(args.ct, range(args.phantoms))
+    save_sources(sources, args.out)
+    summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources}}
+    if not args.json:
+        print(f"wrote {args.out}: " + ", ".join(f"{name} {shape}" for name, shape in summary["sources"].items()))
+    return summary
 
 
 def _add_predict(sub) -> None:
@@ -129,7 +160,8 @@ def run_demo_command(args) -> dict:
 
 
 COMMANDS = dict({"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
-                 "train": (_add_train, run_train)}, **BATCH_COMMANDS, **EVALUATION_COMMANDS,
+                 "train": (_add_train, run_train),
+                 "cache-sources": (_add_cache_sources, run_cache_sources)}, **BATCH_COMMANDS, **EVALUATION_COMMANDS,
                 **LANDMARK_PAIR_COMMANDS)
 
 

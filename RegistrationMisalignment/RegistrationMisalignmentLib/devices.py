@@ -1,5 +1,8 @@
-"""Choosing the torch device."""
+"""Choosing the torch device and the number of CPU threads."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
@@ -13,3 +16,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device in ("gpu", "cuda") and not torch.cuda.is_available():
         raise InputError("no CUDA GPU is available here; use --device cpu (or auto)")
     return torch.device("cuda" if device == "gpu" else device)
+
+
+def default_threads() -> int:
+    """Physical CPU cores this process may run on (its affinity set, SMT siblings counted once)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(cores))
+
+
+def machine_description() -> str:
+    """CPU model and core count (and GPU name when present) of this machine."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import export_weights
-from .devices import resolve_device
+from .devices import machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     ct_paths: list = field(default_factory=list)
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
+    source_files: list = field(default_factory=list)  # files written by cache-sources
     phantom_fraction: float = 0.3
 
 
@@ -89,7 +90,7 @@ def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfi
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "model_config": json.dumps(model_config.to_dict()), "train_config": json.dumps(asdict(train)),
-                "history": json.dumps(history)}, tmp)
+                "history": json.dumps(history), "machine": machine_description()}, tmp)
     os.replace(tmp, path)
 
 
@@ -151,4 +152,5 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     bar.close()
     final = validate(model, validation)
     sha = export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-    return {"validation": final, "sha256": sha, "steps": step, "history": history, "device": str(device)}
+    return {"validation": final, "sha256": sha, "steps": step, "history": history, "device": str(device),
+            "machine": machine_description()}

@@ -1,0 +1,39 @@
+"""Training sources saved as one compressed file: CTs preprocessed once, and training without SimpleITK (e.g. on a
+GPU machine that has only PyTorch)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .synthesis import source_from_arrays
+
+
+def save_sources(sources: list, path) -> None:
+    """Write sources (1 mm HU rounded to int16, torso and lung masks) to a compressed .npz file, atomically."""
+    from .imageio import write_bytes
+    arrays = {"names": np.array(json.dumps([s.name for s in sources]))}
+    for i, source in enumerate(sources):
+        arrays[f"hu_{i}"] = np.clip(np.rint(source.hu.numpy()), -1024, 3071).astype(np.int16)
+        arrays[f"torso_{i}"] = source.torso.numpy()
+        arrays[f"lungs_{i}"] = source.lungs.numpy()
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes(buffer.getvalue(), path)
+
+
+def load_cached_sources(path) -> list:
+    """Sources from a file written by save_sources."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such sources file; write one with 'registration-misalignment cache-sources'")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = json.loads(str(data["names"]))
+            return [source_from_arrays(name, data[f"hu_{i}"], data[f"torso_{i}"], data[f"lungs_{i}"])
+                    for i, name in enumerate(names)]
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: not a sources file written by cache-sources ({exc})") from None

@@ -1,0 +1,40 @@
+"""cache-sources and train --sources: preprocess once, then train without SimpleITK (as on a GPU machine)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.source_cache import load_cached_sources
+from RegistrationMisalignmentLib.sources import load_sources
+
+ENGINE = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
+NO_SIMPLEITK = ("import sys; sys.modules['SimpleITK'] = None; sys.path.insert(0, {engine!r}); "
+                "from RegistrationMisalignmentLib.cli import main; sys.exit(main({args!r}))")
+
+
+def test_cached_sources_round_trip_and_train_without_simpleitk(tmp_path, capsys):
+    cache = tmp_path / "sources.npz"
+    assert main(["cache-sources", "--phantoms", "1", "--out", str(cache), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] == {"phantom-0": [176, 160, 192]}
+    (cached,), (original,) = load_cached_sources(cache), load_sources((), [0])
+    assert cached.name == original.name and cached.lung_z_range == original.lung_z_range
+    assert np.abs(cached.hu.numpy() - original.hu.numpy()).max() <= 0.5  # HU rounded to integers
+    assert (cached.lungs == original.lungs).all() and (cached.torso == original.torso).all()
+
+    args = ["train", "--sources", str(cache), "--phantoms", "0", "--out", str(tmp_path / "run"), "--steps", "2",
+            "--batch-size", "1", "--out-size", "8", "--features", "4", "--hidden", "4", "--validate-every", "2",
+            "--device", "cpu", "--json"]
+    run = subprocess.run([sys.executable, "-c", NO_SIMPLEITK.format(engine=ENGINE, args=args)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["steps"] == 2 and (tmp_path / "run" / "weights.safetensors").is_file()
+
+
+def test_a_file_that_is_not_a_sources_file_is_refused(tmp_path, capsys):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert main(["train", "--sources", str(tmp_path / "bad.npz"), "--phantoms", "0", "--out", str(tmp_path / "r"),
+                 "--steps", "1", "--device", "cpu"]) == 2
+    assert "not a sources file" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model
 from RegistrationMisalignmentLib.errors import InputError
@@ -26,6 +27,16 @@ def test_round_trip_restores_configuration_and_weights(saved):
     assert loaded.config == model.config
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_temperature_round_trips_and_old_files_without_it_load_at_one(saved, tmp_path):
+    model, _ = saved
+    model.config.temperature = 0.8
+    export_weights(model, tmp_path / "calibrated.safetensors")
+    assert load_model(tmp_path / "calibrated.safetensors").config.temperature == 0.8
+    config = {k: v for k, v in model.config.to_dict().items() if k != "temperature"}
+    save_file(model.state_dict(), str(tmp_path / "old.safetensors"), metadata={"config": json.dumps(config)})
+    assert load_model(tmp_path / "old.safetensors").config.temperature == 1.0
 
 
 def test_tampered_weights_fail_the_sha256_check(saved):

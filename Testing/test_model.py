@@ -30,6 +30,23 @@ def test_single_resolution_ablation_reads_only_s1():
         ModelConfig(architecture="transformer")
 
 
+def test_temperature_divides_the_logits_of_every_step():
+    torch.manual_seed(0)
+    net = MisalignmentNet(ModelConfig(features=4, hidden=4)).eval()
+    inputs = {lv: torch.randn(1, 3, *(input_size(net.config, lv, 8),) * 3) for lv in net.config.levels}
+    with torch.no_grad():
+        plain = net(inputs)
+        net.config.temperature = 2.5
+        scaled = net(inputs)
+    for lv in net.config.levels:
+        assert torch.allclose(scaled[lv] * 2.5, plain[lv], atol=1e-6)
+        assert torch.equal(scaled[lv].argmax(1), plain[lv].argmax(1))
+    assert ModelConfig().temperature == 1.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            ModelConfig(temperature=bad)
+
+
 def test_pyramid_levels_halve_and_keep_the_grid():
     volume = torch.zeros(3, 32, 40, 48)
     volume[0, :, :, 24:] = 1.0

@@ -1,4 +1,4 @@
-"""The released weights: integrity against the model card, and better than chance on a CT they never saw."""
+"""The released weights: integrity against the model card, calibration, better than chance on a CT they never saw."""
 import json
 
 import pytest
@@ -24,6 +24,17 @@ def test_released_weights_match_their_model_card(card):
     model = load_model(path)
     assert model.config.architecture == card["architecture"]["architecture"]
     assert HELD_OUT not in " ".join(card["training"]["ct_paths"])
+
+
+def test_released_temperature_was_fitted_on_a_training_ct_and_keeps_the_classes(card):
+    calibration = card["calibration"]
+    assert load_model().config.temperature == calibration["temperature"] == card["architecture"]["temperature"]
+    assert calibration["source"] in " ".join(card["training"]["ct_paths"]) and HELD_OUT not in calibration["source"]
+    assert calibration["nll_after"] < calibration["nll_before"]
+    for key in ("all_lung_voxels", "class_stratified_points"):
+        before, after = calibration["heldout_uncalibrated"][key], card["heldout_synthetic"][key]
+        assert (after["accuracy"], after["average_f1"]) == (before["accuracy"], before["average_f1"])
+        assert after["expected_calibration_error"] < before["expected_calibration_error"]
 
 
 def test_released_model_beats_chance_on_the_held_out_ct(card):

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError
@@ -55,6 +55,12 @@ def export_weights(model: MisalignmentNet, path, extra: dict = None) -> str:
     return sha256_of(path)
 
 
+def weights_metadata(path) -> dict:
+    """The JSON entries stored with the tensors of a weights file: "config" (temperature included), "steps", ..."""
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
+
+
 def expected_sha256(weights_path):
     """The sha256 recorded in the model card next to the weights, or None if there is no card."""
     card = card_path(weights_path)
@@ -75,11 +81,8 @@ def load_model(path=None, map_location="cpu") -> MisalignmentNet:
     if expected is not None and sha256_of(path) != expected:
         raise InputError(f"{path}: sha256 does not match its model card; the file is corrupt or was changed")
     try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
         state = load_file(str(path), device=str(map_location))
-        config = ModelConfig(**json.loads(metadata["config"]))
+        config = ModelConfig(**weights_metadata(path)["config"])
         model = MisalignmentNet(config)
         model.load_state_dict(state)
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:

@@ -1,11 +1,11 @@
-"""Held-out synthetic evaluation: metrics at lung voxels of reproducible synthetic tiles from unseen CTs."""
+"""Held-out synthetic evaluation: metrics and calibration at lung voxels of reproducible synthetic tiles."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .metrics import classification_report, confusion_matrix, stratified_indices
+from .metrics import calibration_report, classification_report, confusion_matrix, stratified_indices
 from .model import MisalignmentNet
 from .synthesis import FAMILIES, IGNORE, make_sample
 
@@ -14,29 +14,56 @@ POINTS_PER_CLASS = 2000
 
 
 @torch.no_grad()
-def lung_truth_and_prediction(model: MisalignmentNet, sample) -> tuple:
-    """True and predicted finest-step classes (numpy) at the labelled lung voxels of one sample."""
+def lung_truth_and_logits(model: MisalignmentNet, sample) -> tuple:
+    """True classes (N,) and finest-step logits (N, 3), numpy, at the labelled lung voxels of one sample."""
     logits = model({lv: x[None] for lv, x in sample.inputs.items()})[1][0]
     target = sample.targets[1]
     keep = (target != IGNORE) & sample.lungs
-    return target[keep].cpu().numpy(), logits.argmax(0)[keep].cpu().numpy()
+    return target[keep].cpu().numpy(), logits[:, keep].T.float().cpu().numpy()
+
+
+def lung_truth_and_prediction(model: MisalignmentNet, sample) -> tuple:
+    """True and predicted finest-step classes (numpy) at the labelled lung voxels of one sample."""
+    truth, logits = lung_truth_and_logits(model, sample)
+    return truth, logits.argmax(1)
 
 
 @torch.no_grad()
+def synthetic_lung_logits(model: MisalignmentNet, source, samples: int, out_size: int, first_seed: int, device="cpu",
+                          progress: bool = False) -> tuple:
+    """Truth and logits at lung voxels of `samples` synthetic tiles (families in turn, seeds from `first_seed`)."""
+    model = model.to(device).eval()
+    truths, logits = [], []
+    for i in tqdm(range(samples), disable=not progress, desc="synthetic pairs", unit="pair"):
+        sample = make_sample(source, model.config, out_size, seed=first_seed + i, device=device,
+                             family=FAMILIES[i % len(FAMILIES)])
+        truth, logit = lung_truth_and_logits(model, sample)
+        truths.append(truth)
+        logits.append(logit)
+    return np.concatenate(truths), np.concatenate(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (float64) of (N, C) logits."""
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float64)), 1).numpy()
+
+
+def score(truth: np.ndarray, logits: np.ndarray) -> dict:
+    """Accuracy, F1 and confusion matrix of the argmax, and calibration (ECE, reliability) of the softmax."""
+    return {**classification_report(confusion_matrix(truth, logits.argmax(1))),
+            **calibration_report(softmax(logits), truth)}
+
+
+def heldout_scores(truth: np.ndarray, logits: np.ndarray, seed: int = 0) -> dict:
+    """Scores over all lung voxels and over class-stratified points (chosen with `seed`)."""
+    chosen = stratified_indices(truth, POINTS_PER_CLASS, seed)
+    return {"all_lung_voxels": score(truth, logits), "class_stratified_points": score(truth[chosen], logits[chosen])}
+
+
 def evaluate_synthetic(model: MisalignmentNet, source, samples: int = 48, out_size: int = 32, seed: int = 0,
                        device="cpu", progress: bool = False) -> dict:
-    """Accuracy, F1 and confusion matrices over lung voxels of `samples` synthetic tiles (all families)."""
-    model = model.to(device).eval()
-    truths, preds = [], []
-    for i in tqdm(range(samples), disable=not progress, desc="evaluating", unit="pair"):
-        family = FAMILIES[i % len(FAMILIES)]
-        sample = make_sample(source, model.config, out_size, seed=EVALUATION_SEED + seed * 10 ** 6 + i,
-                             device=device, family=family)
-        truth, pred = lung_truth_and_prediction(model, sample)
-        truths.append(truth)
-        preds.append(pred)
-    truth, pred = np.concatenate(truths), np.concatenate(preds)
-    chosen = stratified_indices(truth, POINTS_PER_CLASS, seed)
+    """Accuracy, F1, confusion matrices and ECE over lung voxels of `samples` synthetic tiles (all families)."""
+    truth, logits = synthetic_lung_logits(model, source, samples, out_size, EVALUATION_SEED + seed * 10 ** 6, device,
+                                          progress)
     return {"source": source.name, "samples": samples, "seed": seed, "out_size": out_size,
-            "all_lung_voxels": classification_report(confusion_matrix(truth, pred)),
-            "class_stratified_points": classification_report(confusion_matrix(truth[chosen], pred[chosen]))}
+            "temperature": model.config.temperature, **heldout_scores(truth, logits, seed)}

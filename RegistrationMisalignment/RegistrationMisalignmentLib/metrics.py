@@ -1,4 +1,4 @@
-"""Classification metrics: confusion matrix, precision, recall, F1, accuracy."""
+"""Classification metrics: confusion matrix, precision, recall, F1, accuracy; calibration (ECE, reliability)."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,3 +39,46 @@ def stratified_indices(truth, per_class: int, seed: int = 0) -> np.ndarray:
     chosen = [rng.choice(np.flatnonzero(truth == c), min(per_class, int((truth == c).sum())), replace=False)
               for c in np.unique(truth)]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _bin_index(values: np.ndarray, bins: int) -> np.ndarray:
+    """Index of the equal-width bin ((i/bins, (i+1)/bins], the first also holding 0) of values in [0, 1]."""
+    return np.clip(np.ceil(values * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def _top_label(probabilities, truth) -> tuple:
+    """Confidence (largest probability) and whether its class is the true one, per row of (N, C) probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64).ravel()
+    return probabilities.max(1), (probabilities.argmax(1) == truth).astype(np.float64)
+
+
+def expected_calibration_error(probabilities, truth, bins: int = 15) -> float:
+    """Top-label ECE: bin-size-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    confidence, hit = _top_label(probabilities, truth)
+    if len(hit) == 0:
+        return 0.0
+    gap = np.bincount(_bin_index(confidence, bins), confidence - hit, minlength=bins)
+    return float(np.abs(gap).sum() / len(hit))
+
+
+def reliability(confidence, hit, bins: int = 15) -> dict:
+    """Per equal-width bin of `confidence`: count, mean confidence and observed frequency of `hit`."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    index = _bin_index(confidence, bins)
+    count = np.bincount(index, minlength=bins)
+    safe = np.maximum(count, 1)
+    return {"count": count.tolist(),
+            "confidence": (np.bincount(index, confidence, bins) / safe).tolist(),
+            "frequency": (np.bincount(index, np.asarray(hit, dtype=np.float64).ravel(), bins) / safe).tolist()}
+
+
+def calibration_report(probabilities, truth, bins: int = 15) -> dict:
+    """Top-label ECE and reliability data: top label, and each class's probability against its frequency."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.int64).ravel()
+    names = [CLASS_NAMES[v] for v in CLASS_VALUES[:probabilities.shape[1]]]
+    curves = {"top_label": reliability(*_top_label(probabilities, truth), bins)}
+    curves.update({n: reliability(probabilities[:, k], truth == k, bins) for k, n in enumerate(names)})
+    return {"expected_calibration_error": expected_calibration_error(probabilities, truth, bins), "bins": bins,
+            "reliability": curves}

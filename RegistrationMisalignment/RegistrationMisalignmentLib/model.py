@@ -24,10 +24,13 @@ class ModelConfig:
     encoder_depths: dict = field(default_factory=lambda: {4: 7, 2: 6, 1: 5})
     batch_norm: bool = True
     difference_channel: bool = True
+    temperature: float = 1.0  # logits are divided by it (calibration); training uses 1
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
         self.encoder_depths = {int(k): int(v) for k, v in self.encoder_depths.items()}
 
     @property
@@ -138,7 +141,7 @@ class MisalignmentNet(nn.Module):
             {str(lv): nn.Conv3d(config.hidden, len(COARSE_THRESHOLDS_MM[lv]) + 1, 1) for lv in levels})
 
     def forward(self, inputs: dict) -> dict:
-        """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits}, coarse to fine."""
+        """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits / temperature}, coarse first."""
         state = None
         logits = {}
         for lv in self.config.levels:
@@ -149,5 +152,5 @@ class MisalignmentNet(nn.Module):
             if state is not None:
                 state = tuple(None if s is None else upsample_to(s, x.shape[-1]) for s in state)
             state = self.cell(x, state)
-            logits[lv] = self.heads[str(lv)](state[0])
+            logits[lv] = self.heads[str(lv)](state[0]) / self.config.temperature
         return logits

@@ -1,4 +1,4 @@
-"""Release a trained run: copy its weights, evaluate on a held-out CT, write the model card (JSON + Markdown)."""
+"""Release a trained run: weights (optionally temperature-calibrated), held-out evaluation, model card."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .calibration import calibrate_weights
 from .checkpoint import card_path, load_model, sha256_of
 from .evaluation import evaluate_synthetic
 from .imageio import read_image, write_bytes
@@ -31,20 +32,27 @@ def machine_description() -> str:
     return text
 
 
-def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "") -> dict:
-    """Copy `run_dir`'s weights to `weights_out`, evaluate on `heldout_ct`, and write the model card."""
+def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "", calibration_ct=None,
+            calibration_samples: int = 48) -> dict:
+    """Publish `run_dir`'s weights (temperature fitted on `calibration_ct` if given), evaluate, write the card."""
     run_dir, weights_out = Path(run_dir), Path(weights_out)
     state = torch.load(run_dir / "training_state.pt", map_location="cpu", weights_only=True)
     history = json.loads(state["history"])
-    shutil.copyfile(run_dir / "weights.safetensors", weights_out)
-    model = load_model(weights_out)
+    run_weights = run_dir / "weights.safetensors"
+    model = load_model(run_weights)
     source = source_from_image(Path(heldout_ct).name, read_image(heldout_ct))
+    calibration = None
+    if calibration_ct:
+        calibration = calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples,
+                                        source, samples, heldout_ct)
+    else:
+        shutil.copyfile(run_weights, weights_out)
     heldout = evaluate_synthetic(model, source, samples, progress=True)
     card = {
         "name": weights_out.stem,
         "weights": weights_out.name,
         "sha256": sha256_of(weights_out),
-        "architecture": json.loads(state["model_config"]),
+        "architecture": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": json.loads(state["train_config"]),
         "training_steps": state["step"],
@@ -55,10 +63,28 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
         "heldout_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} --samples {samples} "
                            f"--weights {weights_out}",
         "training_command": command,
+        "calibration": calibration,
     }
     write_bytes(json.dumps(card, indent=1).encode(), card_path(weights_out))
     write_bytes(markdown_card(card).encode(), weights_out.with_name(weights_out.stem + ".md"))
     return card
+
+
+def calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples: int, heldout_source,
+                      samples: int, heldout_ct) -> dict:
+    """Held-out ECE at T = 1, then fit T on `calibration_ct`, write the calibrated weights and set T in `model`."""
+    uncalibrated = evaluate_synthetic(model, heldout_source, samples, progress=True)
+    fit = calibrate_weights(run_weights, source_from_image(Path(calibration_ct).name, read_image(calibration_ct)),
+                            weights_out, calibration_samples, progress=True)
+    model.config.temperature = fit["temperature"]
+    keys = ("n", "accuracy", "average_f1", "expected_calibration_error")
+    return {**fit,
+            "command": f"registration-misalignment calibrate --weights {run_weights} --ct {calibration_ct} "
+                       f"--samples {calibration_samples} --out calibrated.safetensors",
+            "heldout_uncalibrated": {k: {m: uncalibrated[k][m] for m in keys}
+                                     for k in ("all_lung_voxels", "class_stratified_points")},
+            "heldout_uncalibrated_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} "
+                                            f"--samples {samples} --weights {weights_out} --temperature 1"}
 
 
 def markdown_card(card: dict) -> str:
@@ -70,7 +96,8 @@ def markdown_card(card: dict) -> str:
         r = held[key]
         pc = r["per_class"]
         rows.append(f"| {key.replace('_', ' ')} | {r['n']} | {100 * r['accuracy']:.1f} % | "
-                    f"{100 * r['average_f1']:.1f} % | " + " | ".join(f"{100 * pc[c]['f1']:.1f} %" for c in pc) + " |")
+                    f"{100 * r['average_f1']:.1f} % | " + " | ".join(f"{100 * pc[c]['f1']:.1f} %" for c in pc) +
+                    f" | {100 * r['expected_calibration_error']:.1f} % |")
     last = card["validation_history"][-1] if card["validation_history"] else {}
     return f"""# Model card: {card['name']}
 
@@ -92,10 +119,38 @@ def markdown_card(card: dict) -> str:
 {held['samples']} reproducible synthetic pairs (all field families), metrics at lung voxels.
 Reproduce: `{card['heldout_command']}`
 
-| points | n | accuracy | average F1 | F1 correct | F1 poor | F1 wrong |
-|---|---|---|---|---|---|---|
+| points | n | accuracy | average F1 | F1 correct | F1 poor | F1 wrong | ECE |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Confusion matrix (all lung voxels; rows truth, columns prediction; correct / poor / wrong):
 `{held['all_lung_voxels']['confusion_matrix']}`
+
+ECE: top-label expected calibration error, {held['all_lung_voxels']['bins']} equal-width confidence bins, of the
+probabilities at temperature {arch['temperature']:.4g}; reliability data per bin are in the JSON card.
+""" + (calibration_markdown(card["calibration"], held) if card.get("calibration") else "")
+
+
+def calibration_markdown(cal: dict, held: dict) -> str:
+    """Model-card section on the temperature fit, with ECE before and after."""
+    before = cal["heldout_uncalibrated"]
+    rows = [f"| fitting data ({cal['source']}, {cal['voxels']} lung voxels, accuracy {100 * cal['accuracy']:.1f} %) | "
+            f"{100 * cal['ece_before']:.2f} % | {100 * cal['ece_after']:.2f} % |"]
+    for key in ("all_lung_voxels", "class_stratified_points"):
+        rows.append(f"| held out, {key.replace('_', ' ')} | {100 * before[key]['expected_calibration_error']:.2f} % | "
+                    f"{100 * held[key]['expected_calibration_error']:.2f} % |")
+    return f"""
+## Calibration (temperature scaling)
+
+Probabilities are softmax(logits / T) with T = {cal['temperature']:.4f}, fitted by minimum negative log-likelihood
+(NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}) at lung voxels of {cal['samples']} synthetic pairs from the
+training CT {cal['source']} (seeds from {cal['first_seed']}, apart from training, validation and evaluation seeds);
+the held-out CT is never used for fitting. T does not change the predicted classes: accuracy and F1 are those at T = 1.
+Reproduce the fit: `{cal['command']}`
+
+| expected calibration error | T = 1 | T = {cal['temperature']:.3f} |
+|---|---|---|
+{chr(10).join(rows)}
+
+Held-out at T = 1: `{cal['heldout_uncalibrated_command']}`
 """

@@ -1,0 +1,95 @@
+"""Calibration: ECE with known answers, the temperature fit, and calibrated weights written and loaded."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from RegistrationMisalignmentLib.calibration import calibrate, calibrate_weights, fit_temperature, golden_section_minimum
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model, weights_metadata
+from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.evaluation import evaluate_synthetic
+from RegistrationMisalignmentLib.metrics import calibration_report, expected_calibration_error, reliability
+from RegistrationMisalignmentLib.sources import source_from_image
+
+
+@pytest.fixture(scope="module")
+def source(small_phantom):
+    ct, lungs = small_phantom
+    return source_from_image("phantom-small", ct, lungs)
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy_and_one_when_always_confidently_wrong():
+    one_hot = np.eye(3)[[0, 1, 2, 1]]
+    assert expected_calibration_error(one_hot, [0, 1, 2, 1]) == 0.0
+    assert expected_calibration_error(one_hot, [1, 2, 0, 0]) == pytest.approx(1.0)
+    sixty = np.tile([0.6, 0.3, 0.1], (10, 1))
+    assert expected_calibration_error(sixty, [0] * 6 + [1] * 4) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_weights_each_bin_by_its_share_of_points():
+    probabilities = np.array([[0.9, 0.05, 0.05]] * 5 + [[0.5, 0.3, 0.2]] * 5)
+    truth = [0] * 5 + [1] * 5  # bin of 0.9: accuracy 1 (gap 0.1); bin of 0.5: accuracy 0 (gap 0.5)
+    assert expected_calibration_error(probabilities, truth) == pytest.approx(0.5 * 0.1 + 0.5 * 0.5)
+    assert expected_calibration_error(np.zeros((0, 3)), []) == 0.0
+
+
+def test_reliability_bins_are_right_closed_and_report_per_class_curves():
+    curve = reliability([0.0, 0.2, 0.21, 1.0], [1, 0, 1, 1], bins=5)
+    assert curve["count"] == [2, 1, 0, 0, 1]
+    assert curve["confidence"][0] == pytest.approx(0.1) and curve["frequency"][0] == pytest.approx(0.5)
+    report = calibration_report(np.eye(3)[[0, 1, 2]], [0, 1, 1], bins=4)
+    assert set(report["reliability"]) == {"top_label", "correct", "poor", "wrong"}
+    assert report["reliability"]["wrong"]["count"] == [2, 0, 0, 1]
+    assert report["reliability"]["wrong"]["frequency"][3] == 0.0
+    assert report["expected_calibration_error"] == pytest.approx(1 / 3)
+
+
+def test_golden_section_finds_the_minimum_and_the_fit_recovers_a_known_temperature():
+    assert golden_section_minimum(lambda x: (x - 1.3) ** 2, -3.0, 3.0) == pytest.approx(1.3, abs=1e-4)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 3.0, (100000, 3))
+    probabilities = torch.softmax(torch.from_numpy(logits / 2.0), 1).numpy()
+    truth = (probabilities.cumsum(1) < rng.random((len(logits), 1))).sum(1)
+    assert fit_temperature(logits, truth) == pytest.approx(2.0, rel=0.05)
+
+
+def test_fitted_temperature_lowers_the_nll_and_keeps_the_classes(tiny_model, source):
+    model = copy.deepcopy(tiny_model)
+    fit = calibrate(model, source, samples=4, out_size=8)
+    assert fit["nll_after"] <= fit["nll_before"] and fit["voxels"] > 0
+    assert model.config.temperature == fit["temperature"] != 1.0
+    before = evaluate_synthetic(tiny_model, source, samples=2, out_size=8)
+    after = evaluate_synthetic(model, source, samples=2, out_size=8)
+    for key in ("all_lung_voxels", "class_stratified_points"):
+        assert after[key]["confusion_matrix"] == before[key]["confusion_matrix"]
+        assert 0.0 <= after[key]["expected_calibration_error"] <= 1.0
+    assert after["temperature"] == fit["temperature"]
+
+
+def test_calibrated_weights_keep_the_tensors_and_store_the_temperature(tiny_model, source, tmp_path):
+    weights = tmp_path / "tiny.safetensors"
+    export_weights(tiny_model, weights, extra={"steps": 7})
+    fit = calibrate_weights(weights, source, tmp_path / "calibrated.safetensors", samples=1)
+    loaded = load_model(tmp_path / "calibrated.safetensors")
+    assert loaded.config.temperature == pytest.approx(fit["temperature"])
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    metadata = weights_metadata(tmp_path / "calibrated.safetensors")
+    assert metadata["steps"] == 7 and metadata["calibration"]["temperature"] == fit["temperature"]
+
+
+def test_calibrate_command_writes_weights_and_refuses_to_orphan_a_model_card(tiny_model, small_phantom, tmp_path,
+                                                                              capsys):
+    weights, ct = tmp_path / "tiny.safetensors", tmp_path / "ct.nii.gz"
+    export_weights(tiny_model, weights)
+    sitk.WriteImage(small_phantom[0], str(ct))
+    out = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", "--weights", str(weights), "--ct", str(ct), "--samples", "1", "--out", str(out),
+                 "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert load_model(out).config.temperature == pytest.approx(fit["temperature"])
+    card_path(out).write_text(json.dumps({"sha256": "0" * 64}))
+    assert main(["calibrate", "--weights", str(weights), "--ct", str(ct), "--out", str(out)]) == 2
+    assert "model card" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
 
@@ -11,25 +9,10 @@ import torch
 
 from .calibration import calibrate_weights
 from .checkpoint import card_path, load_model, sha256_of
+from .devices import machine_description
 from .evaluation import evaluate_synthetic
 from .imageio import read_image, write_bytes
 from .sources import source_from_image
-
-
-def machine_description() -> str:
-    """CPU model and core count (and GPU name when present) of this machine."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
 
 
 def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "", calibration_ct=None,
@@ -57,7 +40,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
         "training": json.loads(state["train_config"]),
         "training_steps": state["step"],
         "training_seconds": history[-1]["seconds"] if history else None,
-        "training_machine": machine_description(),
+        "training_machine": state.get("machine") or machine_description(),
         "validation_history": history,
         "heldout_synthetic": heldout,
         "heldout_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} --samples {samples} "

@@ -117,3 +117,22 @@ def test_benchmark_reports_dense_faster_than_per_patch_with_identical_results(fi
     assert result["speedup_dense_over_per_patch"] > 1.0
     assert result["flops_per_output_voxel"] > 0 and result["peak_rss_bytes"] > 0
     assert result["per_patch_blocks_sampled"] == 16
+
+
+def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(files, capsys, monkeypatch):
+    from RegistrationMisalignmentLib import benchmark
+    from conftest import SMALL
+    from RegistrationMisalignmentLib.phantom import make_chest_phantom
+    monkeypatch.setattr(benchmark, "make_chest_phantom", lambda seed: make_chest_phantom(seed, SMALL))
+    model = ["--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--max-memory", "0.05"]
+    assert main(["benchmark", "--memory-size", "100,90,80", *model, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["image_size"] == [100, 90, 80] and result["voxels"] == 720000
+    for run in result["runs"].values():
+        assert run["peak_rss_bytes"] > 50 * 2 ** 20 and run["mask_voxels"] > 0 and run["seconds"]["total"] > 0
+    assert main(["benchmark", "--training", *model, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["synthetic_pairs_per_second"] > 0 and result["training_samples_per_second"] > 0
+    assert result["batch_size"] == 4 and result["out_size"] == 32 and result["torch_threads"] >= 1
+    assert main(["benchmark", "--memory-size", "512,512", *model]) == 2
+    assert "three voxel counts" in _error_line(capsys)

@@ -1,8 +1,14 @@
-"""Dense tiled prediction equals the paper's per-patch evaluation; predict and predict_points agree."""
+"""Dense tiled prediction equals the paper's per-patch evaluation; predict and predict_points agree; out-of-memory
+fallback; probabilities built on demand."""
 import numpy as np
+import pytest
 import SimpleITK as sitk
+import torch
 
 from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.errors import InputError
+from RegistrationMisalignmentLib.inference import MisalignmentPredictor, smaller_tile, sub_tiles
+from RegistrationMisalignmentLib.model import input_size
 from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, to_fixed_grid
 from RegistrationMisalignmentLib.pyramid import context_margin
 
@@ -82,3 +88,53 @@ def test_anisotropic_fixed_and_moving_on_another_grid(small_pair, tiny_predictor
     points = np.array([thick.TransformIndexToPhysicalPoint([int(i) for i in c[::-1]]) for c in chosen])
     classes, _ = tiny_predictor.predict_points(thick, small_pair.moving, points)
     assert np.array_equal(classes, labels[tuple(chosen.T)])
+
+
+def test_device_out_of_memory_halves_the_tile_and_gives_the_same_result(small_pair, tiny_model, monkeypatch):
+    predictor = MisalignmentPredictor(tiny_model, device="cpu", max_memory_gb=0.2)
+    normal = predictor.predict(small_pair.fixed, small_pair.moving)
+    assert normal.summary["tile_size"] > 16
+    largest = input_size(tiny_model.config, 1, 16)
+    forward, seen = tiny_model.forward, []
+
+    def limited(inputs):
+        seen.append(inputs[1].shape[-1])
+        if inputs[1].shape[-1] > largest:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(inputs)
+
+    monkeypatch.setattr(tiny_model, "forward", limited)
+    fallback = predictor.predict(small_pair.fixed, small_pair.moving)
+    assert max(seen) > largest and seen[-1] <= largest  # it failed once, then went on with smaller tiles
+    assert np.array_equal(sitk.GetArrayViewFromImage(fallback.labels), sitk.GetArrayViewFromImage(normal.labels))
+    difference = np.abs(sitk.GetArrayViewFromImage(fallback.probabilities)
+                        - sitk.GetArrayViewFromImage(normal.probabilities)).max()
+    assert difference <= 1e-5
+
+    def always_out_of_memory(inputs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(tiny_model, "forward", always_out_of_memory)
+    with pytest.raises(InputError, match="ran out of memory even with 8"):
+        predictor.predict(small_pair.fixed, small_pair.moving)
+
+
+def test_sub_tiles_cover_a_tile_with_starts_on_the_pyramid_grid():
+    for tile, size in ((72, 32), (40, 16), (24, 8), (32, 32)):
+        covered = np.zeros((tile,) * 3, dtype=bool)
+        for corner in sub_tiles(np.zeros(3, dtype=int), tile, size):
+            assert np.all(corner % 8 == 0) and np.all(corner + size <= tile)
+            covered[tuple(slice(int(c), int(c) + size) for c in corner)] = True
+        assert covered.all()
+    assert [smaller_tile(t) for t in (128, 72, 24, 16, 8)] == [64, 32, 8, 8, 8]
+
+
+def test_probabilities_are_built_only_when_asked_for(small_pair, tiny_predictor):
+    result = tiny_predictor.predict(small_pair.fixed, small_pair.moving)
+    assert callable(result._probabilities)
+    probabilities = result.probabilities
+    assert result.probabilities is probabilities and probabilities.GetNumberOfComponentsPerPixel() == 3
+    assert probabilities.GetPixelID() == sitk.sitkVectorFloat32
+    inside = sitk.GetArrayViewFromImage(result.labels) > 0
+    array = sitk.GetArrayViewFromImage(probabilities)
+    assert np.all(array[~inside] == 0.0) and np.allclose(array[inside].sum(-1), 1.0, atol=1e-5)

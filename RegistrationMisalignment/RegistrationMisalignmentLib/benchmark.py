@@ -1,20 +1,31 @@
-"""Benchmark: dense tiled inference against the paper's per-patch evaluation, memory, FLOPs, preprocessing."""
+"""Benchmark: dense tiled inference against the paper's per-patch evaluation, memory, FLOPs, preprocessing;
+peak memory of `predict` in a fresh process; training throughput."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from torch import nn
 
 from .demo import synthetic_pair
-from .imageio import read_image
+from .devices import default_threads, machine_description
+from .errors import InputError
+from .imageio import read_image, write_image
 from .inference import MisalignmentPredictor
+from .model import MisalignmentNet
 from .phantom import make_chest_phantom
 from .preprocessing import BLOCK
-from .pyramid import batch_tiles, build_pyramid
-from .release import machine_description
+from .pyramid import AIR_HU, batch_tiles, build_pyramid
+from .sources import source_from_image
+from .synthesis import collate, make_sample
+from .training import TrainConfig, hierarchy_loss
 
 
 def peak_rss_bytes() -> int:
@@ -140,3 +151,109 @@ def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: 
         dense = probs[:, bz * BLOCK:(bz + 1) * BLOCK, by * BLOCK:(by + 1) * BLOCK, bx * BLOCK:(bx + 1) * BLOCK]
         difference = max(difference, float(np.abs(dense - values[(bx, by, bz)]).max()))
     return {"seconds_per_block": seconds, "max_difference": difference, "blocks": len(chosen)}
+
+
+def on_grid_of_size(image: sitk.Image, size) -> sitk.Image:
+    """The image resampled linearly (Int16 HU) onto `size` voxels spanning the same physical extent."""
+    old_spacing = np.asarray(image.GetSpacing())
+    spacing = old_spacing * np.asarray(image.GetSize()) / np.asarray(size)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin()) + direction @ ((spacing - old_spacing) / 2)
+    return sitk.Resample(image, [int(n) for n in size], sitk.Transform(), sitk.sitkLinear, tuple(origin),
+                         tuple(spacing), image.GetDirection(), AIR_HU, sitk.sitkInt16)
+
+
+# The command line in a fresh interpreter that writes its own VmHWM to a file on exit. (The kernel's ru_maxrss of a
+# child also counts the parent's memory at fork and exec, so it cannot be used.)
+_CLI_REPORTING_PEAK = """
+import atexit, runpy, sys
+from pathlib import Path
+report = Path(sys.argv.pop(1))
+status = Path("/proc/self/status")
+atexit.register(lambda: report.write_text(next(line.split()[1] for line in status.read_text().splitlines()
+                                               if line.startswith("VmHWM:"))))
+runpy.run_module("RegistrationMisalignmentLib", run_name="__main__", alter_sys=True)
+"""
+
+
+def cli_peak_rss(arguments: list) -> tuple:
+    """Run `registration-misalignment ARGUMENTS` in a fresh process; return (exit status, its peak resident memory
+    (VmHWM, bytes), stdout, stderr)."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "vmhwm_kib"
+        done = subprocess.run([sys.executable, "-c", _CLI_REPORTING_PEAK, str(report), *arguments],
+                              capture_output=True, text=True)
+        peak = int(report.read_text()) * 1024 if report.exists() else 0
+    return done.returncode, peak, done.stdout, done.stderr
+
+
+def predict_peak_rss(fixed_path, moving_path, output_folder, options=(), probabilities: bool = False) -> dict:
+    """Peak resident memory (VmHWM) and summary of `registration-misalignment predict` run in a fresh process."""
+    arguments = ["predict", "--fixed", str(fixed_path), "--moving", str(moving_path),
+                 "--output", str(Path(output_folder) / "labels.nrrd"), "--json", *options]
+    if probabilities:
+        arguments += ["--probabilities", str(Path(output_folder) / "probabilities.nrrd")]
+    status, peak, out, err = cli_peak_rss(arguments)
+    if status:
+        reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
+        raise InputError(f"predict failed in the child process: {reason}")
+    summary = json.loads(out)
+    return {"peak_rss_bytes": peak, "seconds": summary["timings_s"], "tile_size": summary["tile_size"],
+            "mask_voxels": summary["mask_voxels"]}
+
+
+def run_memory_benchmark(ct_path=None, size=(512, 512, 600), options=(), seed: int = 0) -> dict:
+    """Peak memory of `predict` (labels only, and with --probabilities) on a synthetic pair resampled to `size`.
+
+    The pair is built and written here; each prediction runs in a fresh process, so only its own memory counts."""
+    ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
+    pair = synthetic_pair(ct, lungs, "single_frequency", 12.0, seed)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {}
+        for name, image in (("fixed", pair.fixed), ("moving", pair.moving)):
+            resized = on_grid_of_size(image, size)
+            paths[name] = Path(folder) / f"{name}.mha"
+            write_image(resized, paths[name], compress=False)
+        spacing = list(resized.GetSpacing())
+        runs = {key: predict_peak_rss(paths["fixed"], paths["moving"], folder, options, probabilities)
+                for key, probabilities in (("labels", False), ("labels_and_probabilities", True))}
+    return {"case": str(ct_path) if ct_path else f"phantom seed {seed}", "image_size": [int(n) for n in size],
+            "image_spacing": spacing, "voxels": int(np.prod(size)),
+            "machine": machine_description(), "default_threads": default_threads(),
+            "predict_options": list(options), "runs": runs}
+
+
+def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs: int = 8, steps: int = 3,
+                           seed: int = 0) -> dict:
+    """Synthetic pairs made per second and training samples per second (forward, backward, optimiser step).
+
+    The network has the predictor's architecture; batch and tile follow the release recipe (4 tiles of 32^3)."""
+    train = TrainConfig()
+    config = predictor.model.config
+    device = predictor.device
+    ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
+    source = source_from_image(str(ct_path) if ct_path else "phantom", ct, lungs)
+    t0 = time.perf_counter()
+    samples = [make_sample(source, config, train.out_size, seed=seed + i, device=device) for i in range(pairs)]
+    _sync(device)
+    pair_s = (time.perf_counter() - t0) / pairs
+    torch.manual_seed(seed)
+    model = MisalignmentNet(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
+    inputs, targets = collate(samples[:train.batch_size])
+    for step in range(steps + 1):  # the first step warms up
+        if step == 1:
+            _sync(device)
+            t0 = time.perf_counter()
+        loss = hierarchy_loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    step_s = (time.perf_counter() - t0) / steps
+    return {"case": str(ct_path) if ct_path else f"phantom seed {seed}", "device": str(device),
+            "machine": machine_description(), "torch_threads": torch.get_num_threads(),
+            "architecture": config.to_dict(), "batch_size": train.batch_size, "out_size": train.out_size,
+            "synthetic_pairs_per_second": 1.0 / pair_s, "seconds_per_synthetic_pair": pair_s,
+            "training_samples_per_second": train.batch_size / step_s, "seconds_per_training_step": step_s,
+            "pairs_timed": pairs, "steps_timed": steps}

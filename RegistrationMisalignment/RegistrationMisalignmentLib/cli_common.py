@@ -13,11 +13,16 @@ def add_device(parser: argparse.ArgumentParser) -> None:
                         help="where the network runs (default: auto = GPU if available)")
 
 
-def set_threads(threads: int) -> None:
-    """Use `threads` CPU threads for torch (0 = leave torch's default: all cores)."""
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+def set_threads(threads: int) -> int:
+    """Use `threads` CPU threads for torch (0 = all physical cores available to this process); returns the count."""
+    import torch
+    from .devices import default_threads
+    from .errors import InputError
+    if threads < 0:
+        raise InputError(f"--threads must be 0 (all physical cores) or more, got {threads}")
+    count = threads or default_threads()
+    torch.set_num_threads(count)
+    return count
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +31,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_device(parser)
     parser.add_argument("--max-memory", type=float, default=2.0, metavar="GIB",
                         help="memory budget that sets the tile size (default 2 GiB)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (default 0: all physical cores available to this process)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
 
 

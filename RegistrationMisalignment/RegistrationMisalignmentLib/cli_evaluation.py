@@ -176,7 +176,7 @@ def run_memory_benchmark_command(args) -> dict:
     result = run_memory_benchmark(args.ct, size, options)
     if not args.json:
         print(f"{result['case']} resampled to {'x'.join(map(str, size))} voxels ({result['voxels'] / 1e6:.0f} million) "
-              f"on {result['machine']}, {result['cpu_threads_available']} CPUs available")
+              f"on {result['machine']} ({result['default_threads']} physical cores available)")
         for name, run in result["runs"].items():
             print(f"  predict, {name.replace('_', ' ')}: peak RSS {run['peak_rss_bytes'] / 2 ** 30:.2f} GiB, "
                   f"{run['seconds']['total']:.1f} s (tile {run['tile_size']})")

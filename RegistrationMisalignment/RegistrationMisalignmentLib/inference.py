@@ -1,6 +1,7 @@
 """MisalignmentPredictor: dense tiled inference over the mask and point queries (the paper's per-patch way)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -13,21 +14,103 @@ import torch.nn.functional as F
 from . import labels as L
 from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import resolve_device
+from .errors import InputError
+from .imageio import paste
+from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
 from .preprocessing import BLOCK, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1, to_fixed_grid
 from .pyramid import batch_tiles, build_pyramid, context_margin
 
 DEFAULT_MAX_MEMORY_GB = 2.0
 MAX_TILE = 128
+MIN_TILE = 8
+SLAB_VOXELS = 1 << 21  # fixed-grid voxels resampled at once (12 bytes each as probabilities)
+
+
+class PredictionResult:
+    """Dense result on the fixed grid: labels, class probabilities and the summary."""
+
+    def __init__(self, labels: sitk.Image, probabilities, summary: dict):
+        """`probabilities`: the image, None, or a function that builds it on first access (saves its memory)."""
+        self.labels = labels
+        self._probabilities = probabilities
+        self.summary = summary
+
+    @property
+    def probabilities(self) -> sitk.Image:
+        """Class probabilities (sitk vector float32, 3 components) on the fixed grid, 0 outside the mask."""
+        if callable(self._probabilities):
+            self._probabilities = self._probabilities()
+        return self._probabilities
 
 
 @dataclass
-class PredictionResult:
-    """Dense result on the fixed grid."""
+class MaskedProbabilities:
+    """S1 class probabilities and the evaluation mask inside its bounding box, to resample onto the fixed grid."""
 
-    labels: sitk.Image
-    probabilities: sitk.Image
-    summary: dict
+    vector: sitk.Image  # S1 probabilities, vector float32
+    mask_box: sitk.Image  # the mask inside its bounding box, on the fixed grid
+    box_index: list  # xyz index of the box in the fixed grid
+    grid: tuple  # size, origin, spacing and direction of the fixed grid
+
+    def slabs(self):
+        """Yield (z index in the box, probabilities (z, y, x, 3) that are 0 outside the mask, mask) slab by slab."""
+        sx, sy, sz = self.mask_box.GetSize()
+        step = max(1, SLAB_VOXELS // (sx * sy))
+        for z in range(0, sz, step):
+            mask = sitk.RegionOfInterest(self.mask_box, [sx, sy, min(step, sz - z)], [0, 0, z])
+            probs = sitk.GetArrayFromImage(sitk.Resample(self.vector, mask, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                         sitk.sitkVectorFloat32))
+            inside = sitk.GetArrayViewFromImage(mask) > 0
+            probs[~inside] = 0.0
+            yield z, probs, inside
+
+    def on_fixed_grid(self) -> sitk.Image:
+        """The probabilities on the whole fixed grid (vector float32, 3 components), 0 outside the mask."""
+        image = image_on_grid(self.grid, sitk.sitkVectorFloat32, 3)
+        for z, probs, _ in self.slabs():
+            paste(image, sitk.GetImageFromArray(probs, isVector=True), self.box_index[:2] + [self.box_index[2] + z])
+        return image
+
+
+def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:
+    """A zero image with the given (size, origin, spacing, direction)."""
+    size, origin, spacing, direction = grid
+    image = sitk.Image(size, pixel_type, components)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is the device running out of memory."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
+
+
+def smaller_tile(tile: int) -> int:
+    """Half a tile edge, rounded down to a multiple of 8 (at least 8)."""
+    return max(MIN_TILE, tile // 2 // 8 * 8)
+
+
+def sub_tiles(corner: np.ndarray, tile: int, size: int) -> list:
+    """Corners of sub-tiles of edge `size` that cover a tile (the last one per axis shifted back inside it)."""
+    starts = [sorted({*range(0, tile - size, size), tile - size}) for _ in range(3)]
+    return [corner + np.asarray(offset) for offset in np.array(np.meshgrid(*starts, indexing="ij")).reshape(3, -1).T]
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device):
+    """Run CUDA matrix products and convolutions in full float32 (no TF32), so results match the CPU's."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def tile_bytes(model: MisalignmentNet, tile: int) -> float:
@@ -54,8 +137,10 @@ def best_tile(model: MisalignmentNet, region_size, largest: int) -> int:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    """Move a batch of level patches to the device."""
-    return {lv: x.to(device, non_blocking=True) for lv, x in batch.items()}
+    """Move a batch of level patches to the device (through pinned memory, asynchronously, on CUDA)."""
+    if device.type != "cuda":
+        return batch
+    return {lv: x.pin_memory().to(device, non_blocking=True) for lv, x in batch.items()}
 
 
 class MisalignmentPredictor:
@@ -107,22 +192,47 @@ class MisalignmentPredictor:
         return crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
 
     def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None, pyramid=None) -> np.ndarray:
-        """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile."""
+        """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile.
+
+        When the device runs out of memory, the remaining work is done in tiles of half the edge (down to 8)."""
         check_output_size(tile)
         pyramid = pyramid or build_pyramid(prepared.volume)
         size = prepared.region_size[::-1]
         start = prepared.region_start[::-1]
         probs = np.zeros((3,) + tuple(int(n) for n in size), dtype=np.float32)
         needed = self.tiles_touching_mask(prepared, tile)
+        limit = tile
         for i, corner in enumerate(needed):
-            batch = _to_device(batch_tiles(pyramid, self.model.config, [start + corner], tile), self.device)
-            with torch.no_grad():
-                out = torch.softmax(self.model(batch)[1], 1)[0]
-            sl = tuple(slice(int(c), int(c) + tile) for c in corner)
-            probs[(slice(None),) + sl] = out.float().cpu().numpy()
+            limit = self._fill_tile(probs, pyramid, start, corner, tile, limit)
             if progress:
                 progress((i + 1) / len(needed))
         return probs
+
+    def _fill_tile(self, probs: np.ndarray, pyramid: dict, start, corner, tile: int, limit: int) -> int:
+        """Write one tile's probabilities in sub-tiles of edge `limit`, halved on out-of-memory; returns the edge used."""
+        while True:
+            try:
+                for sub in sub_tiles(corner, tile, limit):
+                    sl = tuple(slice(int(c), int(c) + limit) for c in sub)
+                    probs[(slice(None),) + sl] = self._tile_probabilities(pyramid, start + sub, limit)
+                return limit
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            # outside the handler, so that the failed tile's tensors are released before retrying
+            if limit <= MIN_TILE:
+                raise InputError(f"the {self.device.type} device ran out of memory even with {MIN_TILE}^3 tiles; "
+                                 "free memory or use --device cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            limit = smaller_tile(limit)
+
+    def _tile_probabilities(self, pyramid: dict, corner, tile: int) -> np.ndarray:
+        """Softmax probabilities (3, t, t, t) of the output tile at a pyramid S1 corner (zyx); one device sync."""
+        batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], tile), self.device)
+        with torch.no_grad(), exact_float32(self.device):
+            out = torch.softmax(self.model(batch)[1], 1)[0]
+        return out.float().cpu().numpy()
 
     def tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
         """Corners (zyx, region voxels) of the tiles that contain evaluated voxels."""
@@ -134,26 +244,28 @@ class MisalignmentPredictor:
         return [np.asarray(c) * tile for c in torch.nonzero(occupied).tolist()]
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
-        """Resample S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask."""
+        """Resample S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.
+
+        Only the mask's bounding box is resampled, slab by slab; the full-size probabilities image is built on
+        first access of `PredictionResult.probabilities`."""
         vector = sitk.GetImageFromArray(np.moveaxis(probs_s1, 0, -1), isVector=True)
         vector.CopyInformation(prepared.s1_grid(prepared.region_start, prepared.region_size))
         fixed = prepared.fixed
-        probs = sitk.Resample(vector, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
-        array = sitk.GetArrayFromImage(probs)
-        inside = sitk.GetArrayViewFromImage(prepared.mask) > 0
-        label_array = np.where(inside, array.argmax(-1) + L.CORRECT, L.NOT_EVALUATED).astype(np.uint8)
-        array[~inside] = 0.0
-        probabilities = sitk.GetImageFromArray(array, isVector=True)
-        probabilities.CopyInformation(fixed)
-        label_image = sitk.GetImageFromArray(label_array)
-        label_image.CopyInformation(fixed)
-        return PredictionResult(label_image, probabilities, self._summary(label_array, inside, fixed))
+        index, size = bounding_box(prepared.mask)
+        grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+        masked = MaskedProbabilities(vector, sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
+        labels = image_on_grid(grid, sitk.sitkUInt8)
+        counts = np.zeros(4, dtype=np.int64)
+        for z, probs, inside in masked.slabs():
+            slab = np.where(inside, probs.argmax(-1) + L.CORRECT, L.NOT_EVALUATED).astype(np.uint8)
+            counts += np.bincount(slab.ravel(), minlength=4)
+            paste(labels, sitk.GetImageFromArray(slab), index[:2] + [index[2] + z])
+        return PredictionResult(labels, masked.on_fixed_grid, self._summary(counts, fixed))
 
-    def _summary(self, label_array: np.ndarray, inside: np.ndarray, fixed: sitk.Image) -> dict:
-        """Voxels, mL and fractions per class inside the mask, plus device and model information."""
+    def _summary(self, counts: np.ndarray, fixed: sitk.Image) -> dict:
+        """Voxels, mL and fractions per class inside the mask (from voxel counts per label), device and model."""
         voxel_ml = float(np.prod(fixed.GetSpacing())) / 1000.0
-        counts = np.bincount(label_array.ravel(), minlength=4)
-        total = int(inside.sum())
+        total = int(counts[L.CORRECT:].sum())
         classes = {L.CLASS_NAMES[v]: {"voxels": int(counts[v]), "ml": float(counts[v] * voxel_ml),
                                       "fraction": float(counts[v] / total) if total else 0.0}
                    for v in L.CLASS_VALUES}
@@ -218,7 +330,7 @@ class MisalignmentPredictor:
             chunk = blocks_xyz[i:i + batch_size]
             corners = [tuple((start + np.asarray(b) * BLOCK)[::-1]) for b in chunk]
             batch = _to_device(batch_tiles(pyramid, self.model.config, corners, BLOCK), self.device)
-            with torch.no_grad():
+            with torch.no_grad(), exact_float32(self.device):
                 probs = torch.softmax(self.model(batch)[1], 1).float().cpu().numpy()
             out.update({b: p for b, p in zip(chunk, probs)})
         return out

@@ -7,6 +7,8 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .imageio import paste
+
 BODY_MIN_HU = -500.0
 OUTSIDE_MAX_MEAN_HU = -950.0
 LUNG_MAX_HU = -400.0
@@ -18,38 +20,51 @@ SPLIT_RADII_MM = (1.0, 2.0, 3.0, 4.5, 6.0, 8.0)
 CORE_MIN_FRACTION = 0.2
 SPLIT_SPACING_MM = 2.0
 CLOSING_RADIUS_MM = 3.0
+SLAB_SLICES = 32  # axial slices labelled at once: bounds the memory of per-slice components
 
 
 def torso_mask(ct: sitk.Image) -> sitk.Image:
     """Return the body (torso) mask of a CT in HU as UInt8 0/1 on the CT's grid."""
-    axis = _axial_axis(ct)
     hu = sitk.GetArrayViewFromImage(ct)
-    labels, _, means = _slice_components(hu <= BODY_MIN_HU, hu, axis)
-    slices = np.moveaxis(labels, axis, 0)
+    inside = _from_array(~_selected_slice_components(hu <= BODY_MIN_HU, hu, _axial_axis(ct), _outside_air), ct)
+    labels, order, _ = _components_by_size(inside)
+    largest = int(order[0]) if len(order) else 1
+    return sitk.BinaryThreshold(labels, largest, largest, 1, 0)
+
+
+def _outside_air(labels: np.ndarray, counts: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Select the 2-D air components that touch the border of their slice (slices along axis 0)."""
     outside = np.zeros(len(means), dtype=bool)
-    for edge in (slices[:, 0, :], slices[:, -1, :], slices[:, :, 0], slices[:, :, -1]):
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         outside[edge.ravel()] = True
     outside &= means < OUTSIDE_MAX_MEAN_HU
     outside[0] = False
-    inside = _from_array(~outside[labels], ct)
-    return sitk.RelabelComponent(sitk.ConnectedComponent(inside), sortByObjectSize=True) == 1
+    return outside
 
 
 def lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
     """Return an automatic mask of both lungs (UInt8 0/1) on the CT's grid."""
-    torso = torso_mask(ct) if torso is None else _binary_on_grid(torso, ct)
-    candidates = _remove_airways(ct, (ct < LUNG_MAX_HU) & torso)
-    lungs = _largest_components(candidates, _voxels_in_ml(ct, MIN_LUNG_ML))
+    lungs = _lung_components(ct, torso_mask(ct) if torso is None else torso)
     result = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     result.CopyInformation(ct)
-    if not np.any(sitk.GetArrayViewFromImage(lungs)):
+    if lungs is None:
         return result
     margin = [radius + 2 for radius in _radius_in_voxels(ct, CLOSING_RADIUS_MM)]
     index, size = _padded_bounding_box(lungs, margin)
     filled = _separate_and_fill(
         sitk.RegionOfInterest(ct, size, index), sitk.RegionOfInterest(lungs, size, index), _axial_axis(ct)
     )
-    return sitk.Paste(result, filled, size, [0, 0, 0], index)
+    paste(result, filled, index)
+    return result
+
+
+def _lung_components(ct: sitk.Image, torso: sitk.Image) -> Optional[sitk.Image]:
+    """Return the one or two large air-filled components inside the torso (labels 1, 2), or None if there are none."""
+    candidates = _remove_airways(ct, (ct < LUNG_MAX_HU) & _binary_on_grid(torso, ct))
+    if not np.any(sitk.GetArrayViewFromImage(candidates)):
+        return None
+    lungs = _largest_components(candidates, _voxels_in_ml(ct, MIN_LUNG_ML))
+    return lungs if np.any(sitk.GetArrayViewFromImage(lungs)) else None
 
 
 def _binary_on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -91,6 +106,17 @@ def _fill_axial_holes(mask: sitk.Image, axis: int) -> sitk.Image:
     return _from_array(_slicewise(array, axis, sitk.BinaryFillhole), mask)
 
 
+def _selected_slice_components(mask: np.ndarray, hu: np.ndarray, axis: int, select: Callable) -> np.ndarray:
+    """Voxels of the 2-D components of axial slices that `select(labels, counts, means)` picks, a slab at a time."""
+    selected = np.zeros(mask.shape, dtype=bool)
+    slabs = [np.moveaxis(array, axis, 0) for array in (mask, hu, selected)]
+    for start in range(0, slabs[0].shape[0], SLAB_SLICES):
+        part = slice(start, start + SLAB_SLICES)
+        labels, counts, means = _slice_components(slabs[0][part], slabs[1][part], 0)
+        slabs[2][part] = select(labels, counts, means)[labels]
+    return selected
+
+
 def _slice_components(mask: np.ndarray, hu: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label the 2-D components of a mask in all axial slices; return labels, voxel counts and mean HU per label."""
     labels = _slicewise(mask.astype(np.uint8), axis, sitk.ConnectedComponent)
@@ -103,13 +129,17 @@ def _slice_components(mask: np.ndarray, hu: np.ndarray, axis: int) -> Tuple[np.n
 def _remove_airways(ct: sitk.Image, candidates: sitk.Image) -> sitk.Image:
     """Remove small air-filled 2-D components (trachea, bronchi, oesophagus) from low-density candidates."""
     axis = _axial_axis(ct)
-    inside = sitk.GetArrayFromImage(candidates).astype(bool)
-    labels, counts, means = _slice_components(inside, sitk.GetArrayViewFromImage(ct), axis)
+    inside = sitk.GetArrayViewFromImage(candidates).astype(bool)
     spacing = list(ct.GetSpacing())
     del spacing[2 - axis]
-    airway = (counts * float(np.prod(spacing)) < AIRWAY_MAX_AREA_MM2) & (means < AIRWAY_MAX_MEAN_HU)
-    airway[0] = False
-    return _from_array(inside & ~airway[labels], ct)
+
+    def airways(labels, counts, means):
+        airway = (counts * float(np.prod(spacing)) < AIRWAY_MAX_AREA_MM2) & (means < AIRWAY_MAX_MEAN_HU)
+        airway[0] = False
+        return airway
+
+    airway = _selected_slice_components(inside, sitk.GetArrayViewFromImage(ct), axis, airways)
+    return _from_array(inside & ~airway, ct)
 
 
 def _voxels_in_ml(image: sitk.Image, millilitres: float) -> int:
@@ -122,15 +152,42 @@ def _radius_in_voxels(image: sitk.Image, radius_mm: float) -> List[int]:
     return [max(1, int(round(radius_mm / spacing))) for spacing in image.GetSpacing()]
 
 
+def _components_by_size(mask: sitk.Image) -> Tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """Label the 3-D components of a binary mask; return the labels and the labels and sizes of the components from
+    the largest down (ties: lower label first, as RelabelComponent orders them), without a second label image."""
+    labelling = sitk.ConnectedComponentImageFilter()
+    labels = labelling.Execute(mask)
+    array = sitk.GetArrayViewFromImage(labels)
+    sizes = np.zeros(labelling.GetObjectCount() + 1, dtype=np.int64)
+    for start in range(0, len(array), SLAB_SLICES):
+        sizes += np.bincount(array[start:start + SLAB_SLICES].ravel(), minlength=len(sizes))
+    names = np.arange(1, len(sizes))
+    order = names[np.lexsort((names, -sizes[1:]))]
+    return labels, order, sizes[order]
+
+
 def _largest_components(mask: sitk.Image, min_voxels: int) -> sitk.Image:
-    """Return the largest component and the second one when it is large enough, labelled 1 and 2."""
-    relabel = sitk.RelabelComponentImageFilter()
-    relabel.SetMinimumObjectSize(min_voxels)
-    relabel.SetSortByObjectSize(True)
-    labels = relabel.Execute(sitk.ConnectedComponent(mask))
-    sizes = relabel.GetSizeOfObjectsInPixels()
-    kept = 2 if len(sizes) > 1 and sizes[1] >= SECOND_LUNG_MIN_FRACTION * sizes[0] else 1
-    return sitk.Cast(labels * sitk.Cast(labels <= kept, labels.GetPixelID()), sitk.sitkUInt8)
+    """Return the largest component and the second one when it is large enough, labelled 1 and 2.
+
+    Components of a non-empty mask are labelled inside its bounding box (32-bit labels only there)."""
+    index, size = bounding_box(mask)
+    labels, order, sizes = _components_by_size(sitk.RegionOfInterest(mask, size, index))
+    order = order[sizes >= min_voxels]
+    sizes = sizes[sizes >= min_voxels]
+    kept = 2 if len(sizes) > 1 and sizes[1] >= SECOND_LUNG_MIN_FRACTION * sizes[0] else len(sizes)
+    box = sitk.Image(size, sitk.sitkUInt8)
+    box.CopyInformation(labels)
+    for value, label in enumerate(order[:kept], start=1):
+        box += sitk.BinaryThreshold(labels, int(label), int(label), value, 0)
+    result = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
+    result.CopyInformation(mask)
+    paste(result, box, index)
+    return result
+
+
+def bounding_box(mask: sitk.Image) -> Tuple[List[int], List[int]]:
+    """Return the index and size (xyz) of a non-empty mask's bounding box."""
+    return _padded_bounding_box(mask, [0, 0, 0])
 
 
 def _padded_bounding_box(mask: sitk.Image, margin: List[int]) -> Tuple[List[int], List[int]]:
@@ -210,7 +267,8 @@ def _close_and_fill(mask: sitk.Image, axis: int) -> sitk.Image:
     closed = sitk.BinaryErode(dilated, radius, sitk.sitkBall)
     result = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
     result.CopyInformation(mask)
-    return sitk.Paste(result, _fill_axial_holes(closed, axis), size, [0, 0, 0], index)
+    paste(result, _fill_axial_holes(closed, axis), index)
+    return result
 
 
 def _separate_and_fill(ct: sitk.Image, lungs: sitk.Image, axis: int) -> sitk.Image:

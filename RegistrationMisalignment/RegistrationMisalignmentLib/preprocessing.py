@@ -10,12 +10,13 @@ import torch
 
 from .errors import InputError
 from .imageio import check_volume
-from .masks import lung_mask, torso_mask
-from .pyramid import AIR_HU, stack_channels
+from .masks import bounding_box, lung_mask, torso_mask
+from .pyramid import AIR_HU, normalise_channels_
 
 log = logging.getLogger("RegistrationMisalignment")
 S1_SPACING = 1.0
 BLOCK = 8  # S1 voxels: tiles and regions are aligned to this grid
+EXACT_HU_TYPES = (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkFloat32)  # hold HU and air as float32 would, no copy needed
 
 
 @dataclass
@@ -68,11 +69,16 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
 
 
+def hu_image(image: sitk.Image) -> sitk.Image:
+    """The image itself when its pixel type holds HU and air exactly as float32 would, else a float32 copy."""
+    return image if image.GetPixelID() in EXACT_HU_TYPES else sitk.Cast(image, sitk.sitkFloat32)
+
+
 def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform = None) -> tuple:
-    """Return the moving image (float32) and its field-of-view mask (UInt8) on the fixed grid.
+    """Return the moving image (HU: its own pixel type or float32) and its field-of-view mask (UInt8) on the fixed grid.
 
     `transform` (fixed-to-moving, as ITK resampling and Slicer transform files use) is applied first."""
-    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    moving = hu_image(moving)
     if transform is None and same_grid(fixed, moving):
         inside = sitk.Image(fixed.GetSize(), sitk.sitkUInt8) + 1
         inside.CopyInformation(fixed)
@@ -88,8 +94,8 @@ def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, transform: sitk.
 
 
 def background_to_air(ct: sitk.Image, torso: sitk.Image) -> sitk.Image:
-    """Set everything outside the torso to air (float32)."""
-    return sitk.Mask(sitk.Cast(ct, sitk.sitkFloat32), torso, outsideValue=AIR_HU)
+    """Set everything outside the torso to air (in the pixel type of `hu_image`)."""
+    return sitk.Mask(hu_image(ct), torso, outsideValue=AIR_HU)
 
 
 def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
@@ -111,9 +117,9 @@ def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
 
 def mask_region_s1(fixed: sitk.Image, mask: sitk.Image) -> tuple:
     """Global S1 index range (xyz start, stop), block-aligned, covering the mask plus interpolation neighbours."""
-    nz = np.nonzero(sitk.GetArrayViewFromImage(mask))
-    lo_idx = np.array([nz[2].min(), nz[1].min(), nz[0].min()], dtype=float)
-    hi_idx = np.array([nz[2].max(), nz[1].max(), nz[0].max()], dtype=float)
+    index, size = bounding_box(mask)
+    lo_idx = np.asarray(index, dtype=float)
+    hi_idx = lo_idx + np.asarray(size) - 1
     spacing = np.asarray(fixed.GetSpacing())
     lo = np.floor(lo_idx * spacing / S1_SPACING).astype(int)
     hi = np.floor(hi_idx * spacing / S1_SPACING).astype(int) + 2
@@ -127,21 +133,45 @@ def points_region_s1(fixed: sitk.Image, points_s1: np.ndarray) -> tuple:
     return BLOCK * np.floor_divide(lo, BLOCK), BLOCK * -np.floor_divide(-hi, BLOCK)
 
 
-def resample_s1(image: sitk.Image, reference: sitk.Image, interpolator, default: float) -> np.ndarray:
-    """Resample onto an S1 reference grid and return the float32 array (zyx)."""
+def resample_s1_into(target: np.ndarray, image: sitk.Image, reference: sitk.Image, interpolator, default) -> None:
+    """Resample onto an S1 reference grid as float32 and copy the result into `target` (zyx)."""
     out = sitk.Resample(image, reference, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+    np.copyto(target, sitk.GetArrayViewFromImage(out))
+
+
+def interpolation_box(image: sitk.Image, reference: sitk.Image) -> tuple:
+    """Index and size (xyz) of the voxels of `image` that linear interpolation over `reference` reads, one spare."""
+    corners = [reference.TransformIndexToPhysicalPoint([int(c) for c in corner])
+               for corner in np.array(np.meshgrid(*[[0, n - 1] for n in reference.GetSize()])).reshape(3, -1).T]
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in corners])
+    size = np.asarray(image.GetSize())
+    lo = np.clip(np.floor(index.min(0)).astype(int) - 1, 0, size - 1)
+    hi = np.clip(np.floor(index.max(0)).astype(int) + 3, lo + 1, size)
+    return [int(i) for i in lo], [int(n) for n in hi - lo]
 
 
 @dataclass
 class PairOnFixedGrid:
-    """Both images with background set to air, on the fixed grid, with the joint field of view."""
+    """Both images (HU) on the fixed grid with their torso masks, the joint field of view and the evaluation mask."""
 
     fixed: sitk.Image
-    fixed_air: sitk.Image
-    moving_air: sitk.Image
+    fixed_hu: sitk.Image
+    fixed_torso: sitk.Image
+    moving_hu: sitk.Image
+    moving_torso: sitk.Image
     inside: sitk.Image
     mask: sitk.Image
+
+
+def air_filled_box(hu: sitk.Image, torso: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """The part of an image that interpolation over an S1 reference reads, with air outside the torso."""
+    index, size = interpolation_box(hu, reference)
+    return background_to_air(crop(hu, index, size), crop(torso, index, size))
+
+
+def crop(image: sitk.Image, index, size) -> sitk.Image:
+    """The image inside a box (xyz index and size); the image itself, not a copy, when the box covers it all."""
+    return image if tuple(size) == image.GetSize() else sitk.RegionOfInterest(image, size, index)
 
 
 def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> PairOnFixedGrid:
@@ -150,23 +180,27 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     check_volume(moving, "moving image")
     if transform is None:
         check_overlap(fixed, moving)
-    moving_f, inside = moving_on_fixed_grid(fixed, moving, transform)
+    moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
-    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
-    fixed_torso = torso_mask(fixed_f)
-    return PairOnFixedGrid(fixed, background_to_air(fixed_f, fixed_torso),
-                           background_to_air(moving_f, torso_mask(moving_f)), inside,
-                           evaluation_mask(fixed_f, mask, fixed_torso))
+    moving_torso = torso_mask(moving_hu)
+    fixed_hu = hu_image(fixed)
+    fixed_torso = torso_mask(fixed_hu)
+    return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso, inside,
+                           evaluation_mask(fixed_hu, mask, fixed_torso))
 
 
 def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPair:
-    """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context."""
+    """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context.
+
+    Air is filled in only over the part of each image that the resampling reads; channels are written in place."""
     start, stop = region
     crop_start = start - margin
     ref = s1_reference(pair.fixed, crop_start, stop - start + 2 * margin)
-    fixed_hu = resample_s1(pair.fixed_air, ref, sitk.sitkLinear, AIR_HU)
-    moving_hu = resample_s1(pair.moving_air, ref, sitk.sitkLinear, AIR_HU)
-    inside = resample_s1(pair.inside, ref, sitk.sitkNearestNeighbor, 0.0)
-    volume = stack_channels(torch.from_numpy(fixed_hu), torch.from_numpy(moving_hu), torch.from_numpy(inside))
-    return PreparedPair(pair.fixed, pair.mask, volume, crop_start, np.full(3, margin), stop - start)
+    volume = torch.empty((3,) + ref.GetSize()[::-1], dtype=torch.float32)
+    channels = volume.numpy()
+    resample_s1_into(channels[0], air_filled_box(pair.fixed_hu, pair.fixed_torso, ref), ref, sitk.sitkLinear, AIR_HU)
+    resample_s1_into(channels[1], air_filled_box(pair.moving_hu, pair.moving_torso, ref), ref, sitk.sitkLinear, AIR_HU)
+    resample_s1_into(channels[2], pair.inside, ref, sitk.sitkNearestNeighbor, 0.0)
+    return PreparedPair(pair.fixed, pair.mask, normalise_channels_(volume), crop_start, np.full(3, margin),
+                        stop - start)

@@ -12,21 +12,20 @@ HU_MIN, HU_MAX = -1024.0, 1500.0
 AIR_HU = -1024.0
 PAD_VALUE = AIR_HU / 1000.0  # normalised value of voxels outside the image (the validity channel tells them apart)
 BORDER_S1 = 8  # extra S1 voxels so that smoothing at a crop border never reaches a patch
-_SMOOTH = (0.25, 0.5, 0.25)  # binomial smoothing before each x2 downsampling (sigma ~ 0.7 voxel)
-
-
-def normalise_hu(hu: torch.Tensor) -> torch.Tensor:
-    """Clip HU to the CT range and scale to about [-1, 1.5] (water = 0)."""
-    return hu.clamp(HU_MIN, HU_MAX) / 1000.0
 
 
 def stack_channels(fixed_hu: torch.Tensor, moving_hu: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """Return the (3, D, H, W) network input: normalised fixed, moving (PAD_VALUE outside) and inside flag."""
-    inside = inside.to(fixed_hu.dtype)
-    pad = torch.full_like(fixed_hu, PAD_VALUE)
-    fixed = torch.where(inside > 0, normalise_hu(fixed_hu), pad)
-    moving = torch.where(inside > 0, normalise_hu(moving_hu), pad)
-    return torch.stack([fixed, moving, inside])
+    return normalise_channels_(torch.stack([fixed_hu, moving_hu, inside.to(fixed_hu.dtype)]))
+
+
+def normalise_channels_(volume: torch.Tensor) -> torch.Tensor:
+    """In place on a (3, D, H, W) stack of fixed HU, moving HU and inside flag: clip HU to the CT range, scale to
+    about [-1, 1.5] (water = 0) and set PAD_VALUE where the flag is not positive."""
+    outside = ~(volume[2] > 0)
+    for channel in volume[:2]:
+        channel.clamp_(HU_MIN, HU_MAX).div_(1000.0).masked_fill_(outside, PAD_VALUE)
+    return volume
 
 
 def separable_filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -43,9 +42,27 @@ def separable_filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def smooth_downsample(x: torch.Tensor) -> torch.Tensor:
-    """Smooth a (C, D, H, W) volume with a separable binomial kernel and average-pool it by 2."""
-    kernel = torch.tensor(_SMOOTH, dtype=x.dtype, device=x.device)
-    return F.avg_pool3d(separable_filter(x, kernel)[None], 2)[0]
+    """Smooth a (C, D, H, W) volume with the binomial kernel (1, 2, 1) / 4 (sigma ~ 0.7 voxel, replicate border)
+    and average-pool it by 2.
+
+    Per axis this is the kernel (1, 3, 3, 1) / 8 at stride 2; axes are halved one after the other, so the
+    temporaries stay below the input's size."""
+    for dim in (1, 2, 3):
+        x = _halve(x, dim)
+    return x
+
+
+def _halve(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Binomial smoothing and pairwise averaging along one even-sized axis: (1, 3, 3, 1) / 8, stride 2."""
+    pairs = x.unflatten(dim, (x.shape[dim] // 2, 2))
+    even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+    n = even.shape[dim]
+    out = (even + odd).mul_(3.0)
+    out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1))
+    out.narrow(dim, 0, 1).add_(even.narrow(dim, 0, 1))
+    out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1))
+    out.narrow(dim, n - 1, 1).add_(odd.narrow(dim, n - 1, 1))
+    return out.mul_(0.125)
 
 
 def build_pyramid(s1: torch.Tensor) -> dict:

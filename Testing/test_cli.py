@@ -98,7 +98,9 @@ def test_demo_writes_its_files_and_reports_agreement(files, tmp_path, capsys, mo
 
 
 def test_every_command_has_help():
-    for command in ("demo", "predict", "train", "evaluate-synthetic", "release", "benchmark"):
+    from RegistrationMisalignmentLib.cli import COMMANDS
+    assert {"demo", "predict", "batch", "train", "evaluate", "benchmark", "calibrate"} <= set(COMMANDS)
+    for command in COMMANDS:
         done = subprocess.run([sys.executable, "-m", "RegistrationMisalignmentLib", command, "--help"],
                               capture_output=True, text=True)
         assert done.returncode == 0 and "usage:" in done.stdout, command

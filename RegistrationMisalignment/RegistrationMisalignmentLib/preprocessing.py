@@ -10,6 +10,7 @@ import torch
 
 from .errors import InputError
 from .imageio import check_volume
+from .input_checks import warn_about_unusual_inputs
 from .masks import bounding_box, lung_mask, torso_mask
 from .pyramid import AIR_HU, normalise_channels_
 
@@ -178,6 +179,7 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     """Check the pair, put the moving image on the fixed grid (through `transform` if given), resolve the mask."""
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
+    warn_about_unusual_inputs(fixed, moving)
     if transform is None:
         check_overlap(fixed, moving)
     moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)

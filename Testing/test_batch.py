@@ -105,7 +105,7 @@ def _run_cli(args):
     engine = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([engine] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     return subprocess.Popen([sys.executable, "-m", "RegistrationMisalignmentLib", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, encoding="utf-8", errors="replace", env=env)
 
 
 def _wait_for(predicate, process=None, timeout=240.0):

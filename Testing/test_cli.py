@@ -102,7 +102,7 @@ def test_every_command_has_help():
     assert {"demo", "predict", "batch", "train", "evaluate", "benchmark", "calibrate"} <= set(COMMANDS)
     for command in COMMANDS:
         done = subprocess.run([sys.executable, "-m", "RegistrationMisalignmentLib", command, "--help"],
-                              capture_output=True, text=True)
+                              capture_output=True, encoding="utf-8", errors="replace")
         assert done.returncode == 0 and "usage:" in done.stdout, command
 
 

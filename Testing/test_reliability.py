@@ -56,7 +56,8 @@ def test_a_full_disk_mid_write_gives_one_line_and_leaves_no_partial_file(files, 
     run = subprocess.run([sys.executable, "-m", "RegistrationMisalignmentLib",
                           *_predict_args(files, tmp_path / "labels.nrrd", "--probabilities",
                                          str(tmp_path / "probabilities.nrrd"))],
-                         capture_output=True, text=True, env=env, preexec_fn=_limit_file_size(4096), timeout=300)
+                         capture_output=True, encoding="utf-8", errors="replace", env=env,
+                         preexec_fn=_limit_file_size(4096), timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "could not be written" in _one_error_line(run.stderr)
     assert list(tmp_path.iterdir()) == []

@@ -127,7 +127,7 @@ def chromium(tmp_path: Path, *args: str) -> str:
         pytest.fail("Chromium is not installed: apt-get install -y --no-install-recommends chromium (.ci/run does)")
     profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
     result = subprocess.run([executable, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert result.returncode == 0, f"chromium failed ({result.returncode}): {result.stderr[-2000:]}"
     return result.stdout
 

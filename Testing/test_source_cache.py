@@ -28,7 +28,7 @@ def test_cached_sources_round_trip_and_train_without_simpleitk(tmp_path, capsys)
             "--batch-size", "1", "--out-size", "8", "--features", "4", "--hidden", "4", "--validate-every", "2",
             "--device", "cpu", "--json"]
     run = subprocess.run([sys.executable, "-c", NO_SIMPLEITK.format(engine=ENGINE, args=args)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout)["steps"] == 2 and (tmp_path / "run" / "weights.safetensors").is_file()
 

@@ -47,7 +47,8 @@ class BackgroundPrediction:
             command += ["--weights", str(weights)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                                        errors="replace", env=env)  # not the locale's: Slicer may set "C"
         self._readers = [threading.Thread(target=self._read, args=(self.process.stderr, self._lines), daemon=True),
                          threading.Thread(target=self._collect, daemon=True)]
         for reader in self._readers:

@@ -156,7 +156,8 @@ def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: d
     timings = dict(summary.get("timings_s", {}), reading=read_s)
     record = {"case_id": case.case_id, "status": "done", "error": None, "warnings": list(warnings),
               "inputs": case.inputs(), **fingerprint,
-              "outputs": {"labels": LABELS_NAME, "probabilities": PROBABILITIES_NAME if settings.probabilities else None,
+              "outputs": {"labels": LABELS_NAME,
+                          "probabilities": PROBABILITIES_NAME if settings.probabilities else None,
                           "thumbnails": {view: f"{view}.png" for view in thumbnails}},
               "classes": summary["classes"], "mask_voxels": summary["mask_voxels"], "mask_ml": summary["mask_ml"],
               "device": summary["device"], "tile_size": summary.get("tile_size"), "worker": _worker()}

@@ -182,7 +182,7 @@ def cli_peak_rss(arguments: list) -> tuple:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "vmhwm_kib"
         done = subprocess.run([sys.executable, "-c", _CLI_REPORTING_PEAK, str(report), *arguments],
-                              capture_output=True, text=True)
+                              capture_output=True, encoding="utf-8", errors="replace")
         peak = int(report.read_text()) * 1024 if report.exists() else 0
     return done.returncode, peak, done.stdout, done.stderr
 

@@ -7,7 +7,7 @@ import torch
 from RegistrationMisalignmentLib.checkpoint import load_model
 from RegistrationMisalignmentLib.model import ModelConfig
 from RegistrationMisalignmentLib.sources import source_from_image
-from RegistrationMisalignmentLib.training import TrainConfig, hierarchy_loss, train
+from RegistrationMisalignmentLib.training import TrainConfig, hierarchy_loss, train, training_batches
 
 MODEL = ModelConfig(features=4, hidden=4)
 
@@ -37,6 +37,20 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
+
+
+def test_loader_workers_feed_the_same_batches_as_synthesis_in_process(sources, tmp_path):
+    from dataclasses import replace
+    config = _config(3)
+    inline = list(training_batches(sources, MODEL, config, 1, torch.device("cpu")))
+    loaded = list(training_batches(sources, MODEL, replace(config, loader_workers=2), 1, torch.device("cpu")))
+    assert len(inline) == len(loaded) == 2  # steps 1 and 2, in order
+    for (inputs_a, targets_a), (inputs_b, targets_b) in zip(inline, loaded):
+        assert all(torch.equal(targets_a[lv], targets_b[lv]) for lv in targets_a)
+        assert all(torch.allclose(inputs_a[lv], inputs_b[lv], atol=1e-4) for lv in inputs_a)  # 1 thread per worker
+    result = train(sources, MODEL, replace(config, loader_workers=2), tmp_path, device="cpu", progress=False,
+                   log=lambda m: None)
+    assert result["steps"] == 3 and (tmp_path / "weights.safetensors").is_file()
 
 
 def test_training_changes_the_weights_and_exports_a_loadable_model(sources, tmp_path):

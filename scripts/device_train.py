@@ -51,10 +51,15 @@ def main() -> None:
     sources = load_cached_sources(os.environ.get("SOURCES", "carry/train_sources.npz"))
     device = resolve_device(os.environ.get("DEVICE", "auto"))
     model_config = ModelConfig(features=setting("FEATURES", 24), hidden=setting("HIDDEN", 24))
-    base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32),
+    workers = setting("LOADER_WORKERS", max(0, (os.cpu_count() or 2) - 4) if device.type == "cuda" else 0)
+    base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32), loader_workers=workers,
                 learning_rate=setting("LR", 2e-3), source_files=["carry/train_sources.npz"], phantom_seeds=[])
     started = time.perf_counter()
     pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pairs_per_s_cpu_process = synthesis_rate(sources, model_config, base["out_size"], torch.device("cpu"), 4)
+    torch.set_num_threads(threads)
     probe_dir = out / "probe"
     probe = train(sources, model_config, TrainConfig(steps=PROBE_STEPS, validate_every=PROBE_STEPS,
                                                      validation_samples=4, **base), probe_dir, device, progress=False)
@@ -62,14 +67,15 @@ def main() -> None:
     shutil.rmtree(probe_dir)
     left = budget_s - (time.perf_counter() - started)
     steps = max(PROBE_STEPS, int(0.85 * left / step_s) // 100 * 100)
-    print(f"{device}: {pairs_per_s:.1f} synthetic pairs/s, {step_s:.3f} s/step (probe); training {steps} steps",
-          flush=True)
+    print(f"{device}: {pairs_per_s:.1f} synthetic pairs/s there, {pairs_per_s_cpu_process:.2f} per CPU process "
+          f"({workers} loader workers), {step_s:.3f} s/step (probe); training {steps} steps", flush=True)
     result = train(sources, model_config, TrainConfig(steps=steps, validate_every=max(100, steps // 20), **base),
                    out / "run", device, progress=False)
     seconds = result["history"][-1]["seconds"]
     figures = {"device": str(device), "machine": machine_description(), "model": model_config.to_dict(),
                "train_config": base, "steps": steps, "training_seconds": seconds,
-               "synthetic_pairs_per_second": pairs_per_s,
+               "synthetic_pairs_per_second_on_device": pairs_per_s,
+               "synthetic_pairs_per_second_per_cpu_process": pairs_per_s_cpu_process, "loader_workers": workers,
                "training_samples_per_second": steps * base["batch_size"] / seconds,
                "final_validation": result["validation"], "date": time.strftime("%Y-%m-%d")}
     (out / "device_training.json").write_text(json.dumps(figures, indent=1))

@@ -35,6 +35,8 @@ def _add_train(sub) -> None:
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="synthesise training pairs in this many CPU processes while the device trains (GPU)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
@@ -49,7 +51,8 @@ def run_train(args) -> dict:
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
                                learning_rate=args.learning_rate, validate_every=args.validate_every,
                                seed=args.seed, ct_paths=[str(p) for p in args.ct],
-                               phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources))
+                               phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
+                               loader_workers=args.loader_workers)
     sources = [s for path in args.sources for s in load_cached_sources(path)]
     if train_config.ct_paths or train_config.phantom_seeds:
         from .sources import load_sources  # SimpleITK is needed only here

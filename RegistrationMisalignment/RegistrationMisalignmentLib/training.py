@@ -40,6 +40,7 @@ class TrainConfig:
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
     source_files: list = field(default_factory=list)  # files written by cache-sources
     phantom_fraction: float = 0.3
+    loader_workers: int = 0  # >0: synthesise batches on the CPU in this many processes while the device trains
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -58,6 +59,42 @@ def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: 
                            seed=base_seed * 10 ** 7 + i, device=device)
                for i in range(first_index, first_index + count)]
     return samples
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """The training batch of each step, synthesised on the CPU (for worker processes)."""
+
+    def __init__(self, sources, config: ModelConfig, train: TrainConfig):
+        self.sources, self.config, self.train = sources, config, train
+
+    def __len__(self) -> int:
+        return self.train.steps
+
+    def __getitem__(self, step: int):
+        train = self.train
+        return collate(sample_batch(self.sources, self.config, train, step * train.batch_size, train.batch_size,
+                                    "cpu", base_seed=train.seed))
+
+
+def _one_thread_per_worker(worker_id: int) -> None:
+    """Loader workers share the cores: one torch thread each."""
+    torch.set_num_threads(1)
+
+
+def training_batches(sources, config: ModelConfig, train: TrainConfig, first_step: int, device):
+    """Yield (inputs, targets) on `device` for every step from `first_step`: made here, or by loader workers."""
+    if train.loader_workers <= 0:
+        for step in range(first_step, train.steps):
+            yield collate(sample_batch(sources, config, train, step * train.batch_size, train.batch_size, device,
+                                       base_seed=train.seed))
+        return
+    loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train), batch_size=None,
+                                         sampler=range(first_step, train.steps), num_workers=train.loader_workers,
+                                         prefetch_factor=4, pin_memory=device.type == "cuda",
+                                         worker_init_fn=_one_thread_per_worker)
+    for inputs, targets in loader:
+        yield ({lv: x.to(device, non_blocking=True) for lv, x in inputs.items()},
+               {lv: t.to(device, non_blocking=True) for lv, t in targets.items()})
 
 
 def hierarchy_loss(logits: dict, targets: dict) -> torch.Tensor:
@@ -126,11 +163,9 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")
     started = time.perf_counter()
     model.train()
-    while step < train_config.steps:
+    for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(train_config, step)
-        inputs, targets = collate(sample_batch(sources, model_config, train_config, step * train_config.batch_size,
-                                               train_config.batch_size, device, base_seed=train_config.seed))
         loss = hierarchy_loss(model(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

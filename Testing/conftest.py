@@ -1,4 +1,5 @@
 """Shared fixtures: small phantom pairs, a small untrained network, the shared real CTs."""
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import slicer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment"))
 
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights  # noqa: E402
 from RegistrationMisalignmentLib.demo import synthetic_pair  # noqa: E402
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor  # noqa: E402
 from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig  # noqa: E402
@@ -52,6 +54,11 @@ def tiny_model():
 def tiny_predictor(tiny_model):
     """A CPU predictor around the tiny model with a small memory budget (several tiles)."""
     return MisalignmentPredictor(tiny_model, device="cpu", max_memory_gb=0.05)
+
+
+def save_weights_with_card(model, path) -> None:
+    """Export `model` to `path` with a model card holding its sha256 (as a released model has)."""
+    card_path(path).write_text(json.dumps({"sha256": export_weights(model, path)}))
 
 
 def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:

@@ -1,22 +1,20 @@
 """Prediction in a child process: same result as in-process, progress, cancel, errors, scene outputs."""
-import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from RegistrationMisalignmentLib.background import BackgroundPrediction
-from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.scene import add_result_nodes, start_prediction
 
-from conftest import volume_node
+from conftest import save_weights_with_card, volume_node
 
 
 @pytest.fixture(scope="module")
 def weights(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    card_path(path).write_text(json.dumps({"sha256": export_weights(tiny_model, path)}))
+    save_weights_with_card(tiny_model, path)
     return path
 
 

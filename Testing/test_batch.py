@@ -12,12 +12,11 @@ import pytest
 import SimpleITK as sitk
 
 from RegistrationMisalignmentLib.batch_cases import read_cases
-from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
 
-from conftest import image_like
+from conftest import image_like, save_weights_with_card
 
 GOOD_CASES = ["plain", "shifted", "masked"]
 SHIFT_MM = (6.0, -3.0, 2.0)
@@ -40,7 +39,7 @@ def cohort(small_pair, small_phantom, tiny_model, tmp_path_factory):
     write_image(image_like(half.astype(np.uint8), small_pair.fixed), folder / "right_lung.nrrd")
     (folder / "truncated.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     weights = folder / "tiny.safetensors"
-    card_path(weights).write_text(json.dumps({"sha256": export_weights(tiny_model, weights)}))
+    save_weights_with_card(tiny_model, weights)
     (folder / "cases.csv").write_text(
         "case_id,fixed,moving,mask,transform\n"
         "plain,fixed.nrrd,moving.nrrd,,\n"

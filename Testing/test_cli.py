@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.imageio import write_image
 
-from conftest import image_like
+from conftest import image_like, save_weights_with_card
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def files(small_pair, tiny_model, tmp_path_factory):
     write_image(small_pair.fixed, folder / "fixed.nrrd")
     write_image(small_pair.moving, folder / "moving.nii.gz")
     weights = folder / "tiny.safetensors"
-    card_path(weights).write_text(json.dumps({"sha256": export_weights(tiny_model, weights)}))
+    save_weights_with_card(tiny_model, weights)
     return folder
 
 

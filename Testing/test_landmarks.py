@@ -6,12 +6,13 @@ import pytest
 import SimpleITK as sitk
 
 from RegistrationMisalignmentLib import labels as L
-from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
 from RegistrationMisalignmentLib.landmark_evaluation import register, residuals
 from RegistrationMisalignmentLib.landmarks import check_inside, read_landmarks
+
+from conftest import save_weights_with_card
 
 POINTS = np.array([[-10.5, 4.0, 2.25], [12.0, -6.5, 0.0], [3.0, 3.0, -8.0]])
 
@@ -66,7 +67,7 @@ def test_residual_uses_the_fixed_to_moving_displacement():
 @pytest.fixture(scope="module")
 def weights(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    card_path(path).write_text(json.dumps({"sha256": export_weights(tiny_model, path)}))
+    save_weights_with_card(tiny_model, path)
     return path
 
 

@@ -1,5 +1,4 @@
 """Hard inputs and hostile conditions: a one-line error or a warning, never a traceback or a half-written file."""
-import json
 import logging
 import os
 import resource
@@ -12,12 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RegistrationMisalignmentLib.checkpoint import card_path, export_weights
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.imageio import write_image
 from RegistrationMisalignmentLib.input_checks import warn_about_unusual_inputs
 
-from conftest import image_like
+from conftest import image_like, save_weights_with_card
 
 ENGINE = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
 
@@ -28,7 +26,7 @@ def files(small_pair, tiny_model, tmp_path_factory):
     write_image(small_pair.fixed, folder / "fixed.nrrd")
     write_image(small_pair.moving, folder / "moving.nrrd")
     weights = folder / "tiny.safetensors"
-    card_path(weights).write_text(json.dumps({"sha256": export_weights(tiny_model, weights)}))
+    save_weights_with_card(tiny_model, weights)
     return folder
 
 

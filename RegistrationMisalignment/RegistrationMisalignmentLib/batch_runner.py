@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from .batch import (BatchSettings, cases_folder, failed_record, lock_path, publish_failure, read_record,
                     run_case)
+from .devices import default_threads
 from .errors import InputError
 from .report import write_report, write_summary_csv
 
@@ -68,8 +69,7 @@ def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str)
 
 def _in_processes(cases: list, settings: BatchSettings, workers: int):
     """Run cases in `workers` local processes, sharing the cores between them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    settings = replace(settings, threads=settings.threads or max(1, cores // workers))
+    settings = replace(settings, threads=settings.threads or max(1, default_threads() // workers))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = {pool.submit(run_case, case, settings): case for case in cases}

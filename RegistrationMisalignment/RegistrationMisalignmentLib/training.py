@@ -62,10 +62,10 @@ def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: 
 
 
 class _StepBatches(torch.utils.data.Dataset):
-    """The training batch of each step, synthesised on the CPU (for worker processes)."""
+    """The training batch of each step, synthesised on `device` (the CPU in loader workers)."""
 
-    def __init__(self, sources, config: ModelConfig, train: TrainConfig):
-        self.sources, self.config, self.train = sources, config, train
+    def __init__(self, sources, config: ModelConfig, train: TrainConfig, device="cpu"):
+        self.sources, self.config, self.train, self.device = sources, config, train, device
 
     def __len__(self) -> int:
         return self.train.steps
@@ -73,7 +73,7 @@ class _StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         train = self.train
         return collate(sample_batch(self.sources, self.config, train, step * train.batch_size, train.batch_size,
-                                    "cpu", base_seed=train.seed))
+                                    self.device, base_seed=train.seed))
 
 
 def _one_thread_per_worker(worker_id: int) -> None:
@@ -84,9 +84,8 @@ def _one_thread_per_worker(worker_id: int) -> None:
 def training_batches(sources, config: ModelConfig, train: TrainConfig, first_step: int, device):
     """Yield (inputs, targets) on `device` for every step from `first_step`: made here, or by loader workers."""
     if train.loader_workers <= 0:
-        for step in range(first_step, train.steps):
-            yield collate(sample_batch(sources, config, train, step * train.batch_size, train.batch_size, device,
-                                       base_seed=train.seed))
+        batches = _StepBatches(sources, config, train, device)
+        yield from (batches[step] for step in range(first_step, train.steps))
         return
     loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train), batch_size=None,
                                          sampler=range(first_step, train.steps), num_workers=train.loader_workers,

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 
-from RegistrationMisalignmentLib.masks import lung_mask, torso_mask
+from RegistrationMisalignmentLib.masks import fill_hilum_, lung_mask, torso_mask
 
 from conftest import shared_ct
 
@@ -111,3 +111,36 @@ def test_torso_on_another_grid_is_rejected():
     ct = sitk.Image([40, 40, 40], sitk.sitkInt16) + 40
     with pytest.raises(ValueError):
         lung_mask(ct, sitk.Image([40, 40, 20], sitk.sitkUInt8))
+
+
+def test_filled_hila_take_in_the_vessels_that_enter_the_lungs(case):
+    lungs = sitk.GetArrayViewFromImage(case["lungs"]) > 0
+    filled_image = fill_hilum_(sitk.Image(case["lungs"]))
+    _assert_binary_on_grid(filled_image, case["ct"])
+    filled = sitk.GetArrayViewFromImage(filled_image) > 0
+    assert np.all(filled[lungs])
+    assert not np.any(filled & ~(sitk.GetArrayViewFromImage(case["torso"]) > 0))
+    assert filled.sum() < 1.03 * lungs.sum()
+    # vessels (-500..200 HU) at least 5 mm inside the lungs' envelope: the hilar ones were left out before
+    envelope = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(
+        case["lungs"], [max(1, round(15.0 / s)) for s in case["ct"].GetSpacing()]))
+    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
+        envelope, insideIsPositive=True, squaredDistance=False, useImageSpacing=True))
+    hu = sitk.GetArrayViewFromImage(case["ct"])
+    vessels = (hu > -500) & (hu < 200) & (depth >= 5.0)
+    assert (vessels & ~lungs).sum() > 0.08 * vessels.sum()
+    assert (vessels & ~filled).sum() < 0.02 * vessels.sum()
+
+
+def test_hilum_filling_closes_a_narrow_notch_but_not_a_wide_one():
+    lungs = np.zeros((60, 120, 120), dtype=np.uint8)  # z, y, x at 1 mm
+    lungs[10:50, 10:110, 10:110] = 1
+    lungs[20:30, 55:63, 10:40] = 0  # an 8 mm vessel entering 30 mm from the side
+    lungs[10:50, 10:40, 40:100] = 0  # a 60 mm wide bay
+    image = sitk.GetImageFromArray(lungs)
+    filled = sitk.GetArrayFromImage(fill_hilum_(image))
+    assert filled[20:30, 55:63, 12:40].all()
+    assert not filled[10:50, 10:35, 50:90].any()
+    assert np.array_equal(filled[lungs > 0], lungs[lungs > 0])
+    empty = sitk.Image([20, 20, 20], sitk.sitkUInt8)
+    assert not sitk.GetArrayViewFromImage(fill_hilum_(empty)).any()

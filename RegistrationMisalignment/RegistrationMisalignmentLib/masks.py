@@ -20,6 +20,8 @@ SPLIT_RADII_MM = (1.0, 2.0, 3.0, 4.5, 6.0, 8.0)
 CORE_MIN_FRACTION = 0.2
 SPLIT_SPACING_MM = 2.0
 CLOSING_RADIUS_MM = 3.0
+HILUM_RADIUS_MM = 10.0  # notches of the lung surface narrower than twice this (hilar vessels) are filled
+HILUM_SPACING_MM = 2.0  # grid of that closing
 SLAB_SLICES = 32  # axial slices labelled at once: bounds the memory of per-slice components
 
 
@@ -56,6 +58,28 @@ def lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
     )
     paste(result, filled, index)
     return result
+
+
+def fill_hilum_(lungs: sitk.Image) -> sitk.Image:
+    """Fill a lung mask's narrow notches in place (the hilar vessels and bronchi that enter it); returns it."""
+    if not np.any(sitk.GetArrayViewFromImage(lungs)):
+        return lungs
+    margin = [int(np.ceil(HILUM_RADIUS_MM / s)) + 2 for s in lungs.GetSpacing()]
+    index, size = _padded_bounding_box(lungs, margin)
+    box = sitk.RegionOfInterest(lungs, size, index)
+    coarse_grid = sitk.Image([max(1, int(np.ceil(n * s / HILUM_SPACING_MM)))
+                              for n, s in zip(box.GetSize(), box.GetSpacing())], sitk.sitkUInt8)
+    coarse_grid.SetOrigin(box.GetOrigin())
+    coarse_grid.SetDirection(box.GetDirection())
+    coarse_grid.SetSpacing([HILUM_SPACING_MM] * 3)
+    coarse = sitk.Resample(box, coarse_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32) > 0.5
+    radius = int(round(HILUM_RADIUS_MM / HILUM_SPACING_MM))
+    closed = sitk.BinaryMorphologicalClosing(coarse, [radius] * 3, sitk.sitkBall)
+    # what the closing added, and the coarse voxels beside it that the lung only partly fills (no seam left)
+    added = sitk.And(closed, sitk.BinaryDilate(sitk.And(closed, sitk.Not(coarse)), [1] * 3, sitk.sitkBox))
+    filled = sitk.Or(box, sitk.Resample(added, box, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    paste(lungs, sitk.Cast(filled, lungs.GetPixelID()), index)
+    return lungs
 
 
 def _lung_components(ct: sitk.Image, torso: sitk.Image) -> Optional[sitk.Image]:

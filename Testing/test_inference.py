@@ -138,3 +138,15 @@ def test_probabilities_are_built_only_when_asked_for(small_pair, tiny_predictor)
     inside = sitk.GetArrayViewFromImage(result.labels) > 0
     array = sitk.GetArrayViewFromImage(probabilities)
     assert np.all(array[~inside] == 0.0) and np.allclose(array[inside].sum(-1), 1.0, atol=1e-5)
+
+
+def test_mixed_precision_stays_within_the_stated_tolerance(small_pair, tiny_model):
+    exact = MisalignmentPredictor(tiny_model, device="cpu").predict(small_pair.fixed, small_pair.moving)
+    amp = MisalignmentPredictor(tiny_model, device="cpu", amp=True).predict(small_pair.fixed, small_pair.moving)
+    assert (exact.summary["precision"], amp.summary["precision"]) == ("float32", "bfloat16 autocast")
+    difference = np.abs(sitk.GetArrayViewFromImage(amp.probabilities) - sitk.GetArrayViewFromImage(exact.probabilities))
+    labels = sitk.GetArrayViewFromImage(exact.labels)
+    same = sitk.GetArrayViewFromImage(amp.labels)[labels > 0] == labels[labels > 0]
+    print(f"bfloat16 autocast: max probability difference {difference.max():.3g}, same class {same.mean():.4f}")
+    assert 0 < difference.max() <= 0.05
+    assert same.mean() >= 0.98

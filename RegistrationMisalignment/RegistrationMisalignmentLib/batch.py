@@ -38,6 +38,7 @@ class BatchSettings:
     max_memory_gb: float = 2.0
     threads: int = 0
     probabilities: bool = False
+    amp: bool = False
 
 
 def cases_folder(out_dir) -> Path:
@@ -65,12 +66,13 @@ def read_record(out_dir, case_id: str):
 
 def predictor_for(settings: BatchSettings):
     """The predictor for these settings, loaded once per process (workers reuse it across cases)."""
-    key = (settings.weights, settings.device, settings.max_memory_gb, settings.threads)
+    key = (settings.weights, settings.device, settings.max_memory_gb, settings.threads, settings.amp)
     if key not in _PREDICTORS:
         from .cli_common import set_threads
         from .inference import MisalignmentPredictor
         set_threads(settings.threads)
-        _PREDICTORS[key] = MisalignmentPredictor.load(settings.weights, settings.device, settings.max_memory_gb)
+        _PREDICTORS[key] = MisalignmentPredictor.load(settings.weights, settings.device, settings.max_memory_gb,
+                                                      amp=settings.amp)
     return _PREDICTORS[key]
 
 
@@ -122,7 +124,7 @@ def _fingerprint(predictor, checksums: dict, settings: BatchSettings) -> dict:
     return {"checksums": checksums,
             "model": {"weights_sha256": predictor.weights_sha256, "architecture": predictor.model.config.architecture,
                       "package_version": __version__},
-            "options": {"probabilities": settings.probabilities}}
+            "options": {"probabilities": settings.probabilities, "amp": settings.amp}}
 
 
 def _is_finished(record, fingerprint: dict, out_dir) -> bool:

@@ -112,7 +112,8 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     per_patch_total_s = per_patch["seconds_per_block"] * computed_voxels / BLOCK ** 3
     achieved = flops_per_voxel * computed_voxels / dense_s
     reference = matmul_flops_per_second(predictor.device)
-    return {
+    amp = {"amp_vs_float32": _amp_against_float32(predictor, prepared, pyramid, tile, probs)} if predictor.amp else {}
+    return {**amp, "precision": predictor.precision,
         "case": str(ct_path) if ct_path else f"phantom seed {seed}",
         "image_size": list(pair.fixed.GetSize()), "image_spacing": list(pair.fixed.GetSpacing()),
         "mask_voxels": result.summary["mask_voxels"], "tile_size": tile, "tiles": len(tiles),
@@ -131,6 +132,19 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if predictor.device.type == "cuda" else None,
     }
+
+
+def _amp_against_float32(predictor: MisalignmentPredictor, prepared, pyramid, tile: int, probs) -> dict:
+    """Recompute the dense map in float32 and compare it with the mixed-precision one."""
+    exact = MisalignmentPredictor(predictor.model, predictor.device, predictor.max_memory_gb)
+    t0 = time.perf_counter()
+    reference = exact.dense_probabilities(prepared, tile, pyramid=pyramid)
+    _sync(predictor.device)
+    seconds = time.perf_counter() - t0
+    computed = reference.sum(0) > 0
+    return {"float32_dense_network_s": seconds,
+            "max_probability_difference": float(np.abs(reference - probs).max()),
+            "label_agreement": float((reference.argmax(0) == probs.argmax(0))[computed].mean())}
 
 
 def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: int, seed: int) -> dict:

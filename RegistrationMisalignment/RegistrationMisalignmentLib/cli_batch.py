@@ -44,7 +44,7 @@ def run_batch_command(args) -> dict:
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror}); choose another --out") from None
     check_output_path(out / "summary.csv")
     settings = BatchSettings(str(out.resolve()), args.weights, args.device, args.max_memory, args.threads,
-                             args.probabilities)
+                             args.probabilities, args.amp)
     result = run_batch(cases, settings, args.workers, args.scheduler, args.flag_wrong_fraction,
                        progress=not args.json)
     if not args.json:

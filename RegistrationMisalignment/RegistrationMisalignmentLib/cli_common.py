@@ -26,21 +26,24 @@ def set_threads(threads: int) -> int:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Add --weights, --device, --max-memory and --threads."""
+    """Add --weights, --device, --max-memory, --threads, --amp and --json."""
     parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")
     add_device(parser)
     parser.add_argument("--max-memory", type=float, default=2.0, metavar="GIB",
                         help="memory budget that sets the tile size (default 2 GiB)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default 0: all physical cores available to this process)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision (float16 on CUDA, bfloat16 on CPU): faster on a GPU, probabilities "
+                             "within the tolerance stated in BENCHMARKS.md (default: exact float32)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
 
 
 def load_predictor(args):
-    """The predictor from --weights / --device / --max-memory / --threads."""
+    """The predictor from --weights / --device / --max-memory / --threads / --amp."""
     from .inference import MisalignmentPredictor
     set_threads(args.threads)
-    return MisalignmentPredictor.load(args.weights, device=args.device, max_memory_gb=args.max_memory)
+    return MisalignmentPredictor.load(args.weights, device=args.device, max_memory_gb=args.max_memory, amp=args.amp)
 
 
 def progress_bar(enabled: bool):

@@ -152,6 +152,11 @@ def run_benchmark_command(args) -> dict:
               f"{result['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s "
               f"({100 * result['fraction_of_matmul_reference']:.0f} % of a float32 matmul), "
               f"peak RSS {result['peak_rss_bytes'] / 2 ** 30:.2f} GiB")
+        if "amp_vs_float32" in result:
+            amp = result["amp_vs_float32"]
+            print(f"  {result['precision']} vs float32: dense network {amp['float32_dense_network_s']:.1f} s in float32, "
+                  f"max probability difference {amp['max_probability_difference']:.2e}, "
+                  f"same class at {100 * amp['label_agreement']:.3f} % of computed voxels")
     return result
 
 
@@ -171,6 +176,7 @@ def run_memory_benchmark_command(args) -> dict:
     from .benchmark import run_memory_benchmark
     size = parse_size(args.memory_size)
     options = ["--device", args.device, "--max-memory", str(args.max_memory), "--threads", str(args.threads)]
+    options += ["--amp"] if args.amp else []
     if args.weights:
         options += ["--weights", str(args.weights)]
     result = run_memory_benchmark(args.ct, size, options)
@@ -224,7 +230,8 @@ def _compared_predictors(args) -> dict:
         name, _, path = item.partition("=")
         if not (name and path):
             raise InputError(f"--compare {item!r}: write NAME=WEIGHTS, e.g. single_cnn=runs/single/weights.safetensors")
-        compared[name] = MisalignmentPredictor.load(path, device=args.device, max_memory_gb=args.max_memory)
+        compared[name] = MisalignmentPredictor.load(path, device=args.device, max_memory_gb=args.max_memory,
+                                                    amp=args.amp)
     return compared
 
 

@@ -113,6 +113,16 @@ def exact_float32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision type of `--amp`: float16 on CUDA (tensor cores), bfloat16 on the CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def network_precision(device: torch.device, amp: bool):
+    """Context for the forward pass: autocast to `amp_dtype` with `amp`, else exact float32."""
+    return torch.autocast(device.type, dtype=amp_dtype(device)) if amp else exact_float32(device)
+
+
 def tile_bytes(model: MisalignmentNet, tile: int) -> float:
     """Rough peak bytes of one tile's forward pass (largest activations, float32)."""
     cfg = model.config
@@ -147,18 +157,24 @@ class MisalignmentPredictor:
     """Predicts the correct / poor / wrong map of a registered chest-CT pair."""
 
     def __init__(self, model: MisalignmentNet, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-                 weights_sha256: str = None):
+                 weights_sha256: str = None, amp: bool = False):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.max_memory_gb = max_memory_gb
         self.weights_sha256 = weights_sha256
+        self.amp = amp
 
     @classmethod
-    def load(cls, weights=None, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB):
+    def load(cls, weights=None, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, amp: bool = False):
         """Load released (weights=None) or given weights, checking the sha256 against the model card."""
         path = weights if weights is not None else released_weights_path()
         model = load_model(path)
-        return cls(model, device=device, max_memory_gb=max_memory_gb, weights_sha256=sha256_of(path))
+        return cls(model, device=device, max_memory_gb=max_memory_gb, weights_sha256=sha256_of(path), amp=amp)
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic of the forward pass, as reported in summaries."""
+        return f"{amp_dtype(self.device)} autocast".replace("torch.", "") if self.amp else "float32"
 
     # ----- dense prediction -------------------------------------------------------------------------------
     def predict(self, fixed: sitk.Image, moving: sitk.Image, mask=None, progress=None,
@@ -230,8 +246,8 @@ class MisalignmentPredictor:
     def _tile_probabilities(self, pyramid: dict, corner, tile: int) -> np.ndarray:
         """Softmax probabilities (3, t, t, t) of the output tile at a pyramid S1 corner (zyx); one device sync."""
         batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], tile), self.device)
-        with torch.no_grad(), exact_float32(self.device):
-            out = torch.softmax(self.model(batch)[1], 1)[0]
+        with torch.no_grad(), network_precision(self.device, self.amp):
+            out = torch.softmax(self.model(batch)[1].float(), 1)[0]
         return out.float().cpu().numpy()
 
     def tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
@@ -270,7 +286,7 @@ class MisalignmentPredictor:
                                       "fraction": float(counts[v] / total) if total else 0.0}
                    for v in L.CLASS_VALUES}
         return {"classes": classes, "mask_voxels": total, "mask_ml": total * voxel_ml, "device": str(self.device),
-                "architecture": self.model.config.architecture, "weights_sha256": self.weights_sha256}
+                "precision": self.precision, "architecture": self.model.config.architecture, "weights_sha256": self.weights_sha256}
 
     # ----- point queries (the paper's way: one patch per output block) -----------------------------------
     def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None, transform=None) -> tuple:
@@ -330,7 +346,7 @@ class MisalignmentPredictor:
             chunk = blocks_xyz[i:i + batch_size]
             corners = [tuple((start + np.asarray(b) * BLOCK)[::-1]) for b in chunk]
             batch = _to_device(batch_tiles(pyramid, self.model.config, corners, BLOCK), self.device)
-            with torch.no_grad(), exact_float32(self.device):
-                probs = torch.softmax(self.model(batch)[1], 1).float().cpu().numpy()
+            with torch.no_grad(), network_precision(self.device, self.amp):
+                probs = torch.softmax(self.model(batch)[1].float(), 1).cpu().numpy()
             out.update({b: p for b, p in zip(chunk, probs)})
         return out

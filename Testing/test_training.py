@@ -37,6 +37,7 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
+    assert history[1]["seconds"] > history[0]["seconds"]  # the clock goes on from the first session's time
 
 
 def test_loader_workers_feed_the_same_batches_as_synthesis_in_process(sources, tmp_path):

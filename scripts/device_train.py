@@ -9,11 +9,10 @@ Then, back here: registration-misalignment release --run OUT/run ... (see README
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment"))
+from device_env import setting
 
 import torch  # noqa: E402
 
@@ -24,11 +23,6 @@ from RegistrationMisalignmentLib.synthesis import make_sample  # noqa: E402
 from RegistrationMisalignmentLib.training import TrainConfig, train  # noqa: E402
 
 PROBE_STEPS = 20
-
-
-def setting(name: str, default):
-    """An environment setting with a typed default."""
-    return type(default)(os.environ.get(name, default))
 
 
 def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: int = 16) -> float:
@@ -50,7 +44,8 @@ def main() -> None:
     budget_s = setting("BUDGET_S", 420.0)
     sources = load_cached_sources(os.environ.get("SOURCES", "carry/train_sources.npz"))
     device = resolve_device(os.environ.get("DEVICE", "auto"))
-    model_config = ModelConfig(features=setting("FEATURES", 24), hidden=setting("HIDDEN", 24))
+    model_config = ModelConfig(architecture=setting("ARCH", "multires_cnn"), features=setting("FEATURES", 24),
+                               hidden=setting("HIDDEN", 24))
     workers = setting("LOADER_WORKERS", max(0, (os.cpu_count() or 2) - 4) if device.type == "cuda" else 0)
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32), loader_workers=workers,
                 learning_rate=setting("LR", 2e-3), source_files=["carry/train_sources.npz"], phantom_seeds=[])

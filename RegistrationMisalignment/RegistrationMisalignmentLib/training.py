@@ -160,7 +160,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
                               base_seed=VALIDATION_SEED + train_config.seed)
     bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")
-    started = time.perf_counter()
+    started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # resumed: time keeps counting
     model.train()
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:

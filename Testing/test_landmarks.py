@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model, released_weights_path
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
@@ -71,22 +72,27 @@ def weights(tiny_model, tmp_path_factory):
     return path
 
 
-def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_pair, tiny_predictor, weights,
-                                                                         tmp_path, capsys):
+def _evaluate_known_field(small_pair, weights, folder, extra=()) -> tuple:
+    """Run `evaluate` on the pair with its exact residuals at 60 random voxels; returns (exit code, points, truth)."""
     rng = np.random.default_rng(0)
     magnitude = small_pair.magnitude_mm
     voxels = np.argwhere(magnitude > -1)[rng.choice(magnitude.size, 60, replace=False)]
     voxels = voxels[(voxels > 10).all(1) & (voxels < np.array(magnitude.shape) - 10).all(1)]
     points = np.array([small_pair.fixed.TransformIndexToPhysicalPoint([int(v) for v in c[::-1]]) for c in voxels])
-    truth = L.class_index(magnitude[tuple(voxels.T)])
-    write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
-    write_image(small_pair.moving, tmp_path / "moving.nrrd")
-    np.savetxt(tmp_path / "fixed.csv", points, delimiter=",")
-    np.savetxt(tmp_path / "residuals.csv", magnitude[tuple(voxels.T)], delimiter=",")
-    code = main(["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--fixed-landmarks", str(tmp_path / "fixed.csv"),
-                 "--registered-moving", str(tmp_path / "moving.nrrd"), "--residuals", str(tmp_path / "residuals.csv"),
-                 "--weights", str(weights), "--device", "cpu", "--out", str(tmp_path / "out"), "--json",
-                 "--compare", f"same={weights}"])
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(small_pair.fixed, folder / "fixed.nrrd")
+    write_image(small_pair.moving, folder / "moving.nrrd")
+    np.savetxt(folder / "fixed.csv", points, delimiter=",")
+    np.savetxt(folder / "residuals.csv", magnitude[tuple(voxels.T)], delimiter=",")
+    code = main(["evaluate", "--fixed", str(folder / "fixed.nrrd"), "--fixed-landmarks", str(folder / "fixed.csv"),
+                 "--registered-moving", str(folder / "moving.nrrd"), "--residuals", str(folder / "residuals.csv"),
+                 "--weights", str(weights), "--device", "cpu", "--out", str(folder / "out"), "--json", *extra])
+    return code, points, L.class_index(magnitude[tuple(voxels.T)])
+
+
+def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_pair, tiny_predictor, weights,
+                                                                         tmp_path, capsys):
+    code, points, truth = _evaluate_known_field(small_pair, weights, tmp_path, ["--compare", f"same={weights}"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     _, probabilities = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
@@ -97,6 +103,28 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     assert result["compared"]["same"]["total"]["confusion_matrix"] == expected.tolist()
     assert "| given |" in (tmp_path / "out" / "evaluation.md").read_text()
     assert "### Compared: same" in (tmp_path / "out" / "evaluation.md").read_text()
+
+
+def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, tiny_model, tmp_path, capsys):
+    weights = tmp_path / "model.safetensors"
+    card = json.loads(card_path(released_weights_path()).read_text())
+    card.update(name="model", weights=weights.name, sha256=export_weights(tiny_model, weights))
+    card.pop("landmark_protocol", None)
+    card_path(weights).write_text(json.dumps(card))
+    pair = {"ct": "data/chest.nii.gz", "field": "respiratory", "max_mm": 20.0, "seed": 4, "points": 60, "note": "x"}
+    (tmp_path / "landmark_pair.json").write_text(json.dumps(pair))
+    assert _evaluate_known_field(small_pair, weights, tmp_path)[0] == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "out"), "--json"]) == 0
+    entry = json.loads(card_path(weights).read_text())["landmark_protocol"][0]
+    assert (entry["accuracy"], entry["confusion_matrix"], entry["pair"], entry["synthetic"]) == \
+        (total["accuracy"], total["confusion_matrix"], pair, True)
+    markdown = (tmp_path / "model.md").read_text()
+    assert "## Landmark protocol" in markdown and "chest warped by a known respiratory field <= 20 mm, seed 4" in markdown
+    assert f"| {100 * total['accuracy']:.1f} % |" in markdown
+    assert load_model(weights)  # the card still matches the weights
+    assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "missing")]) == 2
+    assert "evaluation.json" in capsys.readouterr().err
 
 
 def test_a_landmark_pair_from_a_known_field_has_exact_correspondences(small_phantom, tmp_path, capsys):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from .errors import InputError
 from .model import MisalignmentNet, ModelConfig
 
-RELEASED_NAME = "misalignment_hierarchical.safetensors"
+RELEASED_NAME = "misalignment_multires.safetensors"
 WEIGHTS_ENV = "REGISTRATION_MISALIGNMENT_WEIGHTS"
 
 

@@ -113,6 +113,25 @@ def run_release(args) -> dict:
             "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
 
 
+def _add_card_landmarks(sub) -> None:
+    """Register the `card-landmarks` command."""
+    p = sub.add_parser("card-landmarks", help="add landmark-protocol results to a released model's card",
+                       description="Put the pooled results of `evaluate --out DIR` runs of these weights (and the "
+                                   "pair description a `make-landmark-pair` folder holds) into the model card.")
+    p.add_argument("--weights", required=True, help="released weights whose card is updated")
+    p.add_argument("--evaluation", action="append", required=True, metavar="DIR",
+                   help="folder written by `evaluate --out` with these weights as the main model; repeatable")
+    p.add_argument("--json", action="store_true")
+
+
+def run_card_landmarks(args) -> dict:
+    """Update the card and report what it now holds."""
+    from .release import add_landmark_results
+    card = add_landmark_results(args.weights, args.evaluation)
+    return {"card": card["name"], "landmark_protocol": [{k: e[k] for k in ("evaluation", "accuracy", "average_f1")}
+                                                        for e in card["landmark_protocol"]]}
+
+
 def _add_benchmark(sub) -> None:
     """Register the `benchmark` command."""
     p = sub.add_parser("benchmark", help="time dense inference against per-patch evaluation, memory and FLOPs",
@@ -335,5 +354,7 @@ def run_ablation_command(args) -> dict:
 
 EVALUATION_COMMANDS = {"evaluate-synthetic": (_add_evaluate_synthetic, run_evaluate_synthetic),
                        "calibrate": (_add_calibrate, run_calibrate),
-                       "release": (_add_release, run_release), "benchmark": (_add_benchmark, run_benchmark_command),
+                       "release": (_add_release, run_release),
+                       "card-landmarks": (_add_card_landmarks, run_card_landmarks),
+                       "benchmark": (_add_benchmark, run_benchmark_command),
                        "evaluate": (_add_evaluate, run_evaluate), "ablation": (_add_ablation, run_ablation_command)}

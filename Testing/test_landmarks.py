@@ -120,7 +120,8 @@ def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, 
     assert (entry["accuracy"], entry["confusion_matrix"], entry["pair"], entry["synthetic"]) == \
         (total["accuracy"], total["confusion_matrix"], pair, True)
     markdown = (tmp_path / "model.md").read_text()
-    assert "## Landmark protocol" in markdown and "chest warped by a known respiratory field <= 20 mm, seed 4" in markdown
+    assert "## Landmark protocol" in markdown
+    assert "chest warped by a known respiratory field <= 20 mm, seed 4" in markdown
     assert f"| {100 * total['accuracy']:.1f} % |" in markdown
     assert load_model(weights)  # the card still matches the weights
     assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "missing")]) == 2

@@ -33,7 +33,8 @@ def main() -> None:
         run_benchmark(predictor, ct, blocks=4)  # warm-up: CUDA context, cuDNN algorithm choice
         results[name] = run_benchmark(predictor, ct, blocks=setting("BLOCKS", 64))
         seconds = results[name]["seconds"]
-        print(f"{name}: network {seconds['dense_network']:.2f} s, end to end {seconds['end_to_end_without_read']:.2f} s,"
+        print(f"{name}: network {seconds['dense_network']:.2f} s, "
+              f"end to end {seconds['end_to_end_without_read']:.2f} s,"
               f" {results[name]['speedup_dense_over_per_patch']:.1f}x over per-patch", flush=True)
         (out / "device_benchmark.json").write_text(json.dumps(results, indent=1))
 

@@ -248,7 +248,7 @@ class MisalignmentPredictor:
         batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], tile), self.device)
         with torch.no_grad(), network_precision(self.device, self.amp):
             out = torch.softmax(self.model(batch)[1].float(), 1)[0]
-        return out.float().cpu().numpy()
+        return out.cpu().numpy()
 
     def tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
         """Corners (zyx, region voxels) of the tiles that contain evaluated voxels."""
@@ -286,7 +286,8 @@ class MisalignmentPredictor:
                                       "fraction": float(counts[v] / total) if total else 0.0}
                    for v in L.CLASS_VALUES}
         return {"classes": classes, "mask_voxels": total, "mask_ml": total * voxel_ml, "device": str(self.device),
-                "precision": self.precision, "architecture": self.model.config.architecture, "weights_sha256": self.weights_sha256}
+                "precision": self.precision, "architecture": self.model.config.architecture,
+                "weights_sha256": self.weights_sha256}
 
     # ----- point queries (the paper's way: one patch per output block) -----------------------------------
     def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None, transform=None) -> tuple:

@@ -158,7 +158,8 @@ def _reproduce_command(pair: dict, weights_name: str) -> str:
     return (f"registration-misalignment make-landmark-pair --ct {pair['ct']} --out PAIR --points {pair['points']} "
             f"--field {pair['field']} --max-mm {pair['max_mm']:g} --seed {pair['seed']} && registration-misalignment "
             "evaluate --fixed PAIR/fixed.nrrd --moving PAIR/moving.nrrd --fixed-landmarks PAIR/fixed_landmarks.csv "
-            f"--moving-landmarks PAIR/moving_landmarks.csv --weights model_weights/{weights_name} --out PAIR/evaluation")
+            f"--moving-landmarks PAIR/moving_landmarks.csv --weights model_weights/{weights_name} "
+            "--out PAIR/evaluation")
 
 
 def landmarks_markdown(entries: list, weights_name: str) -> str:

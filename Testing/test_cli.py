@@ -105,11 +105,16 @@ def test_every_command_has_help():
         assert done.returncode == 0 and "usage:" in done.stdout, command
 
 
-def test_benchmark_reports_dense_faster_than_per_patch_with_identical_results(files, capsys, monkeypatch):
+@pytest.fixture
+def small_benchmark_phantom(monkeypatch):
+    """Benchmarks run on the small phantom instead of the full-size demo phantom."""
     from RegistrationMisalignmentLib import benchmark
-    from conftest import SMALL
     from RegistrationMisalignmentLib.phantom import make_chest_phantom
+    from conftest import SMALL
     monkeypatch.setattr(benchmark, "make_chest_phantom", lambda seed: make_chest_phantom(seed, SMALL))
+
+
+def test_benchmark_reports_dense_faster_than_per_patch_with_identical_results(files, capsys, small_benchmark_phantom):
     code = main(["benchmark", "--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--blocks", "16",
                  "--max-memory", "0.2", "--json"])
     assert code == 0
@@ -120,11 +125,15 @@ def test_benchmark_reports_dense_faster_than_per_patch_with_identical_results(fi
     assert result["per_patch_blocks_sampled"] == 16
 
 
-def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(files, capsys, monkeypatch):
-    from RegistrationMisalignmentLib import benchmark
-    from conftest import SMALL
-    from RegistrationMisalignmentLib.phantom import make_chest_phantom
-    monkeypatch.setattr(benchmark, "make_chest_phantom", lambda seed: make_chest_phantom(seed, SMALL))
+def test_benchmark_with_amp_compares_the_mixed_precision_map_with_float32(files, capsys, small_benchmark_phantom):
+    code = main(["benchmark", "--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--blocks", "4",
+                 "--max-memory", "0.2", "--amp"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "bfloat16 autocast vs float32" in printed and "same class at" in printed
+
+
+def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(files, capsys, small_benchmark_phantom):
     model = ["--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--max-memory", "0.05"]
     assert main(["benchmark", "--memory-size", "100,90,80", *model, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -90,7 +90,8 @@ def markdown_card(card: dict) -> str:
   safetensors (no code is executed); the sha256 is checked against `{card['name']}.card.json` on every load.
 - Architecture: `{arch['architecture']}`; {arch['features']} features per encoder layer, {arch['hidden']} channels
   in the step cell ({cell}), encoder depths {_depths(arch['encoder_depths'])} (S4/S2/S1),
-  batch norm {arch['batch_norm']}, difference channel {arch['difference_channel']}. Per-patch (paper's way) input 20^3 voxels at every level for an 8^3 output block.
+  batch norm {arch['batch_norm']}, difference channel {arch['difference_channel']}. Per-patch (paper's way) input
+  20^3 voxels at every level for an 8^3 output block.
 - Training data: synthetic pairs from {', '.join(train['ct_paths']) or 'no real CT'} and procedural phantoms (seeds
   {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families.
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,

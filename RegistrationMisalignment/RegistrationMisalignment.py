@@ -39,19 +39,19 @@ class RegistrationMisalignmentLogic(ScriptedLoadableModuleLogic):
     """Batch-scripting entry point: everything the module does, without the GUI."""
 
     def process(self, fixedVolume, movingVolume, maskNode=None, transformNode=None, device="auto",
-                probabilities=False, weights=None, progress=None):
+                probabilities=False, weights=None, progress=None, amp=False):
         """Predict in this process and return the output nodes (label map, colours, segmentation, table)."""
         from RegistrationMisalignmentLib.inference import MisalignmentPredictor
         from RegistrationMisalignmentLib.scene import predict_nodes
-        predictor = MisalignmentPredictor.load(weights, device=self.usableDevice(device))
+        predictor = MisalignmentPredictor.load(weights, device=self.usableDevice(device), amp=amp)
         return predict_nodes(fixedVolume, movingVolume, maskNode, transformNode, predictor, progress, probabilities)
 
     def startBackground(self, fixedVolume, movingVolume, maskNode=None, transformNode=None, device="auto",
-                        weights=None, progress=None):
+                        weights=None, progress=None, amp=False):
         """Start predicting in a child process; poll() the returned job, then finishBackground()."""
         from RegistrationMisalignmentLib.scene import start_prediction
         return start_prediction(fixedVolume, movingVolume, maskNode, transformNode, weights,
-                                self.usableDevice(device), progress)
+                                self.usableDevice(device), progress, amp)
 
     def finishBackground(self, job, fixedVolume, probabilities=False):
         """Create the output nodes from a finished background job."""
@@ -140,7 +140,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self.job = self.logic.startBackground(
                 self.ui.fixedSelector.currentNode(), self.ui.movingSelector.currentNode(),
                 self.ui.maskSelector.currentNode(), self.ui.transformSelector.currentNode(), device,
-                progress=self.onProgress)
+                progress=self.onProgress, amp=self.ui.ampCheckBox.checked)
         except Exception as error:  # shown to the user, never a silent failure
             self.showError(error)
             return

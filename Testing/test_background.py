@@ -55,3 +55,10 @@ def test_background_run_on_scene_nodes(scene, small_pair, weights):
     nodes = add_result_nodes(fixed, job.result(), probabilities=True)
     assert nodes["labels"].GetName() == "fixed misalignment"
     assert nodes["table"].GetNumberOfRows() == 3 and "probability_wrong" in nodes
+
+
+def test_mixed_precision_checkbox_reaches_the_child(scene, small_pair, weights):
+    fixed = volume_node(scene, small_pair.fixed, "fixed amp")
+    moving = volume_node(scene, small_pair.moving, "moving amp")
+    result = start_prediction(fixed, moving, weights=weights, device="cpu", amp=True).result()
+    assert result.summary["precision"] == "bfloat16 autocast"

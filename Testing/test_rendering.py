@@ -1,5 +1,8 @@
 """The overlay as a clinician sees it: an offscreen Red slice view (trame-slicer) shows the class colours."""
+import io
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +14,14 @@ from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.inference import PredictionResult
 from RegistrationMisalignmentLib.scene import add_result_nodes
 
-from conftest import volume_node
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from render_screenshot import add_ct_node, offscreen_slice_views, screenshot_png, view_pixels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def app():
-    from trame_slicer.core import SlicerApp
-    from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
-    app = SlicerApp()
-    app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
-    app.red = app.view_manager.create_view(ViewLayoutDefinition.axial_view())
-    app.red.render_window().SetSize(400, 400)
+    """A headless Slicer application with an offscreen Red (axial) slice view."""
+    app, (app.red,) = offscreen_slice_views(400, ("axial",))
     return app
 
 
@@ -34,17 +34,6 @@ def _known_labels(ct: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(ct)
     return image
-
-
-def _screenshot(view) -> np.ndarray:
-    """RGB pixels of a view, row 0 at the bottom (VTK display coordinates)."""
-    view.render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(view.render_window())
-    grab.Update()
-    image = grab.GetOutput()
-    width, height, _ = image.GetDimensions()
-    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3].astype(int)
 
 
 def _labels_under_pixels(view, label_node, shape) -> np.ndarray:
@@ -68,11 +57,7 @@ def _labels_under_pixels(view, label_node, shape) -> np.ndarray:
 
 
 def test_red_slice_view_shows_red_where_wrong_and_green_where_correct(app, small_pair):
-    fixed = volume_node(app.scene, small_pair.fixed, "fixed")
-    fixed.CreateDefaultDisplayNodes()
-    fixed.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
-    fixed.GetDisplayNode().SetAutoWindowLevel(False)
-    fixed.GetDisplayNode().SetWindowLevel(1500, -500)  # lung window
+    fixed = add_ct_node(app.scene, small_pair.fixed)
     labels = _known_labels(small_pair.fixed)
     summary = {"classes": {L.CLASS_NAMES[v]: {"voxels": 0, "ml": 0.0, "fraction": 0.0} for v in L.CLASS_VALUES}}
     nodes = add_result_nodes(fixed, PredictionResult(labels, None, summary))
@@ -80,7 +65,7 @@ def test_red_slice_view_shows_red_where_wrong_and_green_where_correct(app, small
     slice_node.JumpSliceByCentering(*nodes["labels"].GetImageData().GetCenter())
     app.red.fit_view_to_content()
     slice_node.SetSliceOffset(0.0)  # through the box (the volume is centred at 0)
-    pixels = _screenshot(app.red)
+    pixels = view_pixels(app.red)
     if os.environ.get("RENDERING_PNG"):
         import matplotlib.pyplot as plt
         plt.imsave(os.environ["RENDERING_PNG"], pixels[::-1].astype(np.uint8))
@@ -91,3 +76,13 @@ def test_red_slice_view_shows_red_where_wrong_and_green_where_correct(app, small
     assert np.median(red[wrong] - green[wrong]) > 40
     assert np.median(green[correct] - red[correct]) > 40
     assert np.median(np.abs(red[outside] - green[outside])) < 10  # grey CT, no overlay
+
+
+def test_screenshot_shows_three_slice_views_with_the_predicted_overlay(tiny_predictor):
+    png = screenshot_png(tiny_predictor, seed=0, size=120, phantom_size_xyz=(96, 80, 88))
+    import matplotlib.pyplot as plt
+    pixels = (plt.imread(io.BytesIO(png))[..., :3] * 255).astype(int)
+    assert pixels.shape == (120, 360, 3)
+    coloured = np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2]) > 60
+    for panel in np.split(coloured, 3, axis=1):
+        assert panel.sum() > 50  # every view cuts through the lungs' overlay

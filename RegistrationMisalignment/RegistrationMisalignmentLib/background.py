@@ -27,7 +27,7 @@ class BackgroundPrediction:
     """Runs `predict` on a pair in a child process; call poll() periodically, cancel() to stop."""
 
     def __init__(self, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image = None, weights=None,
-                 device: str = "auto", progress=None, python: str = None):
+                 device: str = "auto", progress=None, python: str = None, amp: bool = False):
         self.progress = progress or (lambda fraction, message: None)
         self.folder = Path(tempfile.mkdtemp(prefix="registration-misalignment-"))
         self._lines = queue.Queue()
@@ -45,6 +45,8 @@ class BackgroundPrediction:
             command += ["--mask", str(self.folder / "mask.nrrd")]
         if weights is not None:
             command += ["--weights", str(weights)]
+        if amp:
+            command.append("--amp")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",

@@ -178,11 +178,12 @@ def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, 
 
 
 def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=None, weights=None, device="auto",
-                     progress=None):
+                     progress=None, amp: bool = False):
     """Start predicting in a child process (inputs copied to files); finish with add_result_nodes(job.result())."""
     from .background import BackgroundPrediction
     return BackgroundPrediction(image_from_volume_node(fixed_node), moving_image(moving_node, transform_node),
-                                mask_image(mask_node, fixed_node), weights=weights, device=device, progress=progress)
+                                mask_image(mask_node, fixed_node), weights=weights, device=device, progress=progress,
+                                amp=amp)
 
 
 def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:

@@ -37,8 +37,9 @@ def test_released_temperature_was_fitted_on_a_training_ct_and_keeps_the_classes(
         assert after["expected_calibration_error"] < before["expected_calibration_error"]
 
 
-def test_released_model_beats_chance_on_the_held_out_ct(card):
+def test_released_model_keeps_its_quality_on_the_held_out_ct(card):
     source = source_from_image(HELD_OUT, read_image(shared_ct(HELD_OUT)))
     result = evaluate_synthetic(load_model(), source, samples=8, seed=1)
-    stratified = result["class_stratified_points"]
-    assert stratified["accuracy"] > 0.55 and stratified["average_f1"] > 0.5
+    stratified, lungs = result["class_stratified_points"], result["all_lung_voxels"]
+    assert stratified["accuracy"] > 0.75 and stratified["average_f1"] > 0.75  # release: 82 / 82 % on these pairs
+    assert lungs["accuracy"] > 0.8 and lungs["average_f1"] > 0.72  # release: 88 / 80 %

@@ -1,11 +1,14 @@
 """Dense tiled prediction equals the paper's per-patch evaluation; predict and predict_points agree; out-of-memory
 fallback; probabilities built on demand."""
+import copy
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
 from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.devices import in_convolution_layout
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor, smaller_tile, sub_tiles
 from RegistrationMisalignmentLib.model import input_size
@@ -150,3 +153,16 @@ def test_mixed_precision_stays_within_the_stated_tolerance(small_pair, tiny_mode
     print(f"bfloat16 autocast: max probability difference {difference.max():.3g}, same class {same.mean():.4f}")
     assert 0 < difference.max() <= 0.05
     assert same.mean() >= 0.98
+
+
+def test_cpu_predictor_convolves_channels_last_with_the_default_layouts_result(tiny_model):
+    torch.manual_seed(1)
+    inputs = {lv: torch.randn(2, 3, *(input_size(tiny_model.config, lv, 16),) * 3) for lv in (4, 2, 1)}
+    reference = copy.deepcopy(tiny_model).to(memory_format=torch.contiguous_format)
+    predictor = MisalignmentPredictor(copy.deepcopy(tiny_model), device="cpu")
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in predictor.model.parameters() if w.dim() == 5)
+    with torch.no_grad():
+        expected = reference(inputs)[1]
+        got = predictor.model(in_convolution_layout(inputs, torch.device("cpu")))[1]
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(got, expected, atol=1e-5)

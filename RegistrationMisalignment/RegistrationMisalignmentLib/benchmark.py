@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .demo import synthetic_pair
-from .devices import default_threads, machine_description
+from .devices import convolution_layout, default_threads, in_convolution_layout, machine_description
 from .errors import InputError
 from .imageio import read_image, write_image
 from .inference import MisalignmentPredictor
@@ -252,9 +252,10 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
     _sync(device)
     pair_s = (time.perf_counter() - t0) / pairs
     torch.manual_seed(seed)
-    model = MisalignmentNet(config).to(device).train()
+    model = MisalignmentNet(config).to(device, memory_format=convolution_layout(device)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
     inputs, targets = collate(samples[:train.batch_size])
+    inputs = in_convolution_layout(inputs, device)
     for step in range(steps + 1):  # the first step warms up
         if step == 1:
             _sync(device)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import export_weights
-from .devices import machine_description, resolve_device
+from .devices import convolution_layout, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
@@ -147,7 +147,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "training_state.pt"
     torch.manual_seed(train_config.seed)
-    model = MisalignmentNet(model_config).to(device)
+    model = MisalignmentNet(model_config).to(device, memory_format=convolution_layout(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
                                   weight_decay=train_config.weight_decay)
     step, history = 0, []
@@ -165,7 +165,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(train_config, step)
-        loss = hierarchy_loss(model(inputs), targets)
+        loss = hierarchy_loss(model(in_convolution_layout(inputs, device)), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

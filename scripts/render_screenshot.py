@@ -77,10 +77,10 @@ def add_ct_node(scene, image, name: str = "fixed"):
 def worst_lung_point(label_array: np.ndarray) -> tuple:
     """zyx index at the centre of the wrong voxels of the side (one lung) that has more of them."""
     half = label_array.shape[2] // 2
-    sides = [np.zeros_like(label_array) for _ in range(2)]
-    sides[0][..., :half], sides[1][..., half:] = label_array[..., :half], label_array[..., half:]
-    side = max(sides, key=lambda array: int(np.count_nonzero(array == L.WRONG)))
-    return busiest_point(side, L.WRONG)
+    sides = ((0, label_array[..., :half]), (half, label_array[..., half:]))  # (x offset, view)
+    offset, side = max(sides, key=lambda entry: int(np.count_nonzero(entry[1] == L.WRONG)))
+    z, y, x = busiest_point(side, L.WRONG)
+    return z, y, x + offset
 
 
 def ras_of_index(volume_node, index_zyx) -> list:

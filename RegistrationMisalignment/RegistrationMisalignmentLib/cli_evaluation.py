@@ -173,9 +173,8 @@ def run_benchmark_command(args) -> dict:
               f"peak RSS {result['peak_rss_bytes'] / 2 ** 30:.2f} GiB")
         if "amp_vs_float32" in result:
             amp = result["amp_vs_float32"]
-            print(f"  {result['precision']} vs float32: dense network {amp['float32_dense_network_s']:.1f} s in "
-                  "float32, "
-                  f"max probability difference {amp['max_probability_difference']:.2e}, "
+            print(f"  {result['precision']} vs float32: dense network {amp['float32_dense_network_s']:.1f} s "
+                  f"in float32, max probability difference {amp['max_probability_difference']:.2e}, "
                   f"same class at {100 * amp['label_agreement']:.3f} % of computed voxels")
     return result
 

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.imageio import write_image
@@ -146,3 +147,22 @@ def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(fi
     assert result["batch_size"] == 4 and result["out_size"] == 32 and result["torch_threads"] >= 1
     assert main(["benchmark", "--memory-size", "512,512", *model]) == 2
     assert "three voxel counts" in _error_line(capsys)
+
+
+def test_train_fine_tunes_calibrated_weights_at_temperature_one_and_records_them(files, tmp_path, capsys):
+    from RegistrationMisalignmentLib.checkpoint import load_model, sha256_of
+    from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
+    calibrated = tmp_path / "calibrated.safetensors"
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4, temperature=0.7)), calibrated)
+    train = ["train", "--ct", str(files / "fixed.nrrd"), "--phantoms", "0", "--init-weights", str(calibrated),
+             "--steps", "1", "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu"]
+    assert main([*train, "--features", "8", "--out", str(tmp_path / "mismatch")]) == 2
+    assert "--features 8 differs from the 4 of" in _error_line(capsys)
+    assert not (tmp_path / "mismatch" / "weights.safetensors").exists()
+    assert main([*train, "--architecture", "hierarchical_lstm", "--out", str(tmp_path / "run"), "--json"]) == 0
+    tuned = load_model(tmp_path / "run" / "weights.safetensors")
+    assert tuned.config.features == 4 and tuned.config.temperature == 1.0
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
+    recorded = json.loads(state["train_config"])
+    assert recorded["init_weights_sha256"] == sha256_of(calibrated)
+    assert recorded["init_weights"] == str(calibrated.resolve())

@@ -94,3 +94,21 @@ def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_pha
     assert params["single_cnn"] < params["multires_cnn"] < params["hierarchical_lstm"]
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in params)
+
+
+def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):
+    from dataclasses import replace
+    train(sources, MODEL, replace(_config(2), seed=1), tmp_path / "first", device="cpu", progress=False,
+          log=lambda m: None)  # another seed: other initial weights than the runs below
+    start = tmp_path / "first" / "weights.safetensors"
+    still = replace(_config(1), learning_rate=1e-9)  # one step that barely moves the weights
+    messages = []
+    train(sources, MODEL, replace(still, init_weights=str(start)), tmp_path / "tuned", device="cpu", progress=False,
+          log=messages.append)
+    train(sources, MODEL, still, tmp_path / "scratch", device="cpu", progress=False, log=lambda m: None)
+    assert any("fine-tuning from" in m for m in messages)
+    initial = dict(load_model(start).named_parameters())
+    tuned = dict(load_model(tmp_path / "tuned" / "weights.safetensors").named_parameters())
+    scratch = dict(load_model(tmp_path / "scratch" / "weights.safetensors").named_parameters())
+    assert all(torch.allclose(tuned[k], initial[k], atol=1e-6) for k in initial)
+    assert any(not torch.allclose(scratch[k], initial[k], atol=1e-4) for k in initial)

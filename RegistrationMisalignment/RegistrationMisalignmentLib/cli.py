@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, close_bars, load_predictor, progress_bar, progress_lines,
                          set_threads)
@@ -24,10 +25,13 @@ def _add_train(sub) -> None:
     p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
     p.add_argument("--sources", action="append", default=[],
                    help="sources file from `cache-sources` (repeatable); needs no SimpleITK")
-    p.add_argument("--architecture", default="hierarchical_lstm",
-                   choices=["hierarchical_lstm", "multires_cnn", "single_cnn"])
-    p.add_argument("--features", type=int, default=12, help="channels per encoder layer")
-    p.add_argument("--hidden", type=int, default=12, help="channels of the recurrent state")
+    p.add_argument("--init-weights",
+                   help="fine-tune: start from these weights ('released' = the bundled model) instead of random "
+                        "ones; the architecture comes from them (a lower --learning-rate, e.g. 5e-4, suits this)")
+    p.add_argument("--architecture", choices=["hierarchical_lstm", "multires_cnn", "single_cnn"],
+                   help="network (default hierarchical_lstm)")
+    p.add_argument("--features", type=int, help="channels per encoder layer (default 12)")
+    p.add_argument("--hidden", type=int, help="channels of the recurrent state (default 12)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out-size", type=int, default=32, help="S1 output tile edge per sample (multiple of 8)")
@@ -43,16 +47,17 @@ def _add_train(sub) -> None:
 
 def run_train(args) -> dict:
     """Train a model from the parsed arguments."""
-    from .model import ModelConfig
+    from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
     from .training import TrainConfig, train
     set_threads(args.threads)
-    model_config = ModelConfig(architecture=args.architecture, features=args.features, hidden=args.hidden)
+    model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
                                learning_rate=args.learning_rate, validate_every=args.validate_every,
                                seed=args.seed, ct_paths=[str(p) for p in args.ct],
                                phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
-                               loader_workers=args.loader_workers)
+                               loader_workers=args.loader_workers, init_weights=str(init_weights or ""),
+                               init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     sources = [s for path in args.sources for s in load_cached_sources(path)]
     if train_config.ct_paths or train_config.phantom_seeds:
         from .sources import load_sources  # SimpleITK is needed only here
@@ -60,6 +65,19 @@ def run_train(args) -> dict:
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log)
     return {k: v for k, v in result.items() if k != "history"}
+
+
+def _training_model(args) -> tuple:
+    """The architecture to train and the weights to start from (None: random), from the parsed arguments."""
+    from .checkpoint import released_weights_path
+    from .model import ModelConfig
+    from .training import fine_tuning_config
+    requested = {"architecture": args.architecture, "features": args.features, "hidden": args.hidden}
+    if not args.init_weights:
+        defaults = {"architecture": "hierarchical_lstm", "features": 12, "hidden": 12}
+        return ModelConfig(**{k: defaults[k] if v is None else v for k, v in requested.items()}), None
+    weights = released_weights_path() if args.init_weights == "released" else Path(args.init_weights).resolve()
+    return fine_tuning_config(weights, **requested), weights
 
 
 def _add_cache_sources(sub) -> None:

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import export_weights
+from .checkpoint import export_weights, load_model, sha256_of
+from .errors import InputError
 from .devices import convolution_layout, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
@@ -41,6 +42,8 @@ class TrainConfig:
     source_files: list = field(default_factory=list)  # files written by cache-sources
     phantom_fraction: float = 0.3
     loader_workers: int = 0  # >0: synthesise batches on the CPU in this many processes while the device trains
+    init_weights: str = ""  # fine-tuning: the weights file training starts from ("" = random initialisation)
+    init_weights_sha256: str = ""
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -130,6 +133,25 @@ def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfi
     os.replace(tmp, path)
 
 
+def fine_tuning_config(weights_path, **requested) -> ModelConfig:
+    """The architecture of the weights to fine-tune (temperature 1), checking any `requested` option agrees."""
+    initial = load_model(weights_path).config
+    for option, value in requested.items():
+        if value is not None and value != getattr(initial, option):
+            raise InputError(f"--{option} {value} differs from the {getattr(initial, option)} of {weights_path}; "
+                             "leave it out when fine-tuning (the architecture comes from the weights)")
+    return replace(initial, temperature=1.0)
+
+
+def start_from_weights(model: MisalignmentNet, weights_path) -> None:
+    """Copy the tensors of a weights file into `model` (fine-tuning); the architectures must match."""
+    initial = load_model(weights_path)
+    if replace(initial.config, temperature=1.0) != replace(model.config, temperature=1.0):
+        raise InputError(f"{weights_path}: its architecture differs from the model being trained; "
+                         "fine-tune with the architecture stored in the weights")
+    model.load_state_dict(initial.state_dict())
+
+
 def learning_rate(train: TrainConfig, step: int) -> float:
     """Linear warm-up over 50 steps, then cosine decay to 5 % of the peak."""
     if step < 50:
@@ -157,6 +179,9 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], json.loads(state["history"])
         log(f"resuming from step {step}")
+    elif train_config.init_weights:
+        start_from_weights(model, train_config.init_weights)
+        log(f"fine-tuning from {train_config.init_weights}")
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
                               base_seed=VALIDATION_SEED + train_config.seed)
     bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")

@@ -68,6 +68,16 @@ def test_predict_nodes_creates_the_outputs_and_leaves_inputs_alone(scene, small_
         assert float(table.GetCellText(row, 3)) == pytest.approx((labels == value).sum() * 0.001)
     probs = [slicer.util.arrayFromVolume(out[f"probability_{L.CLASS_NAMES[v]}"]) for v in L.CLASS_VALUES]
     assert np.allclose(np.sum(probs, axis=0)[labels > 0], 1.0, atol=1e-4)
+    confidence = slicer.util.arrayFromVolume(out["confidence"])
+    assert np.allclose(confidence, np.where(labels > 0, np.max(probs, axis=0), 0.0))
+    assert confidence[labels > 0].min() >= 1 / 3 - 1e-6
+    display = out["confidence"].GetDisplayNode()
+    assert display.GetColorNode().GetName() == "RegistrationMisalignment confidence"
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((1 / 3, 1.0))
+    unsure, sure = [0.0] * 4, [0.0] * 4
+    display.GetColorNode().GetColor(0, unsure)
+    display.GetColorNode().GetColor(255, sure)
+    assert sum(sure[:3]) > 2 * sum(unsure[:3])  # dark purple when unsure, bright yellow when sure
     composite = scene.GetFirstNodeByName("Red composite")
     assert composite.GetBackgroundVolumeID() == fixed.GetID()
 

@@ -11,6 +11,9 @@ from . import labels as L
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 COLOR_TABLE_NAME = "RegistrationMisalignment colours"
 OVERLAY_OPACITY = 0.5
+CONFIDENCE_TABLE_NAME = "RegistrationMisalignment confidence"
+CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 0.144))  # viridis: unsure -> sure
+CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
 
 
 def output_names(fixed_node) -> dict:
@@ -18,6 +21,7 @@ def output_names(fixed_node) -> dict:
     base = f"{fixed_node.GetName()} misalignment"
     names = {"labels": base, "segmentation": f"{base} segments", "table": f"{base} statistics"}
     names.update({f"probability_{L.CLASS_NAMES[v]}": f"{base} probability {L.CLASS_NAMES[v]}" for v in L.CLASS_VALUES})
+    names["confidence"] = f"{base} confidence"
     return names
 
 
@@ -104,6 +108,36 @@ def class_color_table(scene, created: list):
     for value in L.CLASS_VALUES:
         table.SetColor(value, L.display_name(value), *L.CLASS_COLORS[value], 1.0)
     return table
+
+
+def confidence_color_table(scene, created: list):
+    """A continuous colour table for the confidence volume: purple (unsure) through teal to yellow (sure)."""
+    table = _node(scene, "vtkMRMLColorTableNode", CONFIDENCE_TABLE_NAME, created)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(256)
+    for i, t in enumerate(np.linspace(0.0, 1.0, 256)):
+        table.SetColor(i, *[float(np.interp(t, (0.0, 0.5, 1.0), channel)) for channel in zip(*CONFIDENCE_RAMP)], 1.0)
+    return table
+
+
+def confidence_image(result) -> sitk.Image:
+    """The largest class probability where the map is evaluated, 0 elsewhere: how sure each voxel's class is."""
+    largest = sitk.GetArrayViewFromImage(result.probabilities).max(axis=-1)
+    evaluated = sitk.GetArrayViewFromImage(result.labels) > 0
+    image = sitk.GetImageFromArray(np.where(evaluated, largest, 0.0).astype(np.float32))
+    image.CopyInformation(result.labels)
+    return image
+
+
+def _fill_confidence(node, result, colors) -> None:
+    """Put the confidence image in a volume node coloured from 1/3 (unsure) to 1 (sure)."""
+    update_volume_node(node, confidence_image(result))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(colors.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*CONFIDENCE_RANGE)
 
 
 def _fill_labelmap(node, labels: sitk.Image, colors) -> None:
@@ -205,6 +239,8 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
                 key = f"probability_{L.CLASS_NAMES[value]}"
                 nodes[key] = _node(scene, "vtkMRMLScalarVolumeNode", names[key], created)
                 update_volume_node(nodes[key], sitk.VectorIndexSelectionCast(result.probabilities, i))
+            nodes["confidence"] = _node(scene, "vtkMRMLScalarVolumeNode", names["confidence"], created)
+            _fill_confidence(nodes["confidence"], result, confidence_color_table(scene, created))
         show_overlay(fixed_node, segmentation)
     except BaseException:
         for node in created:

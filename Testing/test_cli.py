@@ -166,3 +166,18 @@ def test_train_fine_tunes_calibrated_weights_at_temperature_one_and_records_them
     recorded = json.loads(state["train_config"])
     assert recorded["init_weights_sha256"] == sha256_of(calibrated)
     assert recorded["init_weights"] == str(calibrated.resolve())
+
+
+def test_evaluate_synthetic_reports_each_seed_and_their_mean(files, capsys):
+    common = ["evaluate-synthetic", "--ct", str(files / "fixed.nrrd"), "--samples", "2",
+              "--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--json"]
+    assert main([*common, "--seed", "0", "--seed", "1"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["seeds"] == [0, 1] and [r["seed"] for r in both["per_seed"]] == [0, 1]
+    accuracies = [r["all_lung_voxels"]["accuracy"] for r in both["per_seed"]]
+    assert accuracies[0] != accuracies[1]  # other seeds, other pairs
+    assert both["mean"]["all_lung_voxels"]["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert main([*common, "--seed", "1"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["all_lung_voxels"]["accuracy"] == accuracies[1]  # reproducible by seed
+    assert alone["weights_sha256"] == both["weights_sha256"]

@@ -15,7 +15,8 @@ def _add_evaluate_synthetic(sub) -> None:
                                    "lung voxels (all, and class-stratified points).")
     p.add_argument("--ct", required=True, help="held-out CT (file or DICOM folder)")
     p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, action="append",
+                   help="evaluation seed (default 0); repeat it for other pairs from the same CT and their mean")
     p.add_argument("--temperature", type=float,
                    help="use this logit temperature instead of the weights' own (1 = uncalibrated)")
     add_model_options(p)
@@ -25,7 +26,7 @@ def run_evaluate_synthetic(args) -> dict:
     """Evaluate the model on synthetic pairs from a held-out CT."""
     from .checkpoint import load_model, released_weights_path, sha256_of
     from .devices import resolve_device
-    from .evaluation import evaluate_synthetic
+    from .evaluation import evaluate_synthetic, mean_over_seeds
     from .imageio import read_image
     from .sources import source_from_image
     set_threads(args.threads)
@@ -36,15 +37,27 @@ def run_evaluate_synthetic(args) -> dict:
         if not 0 < args.temperature < float("inf"):
             raise InputError(f"--temperature must be positive, got {args.temperature}")
         model.config.temperature = args.temperature
-    result = evaluate_synthetic(model, source, args.samples, seed=args.seed, device=resolve_device(args.device),
-                                progress=not args.json)
-    result["weights_sha256"] = sha256_of(weights)
-    if not args.json:
-        for key in ("all_lung_voxels", "class_stratified_points"):
-            r = result[key]
-            print(f"{key}: n={r['n']} accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
-                  f"ECE {100 * r['expected_calibration_error']:.1f} % (temperature {result['temperature']:.3g})")
-    return result
+    seeds = args.seed or [0]
+    results = [evaluate_synthetic(model, source, args.samples, seed=seed, device=resolve_device(args.device),
+                                  progress=not args.json) for seed in seeds]
+    for result in results:
+        _print_synthetic_scores(f"seed {result['seed']} ", result, args.json)
+    if len(results) == 1:
+        return {**results[0], "weights_sha256": sha256_of(weights)}
+    mean = mean_over_seeds(results)
+    _print_synthetic_scores(f"mean of {len(seeds)} seeds ", mean, args.json)
+    return {"source": source.name, "samples": args.samples, "seeds": seeds, "temperature": model.config.temperature,
+            "mean": mean, "per_seed": results, "weights_sha256": sha256_of(weights)}
+
+
+def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
+    """One line per point set: accuracy, average F1 and ECE."""
+    if quiet:
+        return
+    for key in ("all_lung_voxels", "class_stratified_points"):
+        r = result[key]
+        print(f"{prefix}{key}: accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
+              f"ECE {100 * r['expected_calibration_error']:.1f} %")
 
 
 def _add_calibrate(sub) -> None:

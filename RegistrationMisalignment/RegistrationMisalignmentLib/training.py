@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import export_weights, load_model, sha256_of
+from .checkpoint import export_weights, load_model
 from .errors import InputError
 from .devices import convolution_layout, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction

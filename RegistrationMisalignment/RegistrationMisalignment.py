@@ -97,6 +97,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.job = None
+        self.jobFixedVolume = None  # the outputs go on the fixed volume the job started with
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MILLISECONDS)
         self.timer.connect("timeout()", self.onPoll)
@@ -136,14 +137,16 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         device = DEVICES[self.ui.deviceComboBox.currentIndex]
         if device == "gpu" and self.logic.usableDevice(device) == "cpu":
             self.showStatus("No usable GPU: running on the CPU (slower).")
+        fixedVolume = self.ui.fixedSelector.currentNode()
         try:
             self.job = self.logic.startBackground(
-                self.ui.fixedSelector.currentNode(), self.ui.movingSelector.currentNode(),
+                fixedVolume, self.ui.movingSelector.currentNode(),
                 self.ui.maskSelector.currentNode(), self.ui.transformSelector.currentNode(), device,
                 progress=self.onProgress, amp=self.ui.ampCheckBox.checked)
         except Exception as error:  # shown to the user, never a silent failure
             self.showError(error)
             return
+        self.jobFixedVolume = fixedVolume
         self.ui.progressBar.value = 0
         self.timer.start()
         self.updateButtons()
@@ -160,8 +163,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.timer.stop()
         job, self.job = self.job, None
         try:
-            nodes = self.logic.finishBackground(job, self.ui.fixedSelector.currentNode(),
-                                                self.ui.probabilitiesCheckBox.checked)
+            nodes = self.logic.finishBackground(job, self.jobFixedVolume, self.ui.probabilitiesCheckBox.checked)
             self.onOpacity(self.ui.opacitySlider.value)
             self.showStatus(self.summaryText(nodes["summary"]))
         except Exception as error:

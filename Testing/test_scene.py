@@ -7,7 +7,7 @@ import vtk
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.scene import image_from_volume_node, moving_image, predict_nodes
+from RegistrationMisalignmentLib.scene import add_result_nodes, image_from_volume_node, moving_image, predict_nodes
 
 from conftest import volume_node as _volume
 
@@ -115,6 +115,16 @@ def test_a_failing_run_leaves_the_scene_as_it_was(scene, small_pair, tiny_predic
     ids = _node_ids(scene)
     with pytest.raises(InputError, match="mask is empty"):
         predict_nodes(fixed, moving, mask_node=empty, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids
+
+
+def test_a_fixed_volume_removed_while_predicting_adds_nothing(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    result = tiny_predictor.predict(small_pair.fixed, small_pair.moving)  # as a background job would finish
+    scene.RemoveNode(fixed)
+    ids = _node_ids(scene)
+    with pytest.raises(InputError, match="'fixed' was removed from the scene while predicting"):
+        add_result_nodes(fixed, result, probabilities=True)
     assert _node_ids(scene) == ids
 
 

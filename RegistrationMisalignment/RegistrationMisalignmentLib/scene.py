@@ -7,6 +7,7 @@ import slicer
 import vtk
 
 from . import labels as L
+from .errors import InputError
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 COLOR_TABLE_NAME = "RegistrationMisalignment colours"
@@ -223,6 +224,9 @@ def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=Non
 def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
     """Create or update the output nodes from a prediction result; on failure, remove what was created."""
     scene = fixed_node.GetScene()
+    if scene is None:
+        raise InputError(f"the fixed volume {fixed_node.GetName()!r} was removed from the scene while predicting; "
+                         "nothing was added: load it again and press Apply")
     names = output_names(fixed_node)
     created = []
     try:

@@ -191,9 +191,11 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
             node.GetDisplayNode().SetOpacity2DFill(value)
 
     def summaryText(self, summary):
-        """One line per class: mL and percentage of the evaluated region."""
-        return "  ".join(f"{name}: {c['ml']:.0f} mL ({100 * c['fraction']:.0f} %)"
+        """mL and percentage of the evaluated region per class, and the map's mean confidence."""
+        text = "  ".join(f"{name}: {c['ml']:.0f} mL ({100 * c['fraction']:.0f} %)"
                          for name, c in summary["classes"].items())
+        confidence = summary.get("mean_confidence")
+        return text if confidence is None else f"{text}  mean confidence: {100 * confidence:.0f} %"
 
     def showStatus(self, text):
         """Status line under the progress bar."""

@@ -64,6 +64,8 @@ def test_result_is_on_the_fixed_grid_with_a_consistent_summary(small_pair, tiny_
         assert entry["voxels"] == int((labels == value).sum())
         assert entry["ml"] == entry["voxels"] * 0.001
     assert summary["mask_voxels"] == int((labels > 0).sum())
+    largest = sitk.GetArrayViewFromImage(result.probabilities).max(-1)
+    assert summary["mean_confidence"] == pytest.approx(float(largest[labels > 0].mean()), abs=1e-6)
     assert sum(c["fraction"] for c in summary["classes"].values()) == 1.0 or abs(
         sum(c["fraction"] for c in summary["classes"].values()) - 1.0) < 1e-9
     assert calls[0] == 0.0 and calls[-1] == 1.0 and calls == sorted(calls)

@@ -42,7 +42,7 @@ def _thumbnails() -> dict:
     return thumbnail_pngs(np.full(labels.shape, CT_VALUE, dtype=np.float32), labels, SPACING)
 
 
-def _record(case_id: str, fractions=None, total_s=None) -> dict:
+def _record(case_id: str, fractions=None, total_s=None, confidence=None) -> dict:
     """A case.json record: finished with (correct, poor, wrong) fractions, or failed when fractions is None."""
     record = {"case_id": case_id, "status": "failed", "error": ERROR,
               "inputs": {"fixed": f"/data/{case_id}/f.nii.gz", "moving": f"/data/{case_id}/m.nii.gz",
@@ -51,7 +51,7 @@ def _record(case_id: str, fractions=None, total_s=None) -> dict:
               "device": "cpu"}
     if fractions is None:
         return record
-    record.update(status="done", error=None, mask_ml=1000.0, mask_voxels=1000000,
+    record.update(status="done", error=None, mask_ml=1000.0, mask_voxels=1000000, mean_confidence=confidence,
                   outputs={"labels": "labels.nrrd", "probabilities": None,
                            "thumbnails": {view: f"{view}.png" for view in VIEWS}},
                   classes={name: {"voxels": int(f * 1e6), "ml": 1000.0 * f, "fraction": f}
@@ -64,7 +64,8 @@ def _record(case_id: str, fractions=None, total_s=None) -> dict:
 def cohort(tmp_path_factory):
     """A batch output folder: 'p&1' flagged (50 % wrong), 'p002' not (10 %, coronal thumbnail lost), 'p003' failed."""
     out_dir = tmp_path_factory.mktemp("batch")
-    records = [_record("p003"), _record("p002", (0.1, 0.8, 0.1), 9.5), _record("p&1", (0.3, 0.2, 0.5), 12.0)]
+    records = [_record("p003"), _record("p002", (0.1, 0.8, 0.1), 9.5, 0.91),
+               _record("p&1", (0.3, 0.2, 0.5), 12.0, 0.62)]
     pngs = _thumbnails()
     for record in records[1:]:
         case_dir = out_dir / "cases" / record["case_id"]
@@ -172,13 +173,14 @@ def test_summary_csv_rows_and_flags(cohort, tmp_path):
         rows = {row["case_id"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["p003", "p002", "p&1"]
     assert list(rows["p&1"]) == ["case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
-                                 "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "total_s", "device",
-                                 "weights_sha256", "flagged"]
+                                 "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "total_s",
+                                 "device", "weights_sha256", "flagged"]
     assert {case: row["flagged"] for case, row in rows.items()} == {"p003": "False", "p002": "False", "p&1": "True"}
     assert rows["p&1"]["wrong_fraction"] == "0.5" and float(rows["p&1"]["wrong_ml"]) == 500.0
     assert rows["p002"]["total_s"] == "9.5" and rows["p002"]["weights_sha256"] == "ab" * 32
     assert rows["p003"]["status"] == "failed" and rows["p003"]["error"] == ERROR
     assert rows["p003"]["wrong_fraction"] == "" and rows["p003"]["mask_ml"] == ""
+    assert rows["p002"]["mean_confidence"] == "0.91" and rows["p003"]["mean_confidence"] == ""
     assert [row["flagged"] for row in summary_rows(records, 0.05)] == [False, True, True]
 
 
@@ -195,6 +197,8 @@ def test_report_is_escaped_self_contained_and_flags_the_right_rows(cohort):
     assert [row["class"] for row in page.rows] == ["flagged", "", "failed"]
     assert FLAG_MARKER in page.rows[0]["cells"][1] and FLAG_MARKER not in "".join(page.rows[1]["cells"])
     assert ERROR in page.rows[2]["cells"][1]
+    confidence = [h["text"] for h in page.headers].index("mean confidence %")
+    assert [row["cells"][confidence] for row in page.rows] == ["62.0", "91.0", "\u2014"]
     assert html.count("no coronal image") == 0, "p002 is not among the worst cases when one case is flagged"
     assert [r["case_id"] for r in worst_cases(records, THRESHOLD)] == ["p&1"]
     for view in VIEWS:
@@ -244,11 +248,11 @@ def test_chromium_runs_the_sort_script(cohort, tmp_path):
                                                        (2, "desc", ["p&1", "p002", "p003"])])
 def test_clicking_a_header_sorts_numerically(cohort, tmp_path, clicks, direction, order):
     out_dir, records = cohort
-    click = "<script>var th = document.querySelectorAll('th')[7];" + " th.click();" * clicks + "</script>"
+    click = "<script>var th = document.querySelectorAll('th')[8];" + " th.click();" * clicks + "</script>"
     page_path = out_dir / f"clicked-{clicks}.html"
     page_path.write_text(report_html(records, out_dir, THRESHOLD).replace("</body>", click + "</body>"), "utf-8")
     page = Page(chromium(tmp_path, "--dump-dom", page_path.as_uri()))
-    assert page.headers[7]["text"] == "total (s)"
+    assert page.headers[8]["text"] == "total (s)"
     assert f"sorted-{direction}" in page.header("total (s)")["attrs"]["class"]
     assert "sorted" not in page.header("wrong %")["attrs"]["class"]
     assert page.case_ids() == order, "12.0 s must sort after 9.5 s (numeric, not text); failed cases last"

@@ -146,6 +146,9 @@ def _class_table(summary: dict) -> str:
     lines = [f"evaluated {summary['mask_ml']:.1f} mL"]
     for name, c in summary["classes"].items():
         lines.append(f"  {name:8s} {c['ml']:9.1f} mL  {100 * c['fraction']:5.1f} %")
+    if summary.get("mean_confidence") is not None:
+        lines.append(f"mean confidence {100 * summary['mean_confidence']:.1f} % (calibrated: about the share of "
+                     "voxels whose class is right)")
     return "\n".join(lines)
 
 

@@ -273,20 +273,23 @@ class MisalignmentPredictor:
         masked = MaskedProbabilities(vector, sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
         labels = image_on_grid(grid, sitk.sitkUInt8)
         counts = np.zeros(4, dtype=np.int64)
+        confidence_sum = 0.0
         for z, probs, inside in masked.slabs():
             slab = np.where(inside, probs.argmax(-1) + L.CORRECT, L.NOT_EVALUATED).astype(np.uint8)
             counts += np.bincount(slab.ravel(), minlength=4)
+            confidence_sum += float(probs.max(-1)[inside].sum(dtype=np.float64))
             paste(labels, sitk.GetImageFromArray(slab), index[:2] + [index[2] + z])
-        return PredictionResult(labels, masked.on_fixed_grid, self._summary(counts, fixed))
+        return PredictionResult(labels, masked.on_fixed_grid, self._summary(counts, confidence_sum, fixed))
 
-    def _summary(self, counts: np.ndarray, fixed: sitk.Image) -> dict:
-        """Voxels, mL and fractions per class inside the mask (from voxel counts per label), device and model."""
+    def _summary(self, counts: np.ndarray, confidence_sum: float, fixed: sitk.Image) -> dict:
+        """Voxels, mL and fractions per class inside the mask, mean confidence, device and model."""
         voxel_ml = float(np.prod(fixed.GetSpacing())) / 1000.0
         total = int(counts[L.CORRECT:].sum())
         classes = {L.CLASS_NAMES[v]: {"voxels": int(counts[v]), "ml": float(counts[v] * voxel_ml),
                                       "fraction": float(counts[v] / total) if total else 0.0}
                    for v in L.CLASS_VALUES}
-        return {"classes": classes, "mask_voxels": total, "mask_ml": total * voxel_ml, "device": str(self.device),
+        return {"classes": classes, "mask_voxels": total, "mask_ml": total * voxel_ml,
+                "mean_confidence": confidence_sum / total if total else None, "device": str(self.device),
                 "precision": self.precision, "architecture": self.model.config.architecture,
                 "weights_sha256": self.weights_sha256}
 

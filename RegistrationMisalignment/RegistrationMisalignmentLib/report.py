@@ -16,7 +16,8 @@ FLAG_MARKER = "\u2691 over threshold"
 WORST_WHEN_NONE_FLAGGED = 5
 THUMBNAIL_VIEWS = ("axial", "coronal", "sagittal")
 SUMMARY_COLUMNS = ("case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
-                   "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "total_s", "device", "weights_sha256", "flagged")
+                   "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "total_s", "device",
+                   "weights_sha256", "flagged")
 CLASSES = tuple(L.CLASS_NAMES[value] for value in L.CLASS_VALUES)
 WRONG = L.CLASS_NAMES[L.WRONG]
 
@@ -93,7 +94,7 @@ def summary_rows(records: list, flag_wrong_fraction: float) -> list:
         row = {"case_id": record.get("case_id"), "status": record.get("status"), "error": record.get("error")}
         for field in ("fraction", "ml"):
             row.update({f"{name}_{field}": class_stat(record, name, field) for name in CLASSES})
-        row.update(mask_ml=record.get("mask_ml"), total_s=(record.get("timings_s") or {}).get("total"),
+        row.update(mask_ml=record.get("mask_ml"), mean_confidence=record.get("mean_confidence"), total_s=(record.get("timings_s") or {}).get("total"),
                    device=record.get("device"), weights_sha256=(record.get("model") or {}).get("weights_sha256"),
                    flagged=is_flagged(record, flag_wrong_fraction))
         rows.append({column: row[column] for column in SUMMARY_COLUMNS})
@@ -162,8 +163,9 @@ def _table_row(record: dict, out_dir: Path, flag_wrong_fraction: float) -> str:
     fractions = [class_stat(record, name, "fraction") for name in CLASSES[::-1]]
     cells = [_cell(escape(str(record.get("case_id"))), record.get("case_id"), "text"), _status_cell(record, flagged)]
     cells += [_cell(_percent(f), f) for f in fractions]
+    confidence = record.get("mean_confidence")
     cells += [_cell(_number(mask_ml, 1), mask_ml), _cell(_number(wrong_ml, 1), wrong_ml),
-              _cell(_number(total_s, 1), total_s), _cell(escape(str(record.get("device") or "")), None, "text"),
+              _cell(_percent(confidence), confidence), _cell(_number(total_s, 1), total_s), _cell(escape(str(record.get("device") or "")), None, "text"),
               _cell(_thumbnail(record, out_dir, "axial"), None)]
     class_attr = f' class="{css}"' if css else ""
     return f'<tr{class_attr}>{"".join(cells)}</tr>'
@@ -184,7 +186,8 @@ def _table(records: list, out_dir: Path, flag_wrong_fraction: float) -> str:
     """The sortable case table, rows pre-ordered by wrong fraction (the script re-sorts on load)."""
     headers = [("case", "text", ""), ("status", "text", ""), ("wrong %", "number", "desc"),
                ("poor %", "number", ""), ("correct %", "number", ""), ("evaluated volume (mL)", "number", ""),
-               ("wrong volume (mL)", "number", ""), ("total (s)", "number", ""), ("device", "text", "")]
+               ("wrong volume (mL)", "number", ""), ("mean confidence %", "number", ""), ("total (s)", "number", ""),
+               ("device", "text", "")]
     head = "".join(f'<th class="{kind}" data-type="{kind}"' + (f' data-default-sort="{default}"' if default else "")
                    + f">{escape(label)}</th>" for label, kind, default in headers) + "<th>axial</th>"
     body = "\n".join(_table_row(r, out_dir, flag_wrong_fraction) for r in _by_wrong_fraction(records))

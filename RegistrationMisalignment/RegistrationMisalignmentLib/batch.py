@@ -162,7 +162,8 @@ def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: d
                           "probabilities": PROBABILITIES_NAME if settings.probabilities else None,
                           "thumbnails": {view: f"{view}.png" for view in thumbnails}},
               "classes": summary["classes"], "mask_voxels": summary["mask_voxels"], "mask_ml": summary["mask_ml"],
-              "mean_confidence": summary["mean_confidence"], "device": summary["device"], "tile_size": summary.get("tile_size"), "worker": _worker()}
+              "mean_confidence": summary["mean_confidence"], "device": summary["device"],
+              "tile_size": summary.get("tile_size"), "worker": _worker()}
     publish(settings.out_dir, case.case_id, files, record, timings, started)
     return record
 

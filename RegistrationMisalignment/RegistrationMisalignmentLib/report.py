@@ -94,8 +94,9 @@ def summary_rows(records: list, flag_wrong_fraction: float) -> list:
         row = {"case_id": record.get("case_id"), "status": record.get("status"), "error": record.get("error")}
         for field in ("fraction", "ml"):
             row.update({f"{name}_{field}": class_stat(record, name, field) for name in CLASSES})
-        row.update(mask_ml=record.get("mask_ml"), mean_confidence=record.get("mean_confidence"), total_s=(record.get("timings_s") or {}).get("total"),
-                   device=record.get("device"), weights_sha256=(record.get("model") or {}).get("weights_sha256"),
+        row.update(mask_ml=record.get("mask_ml"), mean_confidence=record.get("mean_confidence"),
+                   total_s=(record.get("timings_s") or {}).get("total"), device=record.get("device"),
+                   weights_sha256=(record.get("model") or {}).get("weights_sha256"),
                    flagged=is_flagged(record, flag_wrong_fraction))
         rows.append({column: row[column] for column in SUMMARY_COLUMNS})
     return rows
@@ -165,7 +166,8 @@ def _table_row(record: dict, out_dir: Path, flag_wrong_fraction: float) -> str:
     cells += [_cell(_percent(f), f) for f in fractions]
     confidence = record.get("mean_confidence")
     cells += [_cell(_number(mask_ml, 1), mask_ml), _cell(_number(wrong_ml, 1), wrong_ml),
-              _cell(_percent(confidence), confidence), _cell(_number(total_s, 1), total_s), _cell(escape(str(record.get("device") or "")), None, "text"),
+              _cell(_percent(confidence), confidence), _cell(_number(total_s, 1), total_s),
+              _cell(escape(str(record.get("device") or "")), None, "text"),
               _cell(_thumbnail(record, out_dir, "axial"), None)]
     class_attr = f' class="{css}"' if css else ""
     return f'<tr{class_attr}>{"".join(cells)}</tr>'

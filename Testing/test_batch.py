@@ -87,7 +87,8 @@ def test_batch_writes_each_case_summary_and_report_and_resumes(cohort, tmp_path,
     masked = _labels(out, "masked")
     assert masked.any() and not masked[:, :, masked.shape[2] // 2:].any()
     broken = json.loads((out / "cases" / "broken" / "case.json").read_text())
-    assert broken["status"] == "failed" and sorted(p.name for p in (out / "cases" / "broken").iterdir()) == ["case.json"]
+    assert broken["status"] == "failed"
+    assert sorted(p.name for p in (out / "cases" / "broken").iterdir()) == ["case.json"]
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 5 and summary[0].startswith("case_id,status")
     report = (out / "report.html").read_text()

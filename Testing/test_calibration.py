@@ -1,4 +1,4 @@
-"""Calibration: ECE with known answers, the temperature fit, and calibrated weights written and loaded."""
+"""Calibration: ECE with known answers, the temperature and class-bias fits, calibrated weights written and loaded."""
 import copy
 import json
 
@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from RegistrationMisalignmentLib.calibration import calibrate, calibrate_weights, fit_temperature, golden_section_minimum
+from RegistrationMisalignmentLib.calibration import (calibrate, calibrate_weights, fit_scale_and_bias,
+                                                     fit_temperature, golden_section_minimum)
 from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model, weights_metadata
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.evaluation import evaluate_synthetic
@@ -56,11 +57,33 @@ def test_golden_section_finds_the_minimum_and_the_fit_recovers_a_known_temperatu
     assert fit_temperature(logits, truth) == pytest.approx(2.0, rel=0.05)
 
 
-def test_fitted_temperature_lowers_the_nll_and_keeps_the_classes(tiny_model, source):
+def test_joint_fit_recovers_a_known_scale_and_class_bias():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0.0, 3.0, (100000, 3))
+    probabilities = torch.softmax(torch.from_numpy(0.5 * logits + [0.0, 0.7, -0.4]), 1).numpy()
+    truth = (probabilities.cumsum(1) < rng.random((len(logits), 1))).sum(1)
+    scale, bias = fit_scale_and_bias(logits, truth)
+    assert scale == pytest.approx(0.5, rel=0.05)
+    assert bias[0] == 0.0 and bias[1:] == pytest.approx((0.7, -0.4), abs=0.05)
+
+
+def test_class_bias_fit_lowers_the_nll_and_the_model_reproduces_it(tiny_model, source):
     model = copy.deepcopy(tiny_model)
     fit = calibrate(model, source, samples=4, out_size=8)
+    assert fit["method"] == "temperature_and_class_bias" and fit["nll_after"] < fit["nll_before"]
+    assert model.config.temperature == fit["temperature"] and model.config.class_bias == tuple(fit["class_bias"])
+    assert any(fit["class_bias"]) and fit["class_bias"][0] == 0.0
+    refit = calibrate(copy.deepcopy(model), source, samples=4, out_size=8)  # the model now gives the fitted logits
+    assert refit["nll_before"] == pytest.approx(fit["nll_after"], rel=1e-4)
+    assert refit["accuracy_before"] == pytest.approx(fit["accuracy"])
+
+
+def test_fitted_temperature_lowers_the_nll_and_keeps_the_classes(tiny_model, source):
+    model = copy.deepcopy(tiny_model)
+    fit = calibrate(model, source, samples=4, out_size=8, temperature_only=True)
     assert fit["nll_after"] <= fit["nll_before"] and fit["voxels"] > 0
-    assert model.config.temperature == fit["temperature"] != 1.0
+    assert model.config.temperature == fit["temperature"] != 1.0 and not any(model.config.class_bias)
+    assert fit["accuracy"] == fit["accuracy_before"]
     before = evaluate_synthetic(tiny_model, source, samples=2, out_size=8)
     after = evaluate_synthetic(model, source, samples=2, out_size=8)
     for key in ("all_lung_voxels", "class_stratified_points"):
@@ -75,6 +98,7 @@ def test_calibrated_weights_keep_the_tensors_and_store_the_temperature(tiny_mode
     fit = calibrate_weights(weights, source, tmp_path / "calibrated.safetensors", samples=1)
     loaded = load_model(tmp_path / "calibrated.safetensors")
     assert loaded.config.temperature == pytest.approx(fit["temperature"])
+    assert loaded.config.class_bias == pytest.approx(fit["class_bias"])
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in loaded.state_dict().items())
     metadata = weights_metadata(tmp_path / "calibrated.safetensors")
     assert metadata["steps"] == 7 and metadata["calibration"]["temperature"] == fit["temperature"]

@@ -29,14 +29,16 @@ def test_round_trip_restores_configuration_and_weights(saved):
         assert torch.equal(a, b), name
 
 
-def test_temperature_round_trips_and_old_files_without_it_load_at_one(saved, tmp_path):
+def test_calibration_round_trips_and_old_files_without_it_load_uncalibrated(saved, tmp_path):
     model, _ = saved
-    model.config.temperature = 0.8
+    model.config.temperature, model.config.class_bias = 0.8, (0.0, -0.25, 0.5)
     export_weights(model, tmp_path / "calibrated.safetensors")
-    assert load_model(tmp_path / "calibrated.safetensors").config.temperature == 0.8
-    config = {k: v for k, v in model.config.to_dict().items() if k != "temperature"}
+    loaded = load_model(tmp_path / "calibrated.safetensors").config
+    assert (loaded.temperature, loaded.class_bias) == (0.8, (0.0, -0.25, 0.5))
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("temperature", "class_bias")}
     save_file(model.state_dict(), str(tmp_path / "old.safetensors"), metadata={"config": json.dumps(config)})
-    assert load_model(tmp_path / "old.safetensors").config.temperature == 1.0
+    old = load_model(tmp_path / "old.safetensors").config
+    assert (old.temperature, old.class_bias) == (1.0, (0.0, 0.0, 0.0))
 
 
 def test_tampered_weights_fail_the_sha256_check(saved):

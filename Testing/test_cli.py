@@ -149,11 +149,12 @@ def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(fi
     assert "three voxel counts" in _error_line(capsys)
 
 
-def test_train_fine_tunes_calibrated_weights_at_temperature_one_and_records_them(files, tmp_path, capsys):
+def test_train_fine_tunes_calibrated_weights_uncalibrated_and_records_them(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import load_model, sha256_of
     from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
     calibrated = tmp_path / "calibrated.safetensors"
-    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4, temperature=0.7)), calibrated)
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4, temperature=0.7,
+                                                       class_bias=(0.0, 0.3, -0.2))), calibrated)
     train = ["train", "--ct", str(files / "fixed.nrrd"), "--phantoms", "0", "--init-weights", str(calibrated),
              "--steps", "1", "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu"]
     assert main([*train, "--features", "8", "--out", str(tmp_path / "mismatch")]) == 2
@@ -161,7 +162,7 @@ def test_train_fine_tunes_calibrated_weights_at_temperature_one_and_records_them
     assert not (tmp_path / "mismatch" / "weights.safetensors").exists()
     assert main([*train, "--architecture", "hierarchical_lstm", "--out", str(tmp_path / "run"), "--json"]) == 0
     tuned = load_model(tmp_path / "run" / "weights.safetensors")
-    assert tuned.config.features == 4 and tuned.config.temperature == 1.0
+    assert tuned.config.features == 4 and tuned.config.temperature == 1.0 and not any(tuned.config.class_bias)
     state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
     recorded = json.loads(state["train_config"])
     assert recorded["init_weights_sha256"] == sha256_of(calibrated)
@@ -181,3 +182,46 @@ def test_evaluate_synthetic_reports_each_seed_and_their_mean(files, capsys):
     alone = json.loads(capsys.readouterr().out)
     assert alone["all_lung_voxels"]["accuracy"] == accuracies[1]  # reproducible by seed
     assert alone["weights_sha256"] == both["weights_sha256"]
+    voxels = sum(b["n"] for b in alone["by_residual"]["bands"])
+    assert voxels == alone["all_lung_voxels"]["n"] and len(both["mean"]["by_residual"]["bands"]) == 9
+    seed = max(both["per_seed"], key=lambda r: r["all_lung_voxels"]["n"])["seed"]
+    assert main([*common[:-1], "--seed", str(seed)]) == 0
+    text = capsys.readouterr().out
+    assert f"seed {seed} accuracy by true residual: 0-2 mm" in text and "of the 3 or 6 mm boundary" in text
+
+
+def test_evaluate_synthetic_uncalibrated_ignores_temperature_and_class_bias(files, tmp_path, capsys):
+    from RegistrationMisalignmentLib.checkpoint import export_weights, load_model
+    model = load_model(files / "tiny.safetensors")
+    model.config.temperature, model.config.class_bias = 0.5, (0.0, 3.0, -3.0)
+    export_weights(model, tmp_path / "biased.safetensors")
+    common = ["evaluate-synthetic", "--ct", str(files / "fixed.nrrd"), "--samples", "2", "--device", "cpu", "--json"]
+    results = {}
+    for name, extra in (("plain", ["--weights", str(files / "tiny.safetensors")]),
+                        ("biased", ["--weights", str(tmp_path / "biased.safetensors")]),
+                        ("uncalibrated", ["--weights", str(tmp_path / "biased.safetensors"), "--uncalibrated"])):
+        assert main([*common, *extra]) == 0
+        results[name] = json.loads(capsys.readouterr().out)["all_lung_voxels"]
+    assert results["uncalibrated"]["confusion_matrix"] == results["plain"]["confusion_matrix"]
+    assert results["biased"]["confusion_matrix"] != results["plain"]["confusion_matrix"]
+
+
+@pytest.mark.parametrize("temperature_only", [False, True])
+def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tmp_path, capsys, temperature_only):
+    from RegistrationMisalignmentLib.checkpoint import card_path, load_model
+    run, weights, ct = tmp_path / "run", tmp_path / "released.safetensors", str(files / "fixed.nrrd")
+    assert main(["train", "--ct", ct, "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1",
+                 "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
+                 "--out", str(run), "--json"]) == 0
+    only = ["--temperature-only"] if temperature_only else []
+    assert main(["release", "--run", str(run), "--weights-out", str(weights), "--heldout-ct", ct, "--samples", "2",
+                 "--calibration-ct", ct, "--calibration-samples", "2", *only, "--json"]) == 0
+    capsys.readouterr()
+    card = json.loads(card_path(weights).read_text())
+    config = load_model(weights).config  # also checks the sha256 against the card
+    assert config.temperature == card["calibration"]["temperature"] == card["architecture"]["temperature"]
+    assert list(config.class_bias) == card["calibration"]["class_bias"] == card["architecture"]["class_bias"]
+    assert any(config.class_bias) != temperature_only
+    markdown = weights.with_name("released.md").read_text()
+    assert "## Calibration" in markdown and card["calibration"]["heldout_uncalibrated_command"] in markdown
+    assert ("(b = 0)" in markdown) == temperature_only

@@ -162,7 +162,8 @@ def test_cpu_predictor_convolves_channels_last_with_the_default_layouts_result(t
     inputs = {lv: torch.randn(2, 3, *(input_size(tiny_model.config, lv, 16),) * 3) for lv in (4, 2, 1)}
     reference = copy.deepcopy(tiny_model).to(memory_format=torch.contiguous_format)
     predictor = MisalignmentPredictor(copy.deepcopy(tiny_model), device="cpu")
-    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in predictor.model.parameters() if w.dim() == 5)
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d)
+               for w in predictor.model.parameters() if w.dim() == 5)
     with torch.no_grad():
         expected = reference(inputs)[1]
         got = predictor.model(in_convolution_layout(inputs, torch.device("cpu")))[1]

@@ -134,7 +134,8 @@ def test_a_landmark_pair_from_a_known_field_has_exact_correspondences(small_phan
     assert main(["make-landmark-pair", "--ct", str(tmp_path / "ct.nrrd"), "--out", str(tmp_path / "pair"),
                  "--points", "80", "--field", "single_frequency", "--max-mm", "10", "--seed", "3"]) == 0
     fixed, moving = (sitk.ReadImage(str(tmp_path / "pair" / f"{n}.nrrd")) for n in ("fixed", "moving"))
-    fixed_points, moving_points = (read_landmarks(tmp_path / "pair" / f"{n}_landmarks.csv") for n in ("fixed", "moving"))
+    fixed_points, moving_points = (read_landmarks(tmp_path / "pair" / f"{n}_landmarks.csv")
+                                   for n in ("fixed", "moving"))
     assert fixed_points.shape == moving_points.shape == (80, 3)
     shift = np.linalg.norm(moving_points - fixed_points, axis=1)
     assert shift.max() <= 10.0 + 1e-3 and shift.max() > 3.0
@@ -170,6 +171,7 @@ def test_protocol_runs_every_setup_and_rejects_mismatched_landmarks(small_pair, 
             "--fixed-landmarks", str(tmp_path / "f.csv"), "--weights", str(weights), "--device", "cpu"]
     assert main(base + ["--moving-landmarks", str(tmp_path / "m2.csv")]) == 2
     assert "3 fixed landmarks but 2 moving landmarks" in capsys.readouterr().err
-    assert main(base + ["--moving-landmarks", str(tmp_path / "m.csv"), "--setups", "affine,bspline_poor", "--json"]) == 0
+    assert main(base + ["--moving-landmarks", str(tmp_path / "m.csv"),
+                        "--setups", "affine,bspline_poor", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["setups"]) == {"affine", "bspline_poor"} and result["total"]["n"] == 6

@@ -30,14 +30,19 @@ def test_single_resolution_ablation_reads_only_s1():
         ModelConfig(architecture="transformer")
 
 
-def test_temperature_divides_the_logits_of_every_step():
+def _logits_before_and_after(temperature: float, class_bias=(0.0, 0.0, 0.0)) -> tuple:
+    """Logits of a small network on random inputs, uncalibrated and with the given calibration."""
     torch.manual_seed(0)
     net = MisalignmentNet(ModelConfig(features=4, hidden=4)).eval()
     inputs = {lv: torch.randn(1, 3, *(input_size(net.config, lv, 8),) * 3) for lv in net.config.levels}
     with torch.no_grad():
         plain = net(inputs)
-        net.config.temperature = 2.5
-        scaled = net(inputs)
+        net.config.temperature, net.config.class_bias = temperature, class_bias
+        return net, plain, net(inputs)
+
+
+def test_temperature_divides_the_logits_of_every_step():
+    net, plain, scaled = _logits_before_and_after(2.5)
     for lv in net.config.levels:
         assert torch.allclose(scaled[lv] * 2.5, plain[lv], atol=1e-6)
         assert torch.equal(scaled[lv].argmax(1), plain[lv].argmax(1))
@@ -45,6 +50,19 @@ def test_temperature_divides_the_logits_of_every_step():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             ModelConfig(temperature=bad)
+
+
+def test_class_bias_shifts_only_the_finest_logits_after_the_temperature():
+    net, plain, calibrated = _logits_before_and_after(2.0, (0.0, 1.5, -0.5))
+    expected = plain[1] / 2.0 + torch.tensor([0.0, 1.5, -0.5]).view(1, 3, 1, 1, 1)
+    assert torch.allclose(calibrated[1], expected, atol=1e-6)
+    for lv in (4, 2):
+        assert torch.allclose(calibrated[lv] * 2.0, plain[lv], atol=1e-6)
+    assert net.config.uncalibrated() == ModelConfig(features=4, hidden=4)
+    assert ModelConfig(class_bias=[0, 1, 2]).class_bias == (0.0, 1.0, 2.0)  # JSON gives lists
+    for bad in ((0.0, 1.0), (0.0, float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="class_bias"):
+            ModelConfig(class_bias=bad)
 
 
 def test_pyramid_levels_halve_and_keep_the_grid():

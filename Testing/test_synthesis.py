@@ -51,6 +51,16 @@ def test_targets_are_the_binned_field_magnitude_at_every_level(source, monkeypat
         assert len(valid) > 0 and set(valid.tolist()) == {expected}
 
 
+@pytest.mark.parametrize("seed", [3, 8, 10])
+def test_finest_targets_are_the_binned_residual_of_the_sample(source, seed):
+    sample = make_sample(source, CONFIG, 16, seed=seed)
+    target = sample.targets[1]
+    assert sample.residual_mm.shape == target.shape == sample.lungs.shape
+    valid = target != IGNORE
+    binned = torch.bucketize(sample.residual_mm[valid], torch.tensor([3.0, 6.0]), right=False)
+    assert valid.any() and torch.equal(binned, target[valid])
+
+
 def test_respiratory_field_is_largest_at_the_diaphragm(source):
     gen = torch.Generator().manual_seed(0)
     field = make_field("respiratory", source.hu, source.torso, source.lungs, 0, source.lung_z_range, gen, 20.0)

@@ -1,4 +1,4 @@
-"""Temperature scaling: fit the logit temperature by minimum NLL on synthetic pairs from a training CT."""
+"""Calibration on synthetic pairs from a training CT: temperature and class biases fitted by minimum NLL."""
 from __future__ import annotations
 
 import math
@@ -48,27 +48,58 @@ def fit_temperature(logits, truth) -> float:
     return math.exp(golden_section_minimum(lambda log_t: nll(logits, truth, math.exp(log_t)), *LOG_TEMPERATURE_RANGE))
 
 
+def fit_scale_and_bias(logits, truth) -> tuple:
+    """Scale s (1/20 to 20) and class biases b (b[0] = 0) minimising the NLL of softmax(s * logits + b) (L-BFGS)."""
+    logits = torch.from_numpy(np.asarray(logits, dtype=np.float64))
+    truth = torch.from_numpy(np.asarray(truth, dtype=np.int64))
+    log_scale = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(logits.shape[1] - 1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_scale, bias], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def scale() -> torch.Tensor:
+        return torch.exp(log_scale.clamp(*LOG_TEMPERATURE_RANGE))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits * scale() + F.pad(bias, (1, 0)), truth)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(scale().detach()), (0.0,) + tuple(float(b) for b in bias.detach())
+
+
 def calibrate(model: MisalignmentNet, source, samples: int = 48, out_size: int = 32, device="cpu",
-              progress: bool = False) -> dict:
-    """Fit and set the model's temperature on lung voxels of synthetic pairs from `source` (a training CT)."""
-    truth, logits = synthetic_lung_logits(model, source, samples, out_size, CALIBRATION_SEED, device, progress)
+              progress: bool = False, temperature_only: bool = False) -> dict:
+    """Fit and set the model's temperature and class biases (or only T) on synthetic pairs from a training CT."""
+    truth, logits, _ = synthetic_lung_logits(model, source, samples, out_size, CALIBRATION_SEED, device, progress)
     if len(truth) == 0:
         raise InputError(f"{source.name}: no labelled lung voxels in {samples} synthetic pairs; use more --samples")
-    scale = fit_temperature(logits, truth)
-    before = model.config.temperature
-    model.config.temperature = before * scale
-    torch_logits, torch_truth = torch.from_numpy(logits.astype(np.float64)), torch.from_numpy(truth.astype(np.int64))
+    if temperature_only:
+        scale, bias = 1.0 / fit_temperature(logits, truth), (0.0, 0.0, 0.0)
+    else:
+        scale, bias = fit_scale_and_bias(logits, truth)
+    temperature_before, bias_before = model.config.temperature, model.config.class_bias
+    # softmax(scale * (head / T + b0) + bias) = softmax(head / (T / scale) + scale * b0 + bias)
+    model.config.temperature = temperature_before / scale
+    model.config.class_bias = tuple(scale * b0 + b for b0, b in zip(bias_before, bias))
+    calibrated = logits * scale + np.asarray(bias)
+    torch_truth = torch.from_numpy(truth.astype(np.int64))
     return {"source": source.name, "samples": samples, "first_seed": CALIBRATION_SEED, "out_size": out_size,
-            "voxels": int(len(truth)), "accuracy": float((logits.argmax(1) == truth).mean()),
-            "temperature_before": before, "temperature": model.config.temperature,
-            "nll_before": nll(torch_logits, torch_truth, 1.0), "nll_after": nll(torch_logits, torch_truth, scale),
+            "voxels": int(len(truth)), "method": "temperature" if temperature_only else "temperature_and_class_bias",
+            "accuracy_before": float((logits.argmax(1) == truth).mean()),
+            "accuracy": float((calibrated.argmax(1) == truth).mean()),
+            "temperature_before": temperature_before, "class_bias_before": list(bias_before),
+            "temperature": model.config.temperature, "class_bias": list(model.config.class_bias),
+            "nll_before": nll(torch.from_numpy(logits.astype(np.float64)), torch_truth, 1.0),
+            "nll_after": nll(torch.from_numpy(calibrated), torch_truth, 1.0),
             "ece_before": expected_calibration_error(softmax(logits), truth),
-            "ece_after": expected_calibration_error(softmax(logits / scale), truth)}
+            "ece_after": expected_calibration_error(softmax(calibrated), truth)}
 
 
-def calibrate_weights(weights_in, source, out, samples: int = 48, device="cpu", progress: bool = False) -> dict:
-    """Fit the temperature of the weights in `weights_in` on `source` and write them, tensors unchanged, to `out`."""
+def calibrate_weights(weights_in, source, out, samples: int = 48, device="cpu", progress: bool = False,
+                      temperature_only: bool = False) -> dict:
+    """Calibrate the weights in `weights_in` on `source` and write them, tensors unchanged, to `out`."""
     model = load_model(weights_in)
-    fit = calibrate(model, source, samples, device=device, progress=progress)
+    fit = calibrate(model, source, samples, device=device, progress=progress, temperature_only=temperature_only)
     kept = {k: v for k, v in weights_metadata(weights_in).items() if k not in ("config", "calibration")}
     return {**fit, "sha256": export_weights(model.cpu(), out, extra={**kept, "calibration": fit})}

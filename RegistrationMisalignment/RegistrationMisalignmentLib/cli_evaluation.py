@@ -17,8 +17,9 @@ def _add_evaluate_synthetic(sub) -> None:
     p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
     p.add_argument("--seed", type=int, action="append",
                    help="evaluation seed (default 0); repeat it for other pairs from the same CT and their mean")
-    p.add_argument("--temperature", type=float,
-                   help="use this logit temperature instead of the weights' own (1 = uncalibrated)")
+    p.add_argument("--temperature", type=float, help="use this logit temperature instead of the weights' own")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="ignore the weights' calibration (temperature 1, no class bias): the network as trained")
     add_model_options(p)
 
 
@@ -33,6 +34,8 @@ def run_evaluate_synthetic(args) -> dict:
     source = source_from_image(str(args.ct), read_image(args.ct))
     weights = args.weights or released_weights_path()
     model = load_model(weights)
+    if args.uncalibrated:
+        model.config = model.config.uncalibrated()
     if args.temperature is not None:
         if not 0 < args.temperature < float("inf"):
             raise InputError(f"--temperature must be positive, got {args.temperature}")
@@ -58,19 +61,36 @@ def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
         r = result[key]
         print(f"{prefix}{key}: accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
               f"ECE {100 * r['expected_calibration_error']:.1f} %")
+    report = result["by_residual"]
+    bands = "  ".join(f"{_band_name(b)} {100 * b['accuracy']:.0f} %" for b in report["bands"] if b["n"])
+    bands = bands or "no labelled lung voxels"
+    print(f"{prefix}accuracy by true residual: {bands}")
+    near, errors = 100 * report["voxels_near_boundary"], 100 * report["errors_near_boundary"]
+    print(f"{prefix}errors within {report['near_boundary_mm']:g} mm of the 3 or 6 mm boundary: {errors:.1f} % "
+          f"(lung voxels there: {near:.1f} %)")
+
+
+def _band_name(band: dict) -> str:
+    """A residual band's range, e.g. '3-4 mm' or '> 12 mm'."""
+    if band["to_mm"] is None:
+        return f"> {band['from_mm']:g} mm"
+    return f"{band['from_mm']:g}-{band['to_mm']:g} mm"
 
 
 def _add_calibrate(sub) -> None:
     """Register the `calibrate` command."""
-    p = sub.add_parser("calibrate", help="fit the probability temperature on synthetic pairs from a training CT",
-                       description="Temperature scaling: fit T minimising the negative log-likelihood of "
-                                   "softmax(logits / T) at lung voxels of reproducible synthetic pairs from a CT the "
-                                   "model trained on, and write the weights (tensors unchanged) with T in their "
-                                   "metadata. Classes (argmax) do not change; never fit on the held-out CT.")
+    p = sub.add_parser("calibrate", help="fit temperature and class biases on synthetic pairs from a training CT",
+                       description="Bias-corrected temperature scaling: fit T and class biases b minimising the "
+                                   "negative log-likelihood of softmax(logits / T + b) at lung voxels of reproducible "
+                                   "synthetic pairs from a CT the model trained on, and write the weights (tensors "
+                                   "unchanged) with T and b in their metadata. The biases undo the class weighting of "
+                                   "training, so predicted classes can change (--temperature-only keeps them). Never "
+                                   "fit on the held-out CT.")
     p.add_argument("--weights", help="weights to calibrate (default: the released model)")
     p.add_argument("--ct", required=True, help="a training CT of the model (file or DICOM folder)")
     p.add_argument("--samples", type=int, default=48, help="number of synthetic pairs (tiles)")
     p.add_argument("--out", required=True, help="calibrated .safetensors to write")
+    _add_temperature_only(p)
     add_device(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
@@ -92,12 +112,21 @@ def run_calibrate(args) -> dict:
     set_threads(args.threads)
     source = source_from_image(Path(args.ct).name, read_image(args.ct))
     fit = calibrate_weights(args.weights or released_weights_path(), source, args.out, args.samples,
-                            device=resolve_device(args.device), progress=not args.json)
+                            device=resolve_device(args.device), progress=not args.json,
+                            temperature_only=args.temperature_only)
     if not args.json:
-        print(f"temperature {fit['temperature']:.4f} (was {fit['temperature_before']:.4g}) on {fit['voxels']} lung "
-              f"voxels: NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}, ECE {100 * fit['ece_before']:.2f} % -> "
-              f"{100 * fit['ece_after']:.2f} %; wrote {args.out}")
+        bias = ", ".join(f"{b:+.3f}" for b in fit["class_bias"])
+        print(f"temperature {fit['temperature']:.4f} (was {fit['temperature_before']:.4g}), class bias ({bias}) on "
+              f"{fit['voxels']} lung voxels: NLL {fit['nll_before']:.4f} -> {fit['nll_after']:.4f}, ECE "
+              f"{100 * fit['ece_before']:.2f} % -> {100 * fit['ece_after']:.2f} %, accuracy "
+              f"{100 * fit['accuracy_before']:.1f} % -> {100 * fit['accuracy']:.1f} %; wrote {args.out}")
     return fit
+
+
+def _add_temperature_only(p) -> None:
+    """The option that restricts calibration to the temperature."""
+    p.add_argument("--temperature-only", action="store_true",
+                   help="fit only the temperature (no class biases): the predicted classes stay as trained")
 
 
 def _add_release(sub) -> None:
@@ -110,8 +139,9 @@ def _add_release(sub) -> None:
     p.add_argument("--heldout-ct", required=True, help="CT the run did not train on")
     p.add_argument("--samples", type=int, default=48)
     p.add_argument("--training-command", default="", help="the command that trained the run (for the card)")
-    p.add_argument("--calibration-ct", help="training CT to fit the probability temperature on (see `calibrate`)")
-    p.add_argument("--calibration-samples", type=int, default=48, help="synthetic pairs for the temperature fit")
+    p.add_argument("--calibration-ct", help="training CT to fit temperature and class biases on (see `calibrate`)")
+    p.add_argument("--calibration-samples", type=int, default=48, help="synthetic pairs for the calibration fit")
+    _add_temperature_only(p)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
@@ -121,8 +151,9 @@ def run_release(args) -> dict:
     from .release import release
     set_threads(args.threads)
     card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command,
-                   args.calibration_ct, args.calibration_samples)
+                   args.calibration_ct, args.calibration_samples, args.temperature_only)
     return {"sha256": card["sha256"], "temperature": card["architecture"]["temperature"],
+            "class_bias": card["architecture"]["class_bias"],
             "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
 
 

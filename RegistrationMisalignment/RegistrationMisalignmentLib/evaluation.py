@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .metrics import calibration_report, classification_report, confusion_matrix, stratified_indices
+from .metrics import (accuracy_by_residual, calibration_report, classification_report, confusion_matrix,
+                      stratified_indices)
 from .model import MisalignmentNet
 from .synthesis import FAMILIES, IGNORE, make_sample
 
@@ -15,32 +16,35 @@ POINTS_PER_CLASS = 2000
 
 @torch.no_grad()
 def lung_truth_and_logits(model: MisalignmentNet, sample) -> tuple:
-    """True classes (N,) and finest-step logits (N, 3), numpy, at the labelled lung voxels of one sample."""
+    """True classes (N,), finest-step logits (N, 3) and true residuals in mm (N,), numpy, at labelled lung voxels."""
     logits = model({lv: x[None] for lv, x in sample.inputs.items()})[1][0]
     target = sample.targets[1]
     keep = (target != IGNORE) & sample.lungs
-    return target[keep].cpu().numpy(), logits[:, keep].T.float().cpu().numpy()
+    return (target[keep].cpu().numpy(), logits[:, keep].T.float().cpu().numpy(),
+            sample.residual_mm[keep].float().cpu().numpy())
 
 
 def lung_truth_and_prediction(model: MisalignmentNet, sample) -> tuple:
     """True and predicted finest-step classes (numpy) at the labelled lung voxels of one sample."""
-    truth, logits = lung_truth_and_logits(model, sample)
+    truth, logits, _ = lung_truth_and_logits(model, sample)
     return truth, logits.argmax(1)
 
 
 @torch.no_grad()
 def synthetic_lung_logits(model: MisalignmentNet, source, samples: int, out_size: int, first_seed: int, device="cpu",
                           progress: bool = False) -> tuple:
-    """Truth and logits at lung voxels of `samples` synthetic tiles (families in turn, seeds from `first_seed`)."""
+    """Truth, logits and residuals (mm) at lung voxels of `samples` synthetic tiles (families in turn, seeds from
+    `first_seed`)."""
     model = model.to(device).eval()
-    truths, logits = [], []
+    truths, logits, residuals = [], [], []
     for i in tqdm(range(samples), disable=not progress, desc="synthetic pairs", unit="pair"):
         sample = make_sample(source, model.config, out_size, seed=first_seed + i, device=device,
                              family=FAMILIES[i % len(FAMILIES)])
-        truth, logit = lung_truth_and_logits(model, sample)
+        truth, logit, residual = lung_truth_and_logits(model, sample)
         truths.append(truth)
         logits.append(logit)
-    return np.concatenate(truths), np.concatenate(logits)
+        residuals.append(residual)
+    return np.concatenate(truths), np.concatenate(logits), np.concatenate(residuals)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,14 +67,30 @@ def heldout_scores(truth: np.ndarray, logits: np.ndarray, seed: int = 0) -> dict
 def evaluate_synthetic(model: MisalignmentNet, source, samples: int = 48, out_size: int = 32, seed: int = 0,
                        device="cpu", progress: bool = False) -> dict:
     """Accuracy, F1, confusion matrices and ECE over lung voxels of `samples` synthetic tiles (all families)."""
-    truth, logits = synthetic_lung_logits(model, source, samples, out_size, EVALUATION_SEED + seed * 10 ** 6, device,
-                                          progress)
+    truth, logits, residuals = synthetic_lung_logits(model, source, samples, out_size,
+                                                     EVALUATION_SEED + seed * 10 ** 6, device, progress)
     return {"source": source.name, "samples": samples, "seed": seed, "out_size": out_size,
-            "temperature": model.config.temperature, **heldout_scores(truth, logits, seed)}
+            "temperature": model.config.temperature, **heldout_scores(truth, logits, seed),
+            "by_residual": accuracy_by_residual(truth, logits.argmax(1), residuals)}
 
 
 def mean_over_seeds(results: list) -> dict:
     """Mean accuracy, average F1 and ECE over `evaluate_synthetic` results of several seeds, per point set."""
     metrics = ("accuracy", "average_f1", "expected_calibration_error")
-    return {key: {m: float(np.mean([r[key][m] for r in results])) for m in metrics}
+    mean = {key: {m: float(np.mean([r[key][m] for r in results])) for m in metrics}
             for key in ("all_lung_voxels", "class_stratified_points")}
+    return {**mean, "by_residual": pooled_by_residual([r["by_residual"] for r in results])}
+
+
+def pooled_by_residual(reports: list) -> dict:
+    """`accuracy_by_residual` reports of several seeds pooled: band figures weighted by voxels, mean error share."""
+    bands = []
+    for parts in zip(*(r["bands"] for r in reports)):
+        n = sum(p["n"] for p in parts)
+        weight = [p["n"] / n if n else 0.0 for p in parts]
+        bands.append({"from_mm": parts[0]["from_mm"], "to_mm": parts[0]["to_mm"], "n": n,
+                      "accuracy": sum(w * p["accuracy"] for w, p in zip(weight, parts) if p["n"]) if n else None,
+                      "predicted": {c: sum(w * p["predicted"][c] for w, p in zip(weight, parts))
+                                    for c in parts[0]["predicted"]}})
+    return {"bands": bands, "near_boundary_mm": reports[0]["near_boundary_mm"],
+            **{k: float(np.mean([r[k] for r in reports])) for k in ("errors_near_boundary", "voxels_near_boundary")}}

@@ -226,7 +226,7 @@ class MisalignmentPredictor:
         return probs
 
     def _fill_tile(self, probs: np.ndarray, pyramid: dict, start, corner, tile: int, limit: int) -> int:
-        """Write one tile's probabilities in sub-tiles of edge `limit`, halved on out-of-memory; returns the edge used."""
+        """Write one tile's probabilities in sub-tiles of edge `limit` (halved on out-of-memory); return the edge."""
         while True:
             try:
                 for sub in sub_tiles(corner, tile, limit):

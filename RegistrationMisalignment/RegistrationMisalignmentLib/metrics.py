@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import CLASS_NAMES, CLASS_VALUES
+from .labels import CLASS_NAMES, CLASS_VALUES, CORRECT_MAX_MM, POOR_MAX_MM
+
+RESIDUAL_BAND_EDGES_MM = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 9.0, 12.0)  # upper bounds inclusive, like the classes
+NEAR_BOUNDARY_MM = 1.0
 
 
 def confusion_matrix(truth, predicted, n_classes: int = 3) -> np.ndarray:
@@ -82,3 +85,25 @@ def calibration_report(probabilities, truth, bins: int = 15) -> dict:
     curves.update({n: reliability(probabilities[:, k], truth == k, bins) for k, n in enumerate(names)})
     return {"expected_calibration_error": expected_calibration_error(probabilities, truth, bins), "bins": bins,
             "reliability": curves}
+
+
+def accuracy_by_residual(truth, predicted, residual_mm) -> dict:
+    """Accuracy and predicted-class shares per band of true residual, and the errors' share near a class boundary."""
+    truth, predicted = np.asarray(truth).ravel(), np.asarray(predicted).ravel()
+    residual_mm = np.asarray(residual_mm, dtype=np.float64).ravel()
+    band = np.searchsorted(np.asarray(RESIDUAL_BAND_EDGES_MM), residual_mm, side="left")
+    lows, highs = (0.0,) + RESIDUAL_BAND_EDGES_MM, RESIDUAL_BAND_EDGES_MM + (None,)  # None: no upper bound
+    names = [CLASS_NAMES[v] for v in CLASS_VALUES]
+    bands = []
+    for b, (low, high) in enumerate(zip(lows, highs)):
+        inside = band == b
+        n = int(inside.sum())
+        shares = np.bincount(predicted[inside], minlength=len(names)) / max(n, 1)
+        bands.append({"from_mm": low, "to_mm": high, "n": n,
+                      "accuracy": float((truth[inside] == predicted[inside]).mean()) if n else None,
+                      "predicted": {name: float(f) for name, f in zip(names, shares)}})
+    wrong = truth != predicted
+    near = np.min(np.abs(residual_mm[:, None] - np.array([CORRECT_MAX_MM, POOR_MAX_MM])), axis=1) <= NEAR_BOUNDARY_MM
+    return {"bands": bands, "near_boundary_mm": NEAR_BOUNDARY_MM,
+            "errors_near_boundary": float(near[wrong].mean()) if wrong.any() else 0.0,
+            "voxels_near_boundary": float(near.mean()) if len(near) else 0.0}

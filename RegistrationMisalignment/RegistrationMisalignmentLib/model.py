@@ -1,7 +1,8 @@
 """Hierarchical ConvLSTM network (S4 -> S2 -> S1) and its two ablations, all fully convolutional."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -25,12 +26,16 @@ class ModelConfig:
     batch_norm: bool = True
     difference_channel: bool = True
     temperature: float = 1.0  # logits are divided by it (calibration); training uses 1
+    class_bias: tuple = (0.0, 0.0, 0.0)  # added to the finest step's logits after T (calibration); training uses 0
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
+        self.class_bias = tuple(float(b) for b in self.class_bias)
+        if len(self.class_bias) != 3 or not all(math.isfinite(b) for b in self.class_bias):
+            raise ValueError(f"class_bias must be three finite numbers, got {self.class_bias}")
         self.encoder_depths = {int(k): int(v) for k, v in self.encoder_depths.items()}
 
     @property
@@ -41,6 +46,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         """Return a JSON-serialisable dictionary."""
         return asdict(self)
+
+    def uncalibrated(self) -> "ModelConfig":
+        """The same architecture without calibration (temperature 1, no class bias): what training uses."""
+        return replace(self, temperature=1.0, class_bias=(0.0, 0.0, 0.0))
 
 
 def hidden_size(level: int, out_size: int) -> int:
@@ -141,7 +150,7 @@ class MisalignmentNet(nn.Module):
             {str(lv): nn.Conv3d(config.hidden, len(COARSE_THRESHOLDS_MM[lv]) + 1, 1) for lv in levels})
 
     def forward(self, inputs: dict) -> dict:
-        """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits / temperature}, coarse first."""
+        """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits}, coarse first (calibrated)."""
         state = None
         logits = {}
         for lv in self.config.levels:
@@ -153,4 +162,6 @@ class MisalignmentNet(nn.Module):
                 state = tuple(None if s is None else upsample_to(s, x.shape[-1]) for s in state)
             state = self.cell(x, state)
             logits[lv] = self.heads[str(lv)](state[0]) / self.config.temperature
+        if any(self.config.class_bias):
+            logits[1] = logits[1] + logits[1].new_tensor(self.config.class_bias).view(1, -1, 1, 1, 1)
         return logits

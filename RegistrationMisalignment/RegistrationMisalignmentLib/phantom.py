@@ -41,7 +41,7 @@ NOISE_HU = 15.0
 
 
 def make_chest_phantom(seed: int = 0, size_xyz=(192, 160, 176)) -> tuple:
-    """Return (ct, lungs): a procedural chest CT in HU (sitk Int16, 1 mm isotropic) and its lung mask (sitk UInt8, 0/1)."""
+    """Return (ct, lungs): a procedural chest CT in HU (sitk Int16, 1 mm) and its lung mask (sitk UInt8, 0/1)."""
     rng = np.random.default_rng(seed)
     shape = (int(size_xyz[2]), int(size_xyz[1]), int(size_xyz[0]))
     grid = _grid(shape)

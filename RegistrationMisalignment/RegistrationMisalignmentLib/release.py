@@ -1,4 +1,4 @@
-"""Release a trained run: weights (optionally temperature-calibrated), held-out evaluation, model card."""
+"""Release a trained run: weights (optionally calibrated), held-out evaluation, model card."""
 from __future__ import annotations
 
 import json
@@ -17,8 +17,8 @@ from .sources import source_from_image
 
 
 def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "", calibration_ct=None,
-            calibration_samples: int = 48) -> dict:
-    """Publish `run_dir`'s weights (temperature fitted on `calibration_ct` if given), evaluate, write the card."""
+            calibration_samples: int = 48, temperature_only: bool = False) -> dict:
+    """Publish `run_dir`'s weights (calibrated on `calibration_ct` if given), evaluate, write the card."""
     run_dir, weights_out = Path(run_dir), Path(weights_out)
     state = torch.load(run_dir / "training_state.pt", map_location="cpu", weights_only=True)
     history = json.loads(state["history"])
@@ -28,7 +28,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
     calibration = None
     if calibration_ct:
         calibration = calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples,
-                                        source, samples, heldout_ct)
+                                        source, samples, heldout_ct, temperature_only)
     else:
         shutil.copyfile(run_weights, weights_out)
     heldout = evaluate_synthetic(model, source, samples, progress=True)
@@ -55,20 +55,22 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
 
 
 def calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples: int, heldout_source,
-                      samples: int, heldout_ct) -> dict:
-    """Held-out ECE at T = 1, then fit T on `calibration_ct`, write the calibrated weights and set T in `model`."""
+                      samples: int, heldout_ct, temperature_only: bool = False) -> dict:
+    """Held-out scores uncalibrated, then calibrate on `calibration_ct`, write the weights and calibrate `model`."""
+    model.config = model.config.uncalibrated()
     uncalibrated = evaluate_synthetic(model, heldout_source, samples, progress=True)
     fit = calibrate_weights(run_weights, source_from_image(Path(calibration_ct).name, read_image(calibration_ct)),
-                            weights_out, calibration_samples, progress=True)
-    model.config.temperature = fit["temperature"]
+                            weights_out, calibration_samples, progress=True, temperature_only=temperature_only)
+    model.config.temperature, model.config.class_bias = fit["temperature"], tuple(fit["class_bias"])
     keys = ("n", "accuracy", "average_f1", "expected_calibration_error")
+    only = " --temperature-only" if temperature_only else ""
     return {**fit,
             "command": f"registration-misalignment calibrate --weights {run_weights} --ct {calibration_ct} "
-                       f"--samples {calibration_samples} --out calibrated.safetensors",
+                       f"--samples {calibration_samples}{only} --out calibrated.safetensors",
             "heldout_uncalibrated": {k: {m: uncalibrated[k][m] for m in keys}
                                      for k in ("all_lung_voxels", "class_stratified_points")},
             "heldout_uncalibrated_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} "
-                                            f"--samples {samples} --weights {weights_out} --temperature 1"}
+                                            f"--samples {samples} --weights {weights_out} --uncalibrated"}
 
 
 def markdown_card(card: dict) -> str:
@@ -113,7 +115,8 @@ Confusion matrix (all lung voxels; rows truth, columns prediction; correct / poo
 `{held['all_lung_voxels']['confusion_matrix']}`
 
 ECE: top-label expected calibration error, {held['all_lung_voxels']['bins']} equal-width confidence bins, of the
-probabilities at temperature {arch['temperature']:.4g}; reliability data per bin are in the JSON card.
+calibrated probabilities (temperature {arch['temperature']:.4g}, class bias {_bias(arch.get('class_bias'))});
+reliability data per bin are in the JSON card.
 """ + (calibration_markdown(card["calibration"], held) if card.get("calibration") else "") + \
         (landmarks_markdown(card["landmark_protocol"], card["weights"]) if card.get("landmark_protocol") else "")
 
@@ -192,26 +195,40 @@ def _depths(depths: dict) -> str:
     return "{" + ", ".join(f"{int(k)}: {v}" for k, v in sorted(depths.items(), key=lambda kv: -int(kv[0]))) + "}"
 
 
+def _bias(bias) -> str:
+    """Class biases (correct, poor, wrong) as text; cards from before class biases have none."""
+    return "(" + ", ".join(f"{b:+.3f}" for b in (bias or (0.0, 0.0, 0.0))) + ")"
+
+
 def calibration_markdown(cal: dict, held: dict) -> str:
-    """Model-card section on the temperature fit, with ECE before and after."""
+    """Model-card section on the calibration fit: ECE, and accuracy and F1 where the class biases moved them."""
     before = cal["heldout_uncalibrated"]
-    rows = [f"| fitting data ({cal['source']}, {cal['voxels']} lung voxels, accuracy {100 * cal['accuracy']:.1f} %) | "
+    rows = [f"| fitting data ({cal['source']}, {cal['voxels']} lung voxels) | "
+            f"{100 * cal.get('accuracy_before', cal['accuracy']):.1f} % | {100 * cal['accuracy']:.1f} % | | | "
             f"{100 * cal['ece_before']:.2f} % | {100 * cal['ece_after']:.2f} % |"]
     for key in ("all_lung_voxels", "class_stratified_points"):
-        rows.append(f"| held out, {key.replace('_', ' ')} | {100 * before[key]['expected_calibration_error']:.2f} % | "
-                    f"{100 * held[key]['expected_calibration_error']:.2f} % |")
+        b, a = before[key], held[key]
+        rows.append(f"| held out, {key.replace('_', ' ')} | {100 * b['accuracy']:.1f} % | "
+                    f"{100 * a['accuracy']:.1f} % | {100 * b['average_f1']:.1f} % | {100 * a['average_f1']:.1f} % | "
+                    f"{100 * b['expected_calibration_error']:.2f} % | {100 * a['expected_calibration_error']:.2f} % |")
+    biased = any(cal.get("class_bias") or ())
+    what = (f"T = {cal['temperature']:.4f} and class biases b (correct, poor, wrong) = {_bias(cal.get('class_bias'))}, "
+            "fitted jointly" if biased else f"T = {cal['temperature']:.4f} (b = 0), fitted")
+    effect = ("The biases undo the class weighting of the training loss (which favours the rarer classes), so the "
+              "predicted classes change: accuracy and F1 are given before and after." if biased else
+              "T does not change the predicted classes: accuracy and F1 are those at T = 1.")
     return f"""
-## Calibration (temperature scaling)
+## Calibration
 
-Probabilities are softmax(logits / T) with T = {cal['temperature']:.4f}, fitted by minimum negative log-likelihood
-(NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}) at lung voxels of {cal['samples']} synthetic pairs from the
-training CT {cal['source']} (seeds from {cal['first_seed']}, apart from training, validation and evaluation seeds);
-the held-out CT is never used for fitting. T does not change the predicted classes: accuracy and F1 are those at T = 1.
+Probabilities are softmax(logits / T + b) with {what} by minimum negative
+log-likelihood (NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}) at lung voxels of {cal['samples']} synthetic
+pairs from the training CT {cal['source']} (seeds from {cal['first_seed']}, apart from training, validation and
+evaluation seeds); the held-out CT is never used for fitting. {effect}
 Reproduce the fit: `{cal['command']}`
 
-| expected calibration error | T = 1 | T = {cal['temperature']:.3f} |
-|---|---|---|
+| | accuracy before | after | average F1 before | after | ECE before | after |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Held-out at T = 1: `{cal['heldout_uncalibrated_command']}`
+Held-out uncalibrated: `{cal['heldout_uncalibrated_command']}`
 """

@@ -43,6 +43,7 @@ class Sample:
     targets: dict
     lungs: torch.Tensor  # S1 output region, bool
     family: str
+    residual_mm: torch.Tensor  # S1 output region, |u| in mm (the continuous truth behind targets[1])
 
 
 def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
@@ -236,7 +237,7 @@ def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, d
     crop = (slice(lo_t, lo_t + s4_span),) * 3
     targets = level_targets(magnitude[crop], (inside * body)[crop], config, out_size)
     out = (slice(margin, margin + out_size),) * 3
-    return Sample(inputs, targets, lungs_src[core][out] > 0, family)
+    return Sample(inputs, targets, lungs_src[core][out] > 0, family, magnitude[out])
 
 
 def _crop_padded(source: Source, lo, size: int, extra: int, device) -> tuple:

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -134,19 +134,19 @@ def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfi
 
 
 def fine_tuning_config(weights_path, **requested) -> ModelConfig:
-    """The architecture of the weights to fine-tune (temperature 1), checking any `requested` option agrees."""
+    """The architecture of the weights to fine-tune (uncalibrated), checking any `requested` option agrees."""
     initial = load_model(weights_path).config
     for option, value in requested.items():
         if value is not None and value != getattr(initial, option):
             raise InputError(f"--{option} {value} differs from the {getattr(initial, option)} of {weights_path}; "
                              "leave it out when fine-tuning (the architecture comes from the weights)")
-    return replace(initial, temperature=1.0)
+    return initial.uncalibrated()
 
 
 def start_from_weights(model: MisalignmentNet, weights_path) -> None:
     """Copy the tensors of a weights file into `model` (fine-tuning); the architectures must match."""
     initial = load_model(weights_path)
-    if replace(initial.config, temperature=1.0) != replace(model.config, temperature=1.0):
+    if initial.config.uncalibrated() != model.config.uncalibrated():
         raise InputError(f"{weights_path}: its architecture differs from the model being trained; "
                          "fine-tune with the architecture stored in the weights")
     model.load_state_dict(initial.state_dict())

@@ -1,0 +1,36 @@
+"""Accuracy by true residual: bands, predicted-class shares, errors near the class boundaries, pooling over seeds."""
+import json
+
+import numpy as np
+import pytest
+
+from RegistrationMisalignmentLib.evaluation import pooled_by_residual
+from RegistrationMisalignmentLib.metrics import RESIDUAL_BAND_EDGES_MM, accuracy_by_residual
+
+
+def test_bands_count_accuracy_and_shares_with_upper_bounds_inclusive_like_the_classes():
+    residual = [1.0, 3.0, 3.0, 3.5, 5.9, 6.0, 20.0]
+    truth = [0, 0, 0, 1, 1, 1, 2]
+    predicted = [0, 1, 0, 1, 2, 2, 2]
+    report = accuracy_by_residual(truth, predicted, residual)
+    bands = {(b["from_mm"], b["to_mm"]): b for b in report["bands"]}
+    assert len(report["bands"]) == len(RESIDUAL_BAND_EDGES_MM) + 1 and bands[(12.0, None)]["n"] == 1
+    assert bands[(2.0, 3.0)]["n"] == 2 and bands[(2.0, 3.0)]["accuracy"] == 0.5  # 3.0 mm is still "correct"
+    assert bands[(2.0, 3.0)]["predicted"] == {"correct": 0.5, "poor": 0.5, "wrong": 0.0}
+    assert bands[(5.0, 6.0)]["n"] == 2 and bands[(5.0, 6.0)]["accuracy"] == 0.0
+    assert bands[(7.0, 9.0)]["n"] == 0 and bands[(7.0, 9.0)]["accuracy"] is None
+    # errors at 3.0, 5.9 and 6.0 mm: all within 1 mm of a boundary; 5 of the 7 voxels are
+    assert report["errors_near_boundary"] == 1.0
+    assert report["voxels_near_boundary"] == pytest.approx(5 / 7)
+    json.dumps(report, allow_nan=False)  # valid JSON: no infinity for the open band
+
+
+def test_pooling_weights_each_seed_by_its_voxels():
+    a = accuracy_by_residual([0, 0, 0], [0, 0, 1], [1.0, 1.5, 1.9])  # 0-2 mm: 2 of 3 right
+    b = accuracy_by_residual([0, 2], [0, 2], [0.5, 10.0])  # 0-2 mm: 1 of 1 right
+    pooled = pooled_by_residual([a, b])
+    first = pooled["bands"][0]
+    assert first["n"] == 4 and first["accuracy"] == pytest.approx(3 / 4)
+    assert first["predicted"]["poor"] == pytest.approx(1 / 4)
+    assert pooled["bands"][1]["n"] == 0 and pooled["bands"][1]["accuracy"] is None
+    assert pooled["errors_near_boundary"] == pytest.approx(np.mean([a["errors_near_boundary"], 0.0]))

@@ -225,3 +225,4 @@ def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tm
     markdown = weights.with_name("released.md").read_text()
     assert "## Calibration" in markdown and card["calibration"]["heldout_uncalibrated_command"] in markdown
     assert ("(b = 0)" in markdown) == temperature_only
+    assert "Accuracy by true residual" in markdown and len(card["heldout_synthetic"]["by_residual"]["bands"]) == 9

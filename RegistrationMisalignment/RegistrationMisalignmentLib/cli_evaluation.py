@@ -62,19 +62,13 @@ def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
         print(f"{prefix}{key}: accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
               f"ECE {100 * r['expected_calibration_error']:.1f} %")
     report = result["by_residual"]
-    bands = "  ".join(f"{_band_name(b)} {100 * b['accuracy']:.0f} %" for b in report["bands"] if b["n"])
+    from .metrics import band_name
+    bands = "  ".join(f"{band_name(b)} {100 * b['accuracy']:.0f} %" for b in report["bands"] if b["n"])
     bands = bands or "no labelled lung voxels"
     print(f"{prefix}accuracy by true residual: {bands}")
     near, errors = 100 * report["voxels_near_boundary"], 100 * report["errors_near_boundary"]
     print(f"{prefix}errors within {report['near_boundary_mm']:g} mm of the 3 or 6 mm boundary: {errors:.1f} % "
           f"(lung voxels there: {near:.1f} %)")
-
-
-def _band_name(band: dict) -> str:
-    """A residual band's range, e.g. '3-4 mm' or '> 12 mm'."""
-    if band["to_mm"] is None:
-        return f"> {band['from_mm']:g} mm"
-    return f"{band['from_mm']:g}-{band['to_mm']:g} mm"
 
 
 def _add_calibrate(sub) -> None:

@@ -107,3 +107,10 @@ def accuracy_by_residual(truth, predicted, residual_mm) -> dict:
     return {"bands": bands, "near_boundary_mm": NEAR_BOUNDARY_MM,
             "errors_near_boundary": float(near[wrong].mean()) if wrong.any() else 0.0,
             "voxels_near_boundary": float(near.mean()) if len(near) else 0.0}
+
+
+def band_name(band: dict) -> str:
+    """A residual band's range, e.g. '3-4 mm' or '> 12 mm'."""
+    if band["to_mm"] is None:
+        return f"> {band['from_mm']:g} mm"
+    return f"{band['from_mm']:g}-{band['to_mm']:g} mm"

@@ -13,6 +13,7 @@ from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
 from .imageio import read_image, write_bytes
+from .metrics import band_name
 from .sources import source_from_image
 
 
@@ -117,7 +118,8 @@ Confusion matrix (all lung voxels; rows truth, columns prediction; correct / poo
 ECE: top-label expected calibration error, {held['all_lung_voxels']['bins']} equal-width confidence bins, of the
 calibrated probabilities (temperature {arch['temperature']:.4g}, class bias {_bias(arch.get('class_bias'))});
 reliability data per bin are in the JSON card.
-""" + (calibration_markdown(card["calibration"], held) if card.get("calibration") else "") + \
+""" + (residual_markdown(held["by_residual"]) if "by_residual" in held else "") + \
+        (calibration_markdown(card["calibration"], held) if card.get("calibration") else "") + \
         (landmarks_markdown(card["landmark_protocol"], card["weights"]) if card.get("landmark_protocol") else "")
 
 
@@ -193,6 +195,22 @@ Reproduce (elastix registrations are deterministic):
 def _depths(depths: dict) -> str:
     """Encoder depths per level, S4 first (JSON turns the level keys into strings)."""
     return "{" + ", ".join(f"{int(k)}: {v}" for k, v in sorted(depths.items(), key=lambda kv: -int(kv[0]))) + "}"
+
+
+def residual_markdown(report: dict) -> str:
+    """Model-card table of accuracy by band of true residual, and the errors' share near a class boundary."""
+    bands = [b for b in report["bands"] if b["n"]]
+    return f"""
+Accuracy by true residual (all lung voxels; each band's voxels, then the share the model gets right):
+
+| residual | {' | '.join(band_name(b) for b in bands)} |
+|---|{'---|' * len(bands)}
+| voxels | {' | '.join(str(b['n']) for b in bands)} |
+| accuracy | {' | '.join(f"{100 * b['accuracy']:.1f} %" for b in bands)} |
+
+{100 * report['errors_near_boundary']:.1f} % of the errors lie within {report['near_boundary_mm']:g} mm of the 3 or 6 mm
+class boundary, where {100 * report['voxels_near_boundary']:.1f} % of the lung voxels are.
+"""
 
 
 def _bias(bias) -> str:

@@ -103,6 +103,11 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     assert result["compared"]["same"]["total"]["confusion_matrix"] == expected.tolist()
     assert "| given |" in (tmp_path / "out" / "evaluation.md").read_text()
     assert "### Compared: same" in (tmp_path / "out" / "evaluation.md").read_text()
+    bands = result["total"]["by_residual"]["bands"]
+    assert sum(b["n"] for b in bands) == len(points)
+    right = sum(round(b["accuracy"] * b["n"]) for b in bands if b["n"])
+    assert right == int(np.trace(expected))
+    assert "Accuracy by true residual, all setups" in (tmp_path / "out" / "evaluation.md").read_text()
 
 
 def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, tiny_model, tmp_path, capsys):

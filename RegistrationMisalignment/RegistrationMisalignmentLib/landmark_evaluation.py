@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import InputError
-from .metrics import classification_report, confusion_matrix
+from .metrics import accuracy_by_residual, band_name, classification_report, confusion_matrix
 
 SETUPS = ("affine", "bspline_poor", "bspline_tuned")
 
@@ -91,13 +91,22 @@ def score(predictor, fixed: sitk.Image, registered: sitk.Image, fixed_points: np
     report["landmarks"] = [{"residual_mm": float(r), "truth": L.CLASS_NAMES[int(t) + 1],
                             "predicted": L.CLASS_NAMES[int(p) + 1], "probabilities": [float(v) for v in pr]}
                            for r, t, p, pr in zip(residual_mm, truth, predicted, probabilities)]
+    report["by_residual"] = residual_breakdown(report["landmarks"])
     return report
+
+
+def residual_breakdown(landmarks: list) -> dict:
+    """Accuracy by band of true residual over landmark records (truth and prediction by class name)."""
+    index = {L.CLASS_NAMES[v]: i for i, v in enumerate(L.CLASS_VALUES)}
+    return accuracy_by_residual([index[m["truth"]] for m in landmarks], [index[m["predicted"]] for m in landmarks],
+                                [m["residual_mm"] for m in landmarks])
 
 
 def pooled(setups: dict) -> dict:
     """The 'Total' report over all setups' landmarks."""
     cm = sum(np.asarray(r["confusion_matrix"]) for r in setups.values())
-    return classification_report(cm)
+    return {**classification_report(cm),
+            "by_residual": residual_breakdown([m for r in setups.values() for m in r["landmarks"]])}
 
 
 def evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups=SETUPS, mask=None,
@@ -147,4 +156,8 @@ def _model_table(result: dict) -> str:
     for name, r in rows.items():
         lines.append(f"Confusion matrix, {name} (rows truth, columns prediction; {', '.join(names)}): "
                      f"`{r['confusion_matrix']}`")
+    by_residual = result["total"]["by_residual"]
+    bands = ", ".join(f"{band_name(b)} {100 * b['accuracy']:.0f} % of {b['n']}" for b in by_residual["bands"] if b["n"])
+    lines += ["", f"Accuracy by true residual, all setups: {bands}; errors within {by_residual['near_boundary_mm']:g} "
+              f"mm of the 3 or 6 mm boundary: {100 * by_residual['errors_near_boundary']:.1f} %."]
     return "\n".join(lines) + "\n"

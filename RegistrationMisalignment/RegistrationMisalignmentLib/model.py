@@ -148,6 +148,7 @@ class MisalignmentNet(nn.Module):
         self.cell = cell_type(config.features, config.hidden)
         self.heads = nn.ModuleDict(
             {str(lv): nn.Conv3d(config.hidden, len(COARSE_THRESHOLDS_MM[lv]) + 1, 1) for lv in levels})
+        self._bias_tensor = (None, None)  # (key, tensor): the class bias copied once per device, dtype and value
 
     def forward(self, inputs: dict) -> dict:
         """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits}, coarse first (calibrated)."""
@@ -163,5 +164,13 @@ class MisalignmentNet(nn.Module):
             state = self.cell(x, state)
             logits[lv] = self.heads[str(lv)](state[0]) / self.config.temperature
         if any(self.config.class_bias):
-            logits[1] = logits[1] + logits[1].new_tensor(self.config.class_bias).view(1, -1, 1, 1, 1)
+            logits[1] = logits[1] + self._class_bias_like(logits[1])
         return logits
+
+    def _class_bias_like(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class bias as a (1, 3, 1, 1, 1) tensor on the logits' device and dtype, copied there only once."""
+        key = (logits.device, logits.dtype, self.config.class_bias)
+        if self._bias_tensor[0] != key:
+            bias = torch.tensor(self.config.class_bias, dtype=logits.dtype, device=logits.device)
+            self._bias_tensor = (key, bias.view(1, -1, 1, 1, 1))
+        return self._bias_tensor[1]

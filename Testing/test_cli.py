@@ -196,13 +196,15 @@ def test_evaluate_synthetic_uncalibrated_ignores_temperature_and_class_bias(file
     model.config.temperature, model.config.class_bias = 0.5, (0.0, 3.0, -3.0)
     export_weights(model, tmp_path / "biased.safetensors")
     common = ["evaluate-synthetic", "--ct", str(files / "fixed.nrrd"), "--samples", "2", "--device", "cpu", "--json"]
-    results = {}
+    results, reported = {}, {}
     for name, extra in (("plain", ["--weights", str(files / "tiny.safetensors")]),
                         ("biased", ["--weights", str(tmp_path / "biased.safetensors")]),
                         ("uncalibrated", ["--weights", str(tmp_path / "biased.safetensors"), "--uncalibrated"])):
         assert main([*common, *extra]) == 0
-        results[name] = json.loads(capsys.readouterr().out)["all_lung_voxels"]
+        result = json.loads(capsys.readouterr().out)
+        results[name], reported[name] = result["all_lung_voxels"], (result["temperature"], result["class_bias"])
     assert results["uncalibrated"]["confusion_matrix"] == results["plain"]["confusion_matrix"]
+    assert reported["biased"] == (0.5, [0.0, 3.0, -3.0]) and reported["uncalibrated"] == (1.0, [0.0, 0.0, 0.0])
     assert results["biased"]["confusion_matrix"] != results["plain"]["confusion_matrix"]
 
 

@@ -50,7 +50,8 @@ def run_evaluate_synthetic(args) -> dict:
     mean = mean_over_seeds(results)
     _print_synthetic_scores(f"mean of {len(seeds)} seeds ", mean, args.json)
     return {"source": source.name, "samples": args.samples, "seeds": seeds, "temperature": model.config.temperature,
-            "mean": mean, "per_seed": results, "weights_sha256": sha256_of(weights)}
+            "class_bias": list(model.config.class_bias), "mean": mean, "per_seed": results,
+            "weights_sha256": sha256_of(weights)}
 
 
 def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:

@@ -70,7 +70,8 @@ def evaluate_synthetic(model: MisalignmentNet, source, samples: int = 48, out_si
     truth, logits, residuals = synthetic_lung_logits(model, source, samples, out_size,
                                                      EVALUATION_SEED + seed * 10 ** 6, device, progress)
     return {"source": source.name, "samples": samples, "seed": seed, "out_size": out_size,
-            "temperature": model.config.temperature, **heldout_scores(truth, logits, seed),
+            "temperature": model.config.temperature, "class_bias": list(model.config.class_bias),
+            **heldout_scores(truth, logits, seed),
             "by_residual": accuracy_by_residual(truth, logits.argmax(1), residuals)}
 
 

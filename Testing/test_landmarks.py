@@ -11,6 +11,7 @@ from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
 from RegistrationMisalignmentLib.landmark_evaluation import register, residuals
+from RegistrationMisalignmentLib.metrics import expected_calibration_error
 from RegistrationMisalignmentLib.landmarks import check_inside, read_landmarks
 
 from conftest import save_weights_with_card
@@ -108,6 +109,9 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     right = sum(round(b["accuracy"] * b["n"]) for b in bands if b["n"])
     assert right == int(np.trace(expected))
     assert "Accuracy by true residual, all setups" in (tmp_path / "out" / "evaluation.md").read_text()
+    ece = expected_calibration_error(probabilities, truth)  # of the landmarks' own probabilities
+    assert result["setups"]["given"]["expected_calibration_error"] == pytest.approx(ece, abs=1e-6)
+    assert result["total"]["expected_calibration_error"] == pytest.approx(ece, abs=1e-6)
 
 
 def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, tiny_model, tmp_path, capsys):
@@ -124,6 +128,7 @@ def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, 
     entry = json.loads(card_path(weights).read_text())["landmark_protocol"][0]
     assert (entry["accuracy"], entry["confusion_matrix"], entry["pair"], entry["synthetic"]) == \
         (total["accuracy"], total["confusion_matrix"], pair, True)
+    assert entry["expected_calibration_error"] == pytest.approx(total["expected_calibration_error"])
     markdown = (tmp_path / "model.md").read_text()
     assert "## Landmark protocol" in markdown
     assert "chest warped by a known respiratory field <= 20 mm, seed 4" in markdown

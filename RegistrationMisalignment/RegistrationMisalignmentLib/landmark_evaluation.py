@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from . import labels as L
 from .errors import InputError
-from .metrics import accuracy_by_residual, band_name, classification_report, confusion_matrix
+from .metrics import (accuracy_by_residual, band_name, classification_report, confusion_matrix,
+                      expected_calibration_error)
 
 SETUPS = ("affine", "bspline_poor", "bspline_tuned")
 
@@ -91,22 +92,23 @@ def score(predictor, fixed: sitk.Image, registered: sitk.Image, fixed_points: np
     report["landmarks"] = [{"residual_mm": float(r), "truth": L.CLASS_NAMES[int(t) + 1],
                             "predicted": L.CLASS_NAMES[int(p) + 1], "probabilities": [float(v) for v in pr]}
                            for r, t, p, pr in zip(residual_mm, truth, predicted, probabilities)]
-    report["by_residual"] = residual_breakdown(report["landmarks"])
-    return report
+    return {**report, **landmark_summary(report["landmarks"])}
 
 
-def residual_breakdown(landmarks: list) -> dict:
-    """Accuracy by band of true residual over landmark records (truth and prediction by class name)."""
+def landmark_summary(landmarks: list) -> dict:
+    """Accuracy by band of true residual and the ECE over landmark records (classes by name, probabilities)."""
     index = {L.CLASS_NAMES[v]: i for i, v in enumerate(L.CLASS_VALUES)}
-    return accuracy_by_residual([index[m["truth"]] for m in landmarks], [index[m["predicted"]] for m in landmarks],
-                                [m["residual_mm"] for m in landmarks])
+    truth = [index[m["truth"]] for m in landmarks]
+    probabilities = np.array([m["probabilities"] for m in landmarks], dtype=np.float64).reshape(-1, len(index))
+    return {"by_residual": accuracy_by_residual(truth, [index[m["predicted"]] for m in landmarks],
+                                                [m["residual_mm"] for m in landmarks]),
+            "expected_calibration_error": expected_calibration_error(probabilities, truth)}
 
 
 def pooled(setups: dict) -> dict:
     """The 'Total' report over all setups' landmarks."""
     cm = sum(np.asarray(r["confusion_matrix"]) for r in setups.values())
-    return {**classification_report(cm),
-            "by_residual": residual_breakdown([m for r in setups.values() for m in r["landmarks"]])}
+    return {**classification_report(cm), **landmark_summary([m for r in setups.values() for m in r["landmarks"]])}
 
 
 def evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups=SETUPS, mask=None,
@@ -146,12 +148,13 @@ def markdown_table(result: dict) -> str:
 def _model_table(result: dict) -> str:
     """The table and confusion matrices of one model."""
     names = [L.CLASS_NAMES[v] for v in L.CLASS_VALUES]
-    lines = ["| setup | landmarks | accuracy | average F1 | " + " | ".join(f"F1 {n}" for n in names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+    lines = ["| setup | landmarks | accuracy | average F1 | " + " | ".join(f"F1 {n}" for n in names) + " | ECE |",
+             "|---|---|---|---|" + "---|" * (len(names) + 1)]
     rows = dict(result["setups"], Total=result["total"])
     for name, r in rows.items():
         f1 = " | ".join(f"{100 * r['per_class'][n]['f1']:.1f} %" for n in names)
-        lines.append(f"| {name} | {r['n']} | {100 * r['accuracy']:.1f} % | {100 * r['average_f1']:.1f} % | {f1} |")
+        lines.append(f"| {name} | {r['n']} | {100 * r['accuracy']:.1f} % | {100 * r['average_f1']:.1f} % | {f1} | "
+                     f"{100 * r['expected_calibration_error']:.1f} % |")
     lines.append("")
     for name, r in rows.items():
         lines.append(f"Confusion matrix, {name} (rows truth, columns prediction; {', '.join(names)}): "

@@ -13,6 +13,7 @@ from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
 from .imageio import read_image, write_bytes
+from .landmark_evaluation import landmark_summary
 from .metrics import band_name
 from .sources import source_from_image
 
@@ -134,9 +135,11 @@ def landmark_entry(evaluation_dir) -> dict:
     pair_file = evaluation_dir.parent / "landmark_pair.json"
     pair = json.loads(pair_file.read_text()) if pair_file.exists() else None
     total = result["total"]
+    landmarks = [m for r in result["setups"].values() for m in r["landmarks"]]
     return {"pair": pair or {"note": "landmark pair of " + evaluation_dir.parent.name},
             "synthetic": pair is not None, "evaluation": str(evaluation_dir),
             "landmarks": total["n"], "accuracy": total["accuracy"], "average_f1": total["average_f1"],
+            "expected_calibration_error": landmark_summary(landmarks)["expected_calibration_error"],
             "per_setup": {name: {"accuracy": r["accuracy"], "average_f1": r["average_f1"]}
                           for name, r in result["setups"].items()},
             "confusion_matrix": total["confusion_matrix"]}
@@ -172,7 +175,8 @@ def _reproduce_command(pair: dict, weights_name: str) -> str:
 def landmarks_markdown(entries: list, weights_name: str) -> str:
     """Model-card section on the landmark protocol, pooled over the registration setups."""
     rows = [f"| {_pair_description(e['pair'])} | {e['landmarks']} | {100 * e['accuracy']:.1f} % | "
-            f"{100 * e['average_f1']:.1f} % | `{e['confusion_matrix']}` |" for e in entries]
+            f"{100 * e['average_f1']:.1f} % | {_percent(e.get('expected_calibration_error'))} | "
+            f"`{e['confusion_matrix']}` |" for e in entries]
     commands = [f"- `{_reproduce_command(e['pair'], weights_name)}`" for e in entries if e["synthetic"]]
     setups = sorted({name for e in entries for name in e["per_setup"]})
     return f"""
@@ -183,13 +187,18 @@ against the predicted class there (`predict_points`), pooled over the setups; pe
 Synthetic pairs (`make-landmark-pair`) warp a CT by a known field, so every landmark's truth is exact; they are
 no substitute for manually landmarked real pairs (the paper reports 87.1 % accuracy, 66.4 % average F1 on its own).
 
-| pair | landmarks | accuracy | average F1 | confusion matrix (rows truth; correct / poor / wrong) |
-|---|---|---|---|---|
+| pair | landmarks | accuracy | average F1 | ECE | confusion matrix (rows truth; correct / poor / wrong) |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Reproduce (elastix registrations are deterministic):
 {chr(10).join(commands)}
 """
+
+
+def _percent(value) -> str:
+    """A fraction as a percentage, or a dash for cards written before the value existed."""
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def _depths(depths: dict) -> str:

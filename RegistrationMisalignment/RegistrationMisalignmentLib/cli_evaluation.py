@@ -55,15 +55,15 @@ def run_evaluate_synthetic(args) -> dict:
 
 
 def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
-    """One line per point set: accuracy, average F1 and ECE."""
+    """One line per point set (accuracy, average F1, ECE), then the accuracy by true residual."""
     if quiet:
         return
+    from .metrics import band_name
     for key in ("all_lung_voxels", "class_stratified_points"):
         r = result[key]
         print(f"{prefix}{key}: accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
               f"ECE {100 * r['expected_calibration_error']:.1f} %")
     report = result["by_residual"]
-    from .metrics import band_name
     bands = "  ".join(f"{band_name(b)} {100 * b['accuracy']:.0f} %" for b in report["bands"] if b["n"])
     bands = bands or "no labelled lung voxels"
     print(f"{prefix}accuracy by true residual: {bands}")

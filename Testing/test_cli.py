@@ -184,10 +184,13 @@ def test_evaluate_synthetic_reports_each_seed_and_their_mean(files, capsys):
     assert alone["weights_sha256"] == both["weights_sha256"]
     voxels = sum(b["n"] for b in alone["by_residual"]["bands"])
     assert voxels == alone["all_lung_voxels"]["n"] and len(both["mean"]["by_residual"]["bands"]) == 9
+    assert sum(r["n"] for r in alone["by_family"].values()) == alone["all_lung_voxels"]["n"]
+    assert both["mean"]["by_family"]["zero"]["n"] == sum(r["by_family"]["zero"]["n"] for r in both["per_seed"])
     seed = max(both["per_seed"], key=lambda r: r["all_lung_voxels"]["n"])["seed"]
     assert main([*common[:-1], "--seed", str(seed)]) == 0
     text = capsys.readouterr().out
     assert f"seed {seed} accuracy by true residual: 0-2 mm" in text and "of the 3 or 6 mm boundary" in text
+    assert f"seed {seed} accuracy by field family: " in text
 
 
 def test_evaluate_synthetic_uncalibrated_ignores_temperature_and_class_bias(files, tmp_path, capsys):
@@ -228,3 +231,19 @@ def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tm
     assert "## Calibration" in markdown and card["calibration"]["heldout_uncalibrated_command"] in markdown
     assert ("(b = 0)" in markdown) == temperature_only
     assert "Accuracy by true residual" in markdown and len(card["heldout_synthetic"]["by_residual"]["bands"]) == 9
+    assert "| field family | voxels | accuracy |" in markdown and "zero" in card["heldout_synthetic"]["by_family"]
+
+
+def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, capsys):
+    ct = str(files / "fixed.nrrd")
+    commands = [
+        ["evaluate-synthetic", "--ct", ct, "--samples", "0"],
+        ["calibrate", "--ct", ct, "--out", str(tmp_path / "c.safetensors"), "--samples", "0"],
+        ["release", "--run", str(tmp_path), "--weights-out", str(tmp_path / "r.safetensors"), "--heldout-ct", ct,
+         "--calibration-samples", "-1"],
+        ["make-landmark-pair", "--ct", ct, "--out", str(tmp_path / "pair"), "--points", "0"],
+    ]
+    for argv, option in zip(commands, ["--samples 0", "--samples 0", "--calibration-samples -1", "--points 0"]):
+        assert main(argv) == 2, argv
+        name, value = option.split()
+        assert _error_line(capsys).endswith(f"{name} must be at least 1, got {value}"), argv

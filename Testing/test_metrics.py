@@ -1,10 +1,11 @@
-"""Accuracy by true residual: bands, predicted-class shares, errors near the class boundaries, pooling over seeds."""
+"""Accuracy by true residual (bands, predicted-class shares, errors near the class boundaries) and by field family,
+pooled over seeds."""
 import json
 
 import numpy as np
 import pytest
 
-from RegistrationMisalignmentLib.evaluation import pooled_by_residual
+from RegistrationMisalignmentLib.evaluation import pooled_by_family, pooled_by_residual, scores_by_family
 from RegistrationMisalignmentLib.metrics import RESIDUAL_BAND_EDGES_MM, accuracy_by_residual
 
 
@@ -34,3 +35,17 @@ def test_pooling_weights_each_seed_by_its_voxels():
     assert first["predicted"]["poor"] == pytest.approx(1 / 4)
     assert pooled["bands"][1]["n"] == 0 and pooled["bands"][1]["accuracy"] is None
     assert pooled["errors_near_boundary"] == pytest.approx(np.mean([a["errors_near_boundary"], 0.0]))
+
+
+def test_scores_by_family_split_the_voxels_and_pool_by_summing_confusion_matrices():
+    truth = np.array([0, 0, 1, 2, 0, 0])
+    predicted = np.array([0, 1, 1, 2, 0, 0])
+    family = np.array([0, 0, 1, 1, 3, 3])  # single, single, mixed, mixed, zero, zero; no respiratory voxel
+    first = scores_by_family(truth, predicted, family)
+    assert list(first) == ["single_frequency", "mixed_frequency", "respiratory", "zero"]
+    assert first["single_frequency"]["n"] == 2 and first["single_frequency"]["accuracy"] == 0.5
+    assert first["mixed_frequency"]["accuracy"] == 1.0 and first["respiratory"]["n"] == 0
+    second = scores_by_family(np.array([0, 0]), np.array([0, 0]), np.array([0, 0]))
+    pooled = pooled_by_family([first, second])
+    assert pooled["single_frequency"]["n"] == 4 and pooled["single_frequency"]["accuracy"] == 0.75
+    assert pooled["zero"]["accuracy"] == 1.0 and pooled["zero"]["per_class"]["poor"]["support"] == 0

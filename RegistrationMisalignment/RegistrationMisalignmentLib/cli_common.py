@@ -25,6 +25,14 @@ def set_threads(threads: int) -> int:
     return count
 
 
+def require_at_least_one(**counts) -> None:
+    """Raise a clear error for a count option (given as option_name=value) below 1."""
+    from .errors import InputError
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Add --weights, --device, --max-memory, --threads, --amp and --json."""
     parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from .cli_common import add_device, add_model_options, load_predictor, progress_bar, set_threads
+from .cli_common import (add_device, add_model_options, load_predictor, progress_bar, require_at_least_one,
+                         set_threads)
 from .errors import InputError
 
 
@@ -30,6 +31,7 @@ def run_evaluate_synthetic(args) -> dict:
     from .evaluation import evaluate_synthetic, mean_over_seeds
     from .imageio import read_image
     from .sources import source_from_image
+    require_at_least_one(samples=args.samples)
     set_threads(args.threads)
     source = source_from_image(str(args.ct), read_image(args.ct))
     weights = args.weights or released_weights_path()
@@ -70,6 +72,8 @@ def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
     near, errors = 100 * report["voxels_near_boundary"], 100 * report["errors_near_boundary"]
     print(f"{prefix}errors within {report['near_boundary_mm']:g} mm of the 3 or 6 mm boundary: {errors:.1f} % "
           f"(lung voxels there: {near:.1f} %)")
+    families = "  ".join(f"{name} {100 * r['accuracy']:.1f} %" for name, r in result["by_family"].items() if r["n"])
+    print(f"{prefix}accuracy by field family: {families}")
 
 
 def _add_calibrate(sub) -> None:
@@ -99,8 +103,7 @@ def run_calibrate(args) -> dict:
     from .devices import resolve_device
     from .imageio import read_image
     from .sources import source_from_image
-    if args.samples < 1:
-        raise InputError("--samples must be at least 1")
+    require_at_least_one(samples=args.samples)
     if card_path(args.out).exists():
         raise InputError(f"{args.out}: a model card sits next to it and would no longer match; write elsewhere "
                          "or publish with `release --calibration-ct`")
@@ -144,6 +147,7 @@ def _add_release(sub) -> None:
 def run_release(args) -> dict:
     """Release a run."""
     from .release import release
+    require_at_least_one(samples=args.samples, calibration_samples=args.calibration_samples)
     set_threads(args.threads)
     card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command,
                    args.calibration_ct, args.calibration_samples, args.temperature_only)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from .cli_common import require_at_least_one
+
 
 def _add_make_landmark_pair(sub) -> None:
     """Register the `make-landmark-pair` command."""
@@ -26,8 +28,7 @@ def run_make_landmark_pair(args) -> dict:
     from .errors import InputError
     from .imageio import read_image, write_bytes, write_image
     from .landmark_pairs import make_landmark_pair
-    if args.points < 1:
-        raise InputError("--points must be at least 1")
+    require_at_least_one(points=args.points)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,6 +1,8 @@
 """Held-out synthetic evaluation: metrics and calibration at lung voxels of reproducible synthetic tiles."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -30,21 +32,28 @@ def lung_truth_and_prediction(model: MisalignmentNet, sample) -> tuple:
     return truth, logits.argmax(1)
 
 
+class LungVoxels(NamedTuple):
+    """Per labelled lung voxel of synthetic tiles: true class, finest-step logits, true residual (mm), field family."""
+
+    truth: np.ndarray
+    logits: np.ndarray
+    residual_mm: np.ndarray
+    family: np.ndarray  # index into FAMILIES
+
+
 @torch.no_grad()
 def synthetic_lung_logits(model: MisalignmentNet, source, samples: int, out_size: int, first_seed: int, device="cpu",
-                          progress: bool = False) -> tuple:
-    """Truth, logits and residuals (mm) at lung voxels of `samples` synthetic tiles (families in turn, seeds from
-    `first_seed`)."""
+                          progress: bool = False) -> LungVoxels:
+    """The labelled lung voxels of `samples` synthetic tiles (families in turn, seeds from `first_seed`)."""
     model = model.to(device).eval()
-    truths, logits, residuals = [], [], []
+    parts = []
     for i in tqdm(range(samples), disable=not progress, desc="synthetic pairs", unit="pair"):
+        family = i % len(FAMILIES)
         sample = make_sample(source, model.config, out_size, seed=first_seed + i, device=device,
-                             family=FAMILIES[i % len(FAMILIES)])
+                             family=FAMILIES[family])
         truth, logit, residual = lung_truth_and_logits(model, sample)
-        truths.append(truth)
-        logits.append(logit)
-        residuals.append(residual)
-    return np.concatenate(truths), np.concatenate(logits), np.concatenate(residuals)
+        parts.append((truth, logit, residual, np.full(len(truth), family, dtype=np.int64)))
+    return LungVoxels(*(np.concatenate(column) for column in zip(*parts)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -67,12 +76,26 @@ def heldout_scores(truth: np.ndarray, logits: np.ndarray, seed: int = 0) -> dict
 def evaluate_synthetic(model: MisalignmentNet, source, samples: int = 48, out_size: int = 32, seed: int = 0,
                        device="cpu", progress: bool = False) -> dict:
     """Accuracy, F1, confusion matrices and ECE over lung voxels of `samples` synthetic tiles (all families)."""
-    truth, logits, residuals = synthetic_lung_logits(model, source, samples, out_size,
-                                                     EVALUATION_SEED + seed * 10 ** 6, device, progress)
+    voxels = synthetic_lung_logits(model, source, samples, out_size, EVALUATION_SEED + seed * 10 ** 6, device,
+                                   progress)
+    predicted = voxels.logits.argmax(1)
     return {"source": source.name, "samples": samples, "seed": seed, "out_size": out_size,
             "temperature": model.config.temperature, "class_bias": list(model.config.class_bias),
-            **heldout_scores(truth, logits, seed),
-            "by_residual": accuracy_by_residual(truth, logits.argmax(1), residuals)}
+            **heldout_scores(voxels.truth, voxels.logits, seed),
+            "by_residual": accuracy_by_residual(voxels.truth, predicted, voxels.residual_mm),
+            "by_family": scores_by_family(voxels.truth, predicted, voxels.family)}
+
+
+def scores_by_family(truth: np.ndarray, predicted: np.ndarray, family: np.ndarray) -> dict:
+    """Accuracy, average F1 and confusion matrix at the lung voxels of each deformation-field family."""
+    return {name: classification_report(confusion_matrix(truth[family == i], predicted[family == i]))
+            for i, name in enumerate(FAMILIES)}
+
+
+def pooled_by_family(reports: list) -> dict:
+    """`scores_by_family` reports of several seeds pooled (confusion matrices summed)."""
+    return {name: classification_report(sum(np.asarray(r[name]["confusion_matrix"]) for r in reports))
+            for name in reports[0]}
 
 
 def mean_over_seeds(results: list) -> dict:
@@ -80,7 +103,8 @@ def mean_over_seeds(results: list) -> dict:
     metrics = ("accuracy", "average_f1", "expected_calibration_error")
     mean = {key: {m: float(np.mean([r[key][m] for r in results])) for m in metrics}
             for key in ("all_lung_voxels", "class_stratified_points")}
-    return {**mean, "by_residual": pooled_by_residual([r["by_residual"] for r in results])}
+    return {**mean, "by_residual": pooled_by_residual([r["by_residual"] for r in results]),
+            "by_family": pooled_by_family([r["by_family"] for r in results])}
 
 
 def pooled_by_residual(reports: list) -> dict:

@@ -120,6 +120,7 @@ ECE: top-label expected calibration error, {held['all_lung_voxels']['bins']} equ
 calibrated probabilities (temperature {arch['temperature']:.4g}, class bias {_bias(arch.get('class_bias'))});
 reliability data per bin are in the JSON card.
 """ + (residual_markdown(held["by_residual"]) if "by_residual" in held else "") + \
+        (family_markdown(held["by_family"]) if "by_family" in held else "") + \
         (calibration_markdown(card["calibration"], held) if card.get("calibration") else "") + \
         (landmarks_markdown(card["landmark_protocol"], card["weights"]) if card.get("landmark_protocol") else "")
 
@@ -204,6 +205,23 @@ def _percent(value) -> str:
 def _depths(depths: dict) -> str:
     """Encoder depths per level, S4 first (JSON turns the level keys into strings)."""
     return "{" + ", ".join(f"{int(k)}: {v}" for k, v in sorted(depths.items(), key=lambda kv: -int(kv[0]))) + "}"
+
+
+def family_markdown(report: dict) -> str:
+    """Model-card table of accuracy and per-class F1 for each deformation-field family."""
+    def f1(r, name):
+        c = r["per_class"][name]
+        return f"{100 * c['f1']:.1f} %" if c["support"] else "-"
+    rows = "\n".join(f"| {family.replace('_', ' ')} | {r['n']} | {100 * r['accuracy']:.1f} % | "
+                     + " | ".join(f1(r, name) for name in r["per_class"]) + " |"
+                     for family, r in report.items() if r["n"])
+    return f"""
+By deformation-field family (all lung voxels; F1 only for the classes a family has):
+
+| field family | voxels | accuracy | F1 correct | F1 poor | F1 wrong |
+|---|---|---|---|---|---|
+{rows}
+"""
 
 
 def residual_markdown(report: dict) -> str:

@@ -44,6 +44,16 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     assert 1000.0 < history[1]["seconds"] < 1000.0 + 300.0  # the clock goes on from the first session's time
 
 
+def test_resuming_with_another_architecture_is_refused_and_keeps_the_checkpoint(sources, tmp_path):
+    from RegistrationMisalignmentLib.errors import InputError
+    train(sources, MODEL, _config(2), tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
+    before = (tmp_path / "run" / "training_state.pt").read_bytes()
+    for other in (ModelConfig(features=8, hidden=4), ModelConfig(features=4, hidden=4, architecture="multires_cnn")):
+        with pytest.raises(InputError, match="holds a run of another architecture"):
+            train(sources, other, _config(4), tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "training_state.pt").read_bytes() == before
+
+
 def test_loader_workers_feed_the_same_batches_as_synthesis_in_process(sources, tmp_path):
     from dataclasses import replace
     config = _config(3)

@@ -175,6 +175,9 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     step, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
+        if ModelConfig(**json.loads(state["model_config"])) != model_config:
+            raise InputError(f"{out_dir} holds a run of another architecture; resume it with the options it was "
+                             "started with, or train in a new --out folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], json.loads(state["history"])

@@ -71,7 +71,8 @@ def fit_scale_and_bias(logits, truth) -> tuple:
 def calibrate(model: MisalignmentNet, source, samples: int = 48, out_size: int = 32, device="cpu",
               progress: bool = False, temperature_only: bool = False) -> dict:
     """Fit and set the model's temperature and class biases (or only T) on synthetic pairs from a training CT."""
-    truth, logits = synthetic_lung_logits(model, source, samples, out_size, CALIBRATION_SEED, device, progress)[:2]
+    voxels = synthetic_lung_logits(model, source, samples, out_size, CALIBRATION_SEED, device, progress)
+    truth, logits = voxels.truth, voxels.logits
     if len(truth) == 0:
         raise InputError(f"{source.name}: no labelled lung voxels in {samples} synthetic pairs; use more --samples")
     if temperature_only:

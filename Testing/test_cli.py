@@ -191,6 +191,10 @@ def test_evaluate_synthetic_reports_each_seed_and_their_mean(files, capsys):
     text = capsys.readouterr().out
     assert f"seed {seed} accuracy by true residual: 0-2 mm" in text and "of the 3 or 6 mm boundary" in text
     assert f"seed {seed} accuracy by field family: " in text
+    assert f"seed {seed} as accurate as the true residual known to Gaussian noise of sigma" in text
+    precision = both["mean"]["residual_precision"]
+    assert precision["equivalent_noise_mm"] == pytest.approx(
+        np.mean([r["residual_precision"]["equivalent_noise_mm"] for r in both["per_seed"]]))
 
 
 def test_evaluate_synthetic_uncalibrated_ignores_temperature_and_class_bias(files, tmp_path, capsys):
@@ -232,6 +236,7 @@ def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tm
     assert ("(b = 0)" in markdown) == temperature_only
     assert "Accuracy by true residual" in markdown and len(card["heldout_synthetic"]["by_residual"]["bands"]) == 9
     assert "| field family | voxels | accuracy |" in markdown and "zero" in card["heldout_synthetic"]["by_family"]
+    assert "As a residual precision" in markdown and card["heldout_synthetic"]["residual_precision"]["reference"]
 
 
 def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, capsys):

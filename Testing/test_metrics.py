@@ -1,12 +1,13 @@
-"""Accuracy by true residual (bands, predicted-class shares, errors near the class boundaries) and by field family,
-pooled over seeds."""
+"""Accuracy by true residual (bands, predicted-class shares, errors near the class boundaries), by field family and
+as a residual precision, pooled over seeds."""
 import json
 
 import numpy as np
 import pytest
 
 from RegistrationMisalignmentLib.evaluation import pooled_by_family, pooled_by_residual, scores_by_family
-from RegistrationMisalignmentLib.metrics import RESIDUAL_BAND_EDGES_MM, accuracy_by_residual
+from RegistrationMisalignmentLib.metrics import (REFERENCE_NOISE_MM, RESIDUAL_BAND_EDGES_MM, accuracy_by_residual,
+                                                 residual_precision)
 
 
 def test_bands_count_accuracy_and_shares_with_upper_bounds_inclusive_like_the_classes():
@@ -49,3 +50,18 @@ def test_scores_by_family_split_the_voxels_and_pool_by_summing_confusion_matrice
     pooled = pooled_by_family([first, second])
     assert pooled["single_frequency"]["n"] == 4 and pooled["single_frequency"]["accuracy"] == 0.75
     assert pooled["zero"]["accuracy"] == 1.0 and pooled["zero"]["per_class"]["poor"]["support"] == 0
+
+
+def test_residual_precision_matches_a_model_that_is_the_noisy_reference_itself():
+    rng = np.random.default_rng(3)
+    residual = rng.uniform(0.0, 12.0, 100_000)
+    exact = residual_precision(residual, 1.0)
+    assert exact["equivalent_noise_mm"] < 1e-6  # perfect accuracy: the residual must be known exactly
+    assert [r["sigma_mm"] for r in exact["reference"]] == list(REFERENCE_NOISE_MM)
+    accuracies = [r["accuracy"] for r in exact["reference"]]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] < 1.0
+    # a "model" that classifies the residual with 0.8 mm noise (other noise than the reference's) is placed near 0.8
+    noisy = np.searchsorted([3.0, 6.0], residual + 0.8 * rng.standard_normal(len(residual)), side="left")
+    truth = np.searchsorted([3.0, 6.0], residual, side="left")
+    found = residual_precision(residual, float((noisy == truth).mean()))["equivalent_noise_mm"]
+    assert found == pytest.approx(0.8, abs=0.03)

@@ -74,6 +74,11 @@ def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
           f"(lung voxels there: {near:.1f} %)")
     families = "  ".join(f"{name} {100 * r['accuracy']:.1f} %" for name, r in result["by_family"].items() if r["n"])
     print(f"{prefix}accuracy by field family: {families}")
+    precision = result["residual_precision"]
+    reference = "  ".join(f"{r['sigma_mm']:g} mm {100 * r['accuracy']:.1f} / {100 * r['average_f1']:.1f} %"
+                          for r in precision["reference"])
+    print(f"{prefix}as accurate as the true residual known to Gaussian noise of sigma "
+          f"{precision['equivalent_noise_mm']:.2f} mm (that reference at sigma: {reference})")
 
 
 def _add_calibrate(sub) -> None:

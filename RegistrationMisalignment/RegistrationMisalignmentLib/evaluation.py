@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from .metrics import (accuracy_by_residual, calibration_report, classification_report, confusion_matrix,
-                      stratified_indices)
+                      residual_precision, stratified_indices)
 from .model import MisalignmentNet
 from .synthesis import FAMILIES, IGNORE, make_sample
 
@@ -79,11 +79,12 @@ def evaluate_synthetic(model: MisalignmentNet, source, samples: int = 48, out_si
     voxels = synthetic_lung_logits(model, source, samples, out_size, EVALUATION_SEED + seed * 10 ** 6, device,
                                    progress)
     predicted = voxels.logits.argmax(1)
+    scores = heldout_scores(voxels.truth, voxels.logits, seed)
     return {"source": source.name, "samples": samples, "seed": seed, "out_size": out_size,
-            "temperature": model.config.temperature, "class_bias": list(model.config.class_bias),
-            **heldout_scores(voxels.truth, voxels.logits, seed),
+            "temperature": model.config.temperature, "class_bias": list(model.config.class_bias), **scores,
             "by_residual": accuracy_by_residual(voxels.truth, predicted, voxels.residual_mm),
-            "by_family": scores_by_family(voxels.truth, predicted, voxels.family)}
+            "by_family": scores_by_family(voxels.truth, predicted, voxels.family),
+            "residual_precision": residual_precision(voxels.residual_mm, scores["all_lung_voxels"]["accuracy"], seed)}
 
 
 def scores_by_family(truth: np.ndarray, predicted: np.ndarray, family: np.ndarray) -> dict:
@@ -104,7 +105,16 @@ def mean_over_seeds(results: list) -> dict:
     mean = {key: {m: float(np.mean([r[key][m] for r in results])) for m in metrics}
             for key in ("all_lung_voxels", "class_stratified_points")}
     return {**mean, "by_residual": pooled_by_residual([r["by_residual"] for r in results]),
-            "by_family": pooled_by_family([r["by_family"] for r in results])}
+            "by_family": pooled_by_family([r["by_family"] for r in results]),
+            "residual_precision": mean_residual_precision([r["residual_precision"] for r in results])}
+
+
+def mean_residual_precision(reports: list) -> dict:
+    """`residual_precision` reports of several seeds averaged (the equivalent noise and each reference score)."""
+    reference = [{"sigma_mm": parts[0]["sigma_mm"],
+                  **{k: float(np.mean([p[k] for p in parts])) for k in ("accuracy", "average_f1")}}
+                 for parts in zip(*(r["reference"] for r in reports))]
+    return {"equivalent_noise_mm": float(np.mean([r["equivalent_noise_mm"] for r in reports])), "reference": reference}
 
 
 def pooled_by_residual(reports: list) -> dict:

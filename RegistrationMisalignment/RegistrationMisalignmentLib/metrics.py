@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import CLASS_NAMES, CLASS_VALUES, CORRECT_MAX_MM, POOR_MAX_MM
+from .labels import CLASS_NAMES, CLASS_VALUES, CORRECT_MAX_MM, POOR_MAX_MM, class_index
 
 RESIDUAL_BAND_EDGES_MM = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 9.0, 12.0)  # upper bounds inclusive, like the classes
 NEAR_BOUNDARY_MM = 1.0
+REFERENCE_NOISE_MM = (0.25, 0.5, 0.75, 1.0, 1.5)  # residual precisions the model is compared with
 
 
 def confusion_matrix(truth, predicted, n_classes: int = 3) -> np.ndarray:
@@ -114,3 +115,25 @@ def band_name(band: dict) -> str:
     if band["to_mm"] is None:
         return f"> {band['from_mm']:g} mm"
     return f"{band['from_mm']:g}-{band['to_mm']:g} mm"
+
+
+def residual_precision(residual_mm, accuracy: float, seed: int = 0) -> dict:
+    """The model's accuracy expressed as a residual precision: the Gaussian noise (sigma, mm) on the true residual at
+    which classifying it is as accurate, and the scores of that reference at `REFERENCE_NOISE_MM`."""
+    residual_mm = np.asarray(residual_mm, dtype=np.float64).ravel()
+    truth = class_index(residual_mm)
+    noise = np.random.default_rng(seed).standard_normal(len(residual_mm))  # one pattern, scaled: monotone in sigma
+
+    def noisy_classes(sigma_mm: float) -> np.ndarray:
+        return class_index(residual_mm + sigma_mm * noise)
+
+    low, high = 0.0, 10.0
+    for _ in range(30):  # bisection: the reference loses accuracy as the noise grows
+        middle = (low + high) / 2
+        as_good = len(truth) and (noisy_classes(middle) == truth).mean() > accuracy
+        low, high = (middle, high) if as_good else (low, middle)
+    reference = []
+    for sigma in REFERENCE_NOISE_MM:
+        scores = classification_report(confusion_matrix(truth, noisy_classes(sigma)))
+        reference.append({"sigma_mm": sigma, "accuracy": scores["accuracy"], "average_f1": scores["average_f1"]})
+    return {"equivalent_noise_mm": (low + high) / 2, "reference": reference}

@@ -41,6 +41,18 @@ def test_calibration_round_trips_and_old_files_without_it_load_uncalibrated(save
     assert (old.temperature, old.class_bias) == (1.0, (0.0, 0.0, 0.0))
 
 
+def test_the_same_weights_written_twice_are_the_same_bytes(tmp_path):
+    model = MisalignmentNet(ModelConfig(features=4, hidden=4, temperature=0.8, class_bias=(0.0, 0.1, -0.2)))
+    extra = {"steps": 12, "note": "x", "zeta": [1, 2], "alpha": {"b": 1, "a": 2}}  # several keys: any order
+    first = export_weights(model, tmp_path / "a.safetensors", extra)
+    second = export_weights(model, tmp_path / "b.safetensors", dict(reversed(list(extra.items()))))
+    assert first == second
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    loaded = load_model(tmp_path / "b.safetensors")
+    assert loaded.config.class_bias == (0.0, 0.1, -0.2)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 def test_tampered_weights_fail_the_sha256_check(saved):
     _, path = saved
     data = bytearray(path.read_bytes())

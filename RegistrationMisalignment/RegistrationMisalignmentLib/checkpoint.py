@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import InputError
 from .model import MisalignmentNet, ModelConfig
@@ -45,14 +45,24 @@ def export_weights(model: MisalignmentNet, path, extra: dict = None) -> str:
     """Write the model's weights and configuration as safetensors (atomically) and return the sha256."""
     path = Path(path)
     metadata = {"config": json.dumps(model.config.to_dict()), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    data = canonical_safetensors(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                      metadata=metadata))
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata=metadata)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return sha256_of(path)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its header's keys sorted: the library writes the metadata in arbitrary order, so
+    without this the same weights could get another sha256 each time they are written."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # keep the tensor data 8-byte aligned, as the library does
+    return len(header).to_bytes(8, "little") + header + data[8 + length:]
 
 
 def weights_metadata(path) -> dict:

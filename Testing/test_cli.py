@@ -252,3 +252,14 @@ def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, cap
         assert main(argv) == 2, argv
         name, value = option.split()
         assert _error_line(capsys).endswith(f"{name} must be at least 1, got {value}"), argv
+
+
+def test_density_change_is_a_share_and_is_recorded_with_the_run(files, tmp_path, capsys):
+    common = ["train", "--ct", str(files / "fixed.nrrd"), "--phantoms", "0", "--features", "4", "--hidden", "4",
+              "--steps", "1", "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
+              "--json"]
+    assert main([*common, "--out", str(tmp_path / "bad"), "--density-change", "1.5"]) == 2
+    assert "--density-change" in _error_line(capsys) and not (tmp_path / "bad").exists()
+    assert main([*common, "--out", str(tmp_path / "run"), "--density-change", "0.5"]) == 0
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
+    assert json.loads(state["train_config"])["density_change"] == 0.5

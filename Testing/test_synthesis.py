@@ -6,8 +6,9 @@ import torch
 from RegistrationMisalignmentLib import synthesis
 from RegistrationMisalignmentLib.model import ModelConfig
 from RegistrationMisalignmentLib.sources import source_from_image
-from RegistrationMisalignmentLib.synthesis import (FAMILIES, IGNORE, make_field, make_sample, sponge, thick_slices,
-                                                   vector_norm, warp)
+from RegistrationMisalignmentLib.synthesis import (BREATHING_RATIO_RANGE, BREATHING_RATIO_VARIATION, FAMILIES, IGNORE,
+                                                   breathing_density, make_field, make_sample,
+                                                   parenchyma_density_ratio, sponge, thick_slices, vector_norm, warp)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,39 @@ def test_sponge_changes_lung_density_with_volume_not_soft_tissue():
     out = sponge(hu, field)
     assert torch.allclose(out[6, 6, 2], torch.tensor(200.0 / 1.2 - 1000.0))
     assert torch.all(out[:, :, 6:] == 40.0)
+
+
+def test_parenchyma_density_scales_lung_not_air_tissue_or_bone():
+    hu = torch.tensor([-1000.0, -900.0, -850.0, -600.0, -300.0, 0.0, 40.0, 700.0])
+    denser = parenchyma_density_ratio(hu, 1.6)
+    assert torch.allclose(denser[1:3], torch.tensor([-840.0, -760.0]))  # (HU + 1000) x 1.6 in parenchyma
+    assert denser[0] == -1000.0 and torch.equal(denser[5:], hu[5:])
+    assert torch.all(denser[1:5] > hu[1:5]) and torch.all(torch.diff(denser) > 0)  # stays ordered: no jumps
+    assert torch.equal(parenchyma_density_ratio(hu, 1.0), hu)
+
+
+def test_breathing_density_keeps_the_ratio_in_range_and_tissue_unchanged():
+    hu = torch.full((24, 24, 24), -850.0)
+    hu[:, :, 12:] = 40.0
+    gen = torch.Generator().manual_seed(0)
+    lo, hi = (r * (1 + s * BREATHING_RATIO_VARIATION) for r, s in zip(BREATHING_RATIO_RANGE, (-1, 1)))
+    ratios = [(breathing_density(hu, gen)[:, :, :12] + 1000.0) / 150.0 for _ in range(20)]
+    assert all(lo - 1e-4 <= float(r.min()) and float(r.max()) <= hi + 1e-4 for r in ratios)
+    assert min(float(r.mean()) for r in ratios) < 0.9 and max(float(r.mean()) for r in ratios) > 1.15
+    assert all(float(r.std()) > 0 for r in ratios)  # varies smoothly in space
+    assert torch.all(breathing_density(hu, gen)[:, :, 12:] == 40.0)
+
+
+def test_density_change_alters_the_images_not_the_residual(source):
+    changed = plain = 0
+    for seed in range(8):
+        a = make_sample(source, CONFIG, 16, seed=seed)
+        b = make_sample(source, CONFIG, 16, seed=seed, density_change=1.0)
+        assert torch.equal(a.residual_mm, b.residual_mm)  # the field comes first; the change is not misalignment
+        same = [torch.equal(a.inputs[1][c], b.inputs[1][c]) for c in range(2)]  # fixed, moving channels
+        changed += not all(same)
+        plain += torch.equal(a.inputs[1], make_sample(source, CONFIG, 16, seed=seed, density_change=0.0).inputs[1])
+    assert changed == 8 and plain == 8
 
 
 def test_thick_slices_average_along_z_only():

@@ -48,7 +48,8 @@ def main() -> None:
                                hidden=setting("HIDDEN", 24))
     workers = setting("LOADER_WORKERS", max(0, (os.cpu_count() or 2) - 4) if device.type == "cuda" else 0)
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32), loader_workers=workers,
-                learning_rate=setting("LR", 2e-3), source_files=["carry/train_sources.npz"], phantom_seeds=[])
+                learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
+                source_files=["carry/train_sources.npz"], phantom_seeds=[])
     started = time.perf_counter()
     pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device)
     threads = torch.get_num_threads()

@@ -11,6 +11,7 @@ from .cli_common import (add_device, add_model_options, close_bars, load_predict
                          set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
+from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
 from .errors import InputError
 
@@ -38,6 +39,9 @@ def _add_train(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--validate-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--density-change", type=float, default=0.0,
+                   help="share of training pairs (0-1) in which one image's lungs get the density of another "
+                        "breathing state, independent of the residual (default 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="synthesise training pairs in this many CPU processes while the device trains (GPU)")
@@ -50,13 +54,16 @@ def run_train(args) -> dict:
     from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
     from .training import TrainConfig, train
+    if not 0.0 <= args.density_change <= 1.0:
+        raise InputError(f"--density-change is a share of training pairs between 0 and 1, got {args.density_change}")
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
                                learning_rate=args.learning_rate, validate_every=args.validate_every,
                                seed=args.seed, ct_paths=[str(p) for p in args.ct],
                                phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
-                               loader_workers=args.loader_workers, init_weights=str(init_weights or ""),
+                               loader_workers=args.loader_workers, density_change=args.density_change,
+                               init_weights=str(init_weights or ""),
                                init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     sources = [s for path in args.sources for s in load_cached_sources(path)]
     if train_config.ct_paths or train_config.phantom_seeds:
@@ -186,7 +193,7 @@ def run_demo_command(args) -> dict:
 COMMANDS = dict({"demo": (_add_demo, run_demo_command), "predict": (_add_predict, run_predict),
                  "train": (_add_train, run_train),
                  "cache-sources": (_add_cache_sources, run_cache_sources)}, **BATCH_COMMANDS, **EVALUATION_COMMANDS,
-                **LANDMARK_PAIR_COMMANDS)
+                **LANDMARK_PAIR_COMMANDS, **ROBUSTNESS_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,9 @@ MAX_MAGNITUDES_MM = (7.0, 15.0, 20.0)
 WARP_MARGIN = 24  # S1 voxels of source read around the fixed region (>= largest displacement)
 IGNORE = -1
 FIELD_VOXEL_MM = 2.0  # deformation fields are generated on this grid, then upsampled to 1 mm
+BREATHING_RATIO_RANGE = (0.625, 1.6)  # lung density ratio between two breathing states (either way round)
+BREATHING_RATIO_VARIATION = 0.2  # smooth spatial variation of that ratio (+-20 %)
+PARENCHYMA_HU = -850.0  # typical lung parenchyma; denser voxels are part tissue, whose density does not change
 
 
 @dataclass
@@ -152,6 +155,21 @@ def sponge(hu: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     return torch.where(hu < -200.0, (hu + 1000.0) / jac - 1000.0, hu)
 
 
+def parenchyma_density_ratio(hu: torch.Tensor, ratio) -> torch.Tensor:
+    """HU with the lung parenchyma's density (HU + 1000) times `ratio`; tissue and bone (>= 0 HU) unchanged."""
+    parenchyma_density = (hu + 1000.0).clamp(0.0, PARENCHYMA_HU + 1000.0)
+    parenchyma_share = 1.0 - ((hu - PARENCHYMA_HU) / -PARENCHYMA_HU).clamp(0.0, 1.0)
+    return hu + (ratio - 1.0) * parenchyma_density * parenchyma_share
+
+
+def breathing_density(hu: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Lung parenchyma in another breathing state: its density times a smooth random ratio field."""
+    lo, hi = BREATHING_RATIO_RANGE
+    mean = math.exp(_rand(gen, math.log(lo), math.log(hi)))
+    variation = random_bspline_field(hu.shape, _rand(gen, 40.0, 80.0), gen, hu.device)[0]
+    return parenchyma_density_ratio(hu, mean * (1.0 + BREATHING_RATIO_VARIATION * variation))
+
+
 def thick_slices(hu: torch.Tensor, thickness: int) -> torch.Tensor:
     """Simulate a scan with `thickness`-mm slices along z, linearly interpolated back to 1 mm."""
     d = hu.shape[0]
@@ -203,8 +221,8 @@ def level_targets(magnitude: torch.Tensor, valid: torch.Tensor, config: ModelCon
 
 
 def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, device="cpu",
-                family: str = None) -> Sample:
-    """Build one reproducible synthetic training tile from `source` (seed fixes everything)."""
+                family: str = None, density_change: float = 0.0) -> Sample:
+    """One reproducible synthetic tile from `source` (seed fixes all); `density_change`: see TrainConfig."""
     gen = torch.Generator().manual_seed(seed)
     family = family or FAMILIES[int(torch.multinomial(torch.tensor(FAMILY_WEIGHTS), 1, generator=gen))]
     max_mm = MAX_MAGNITUDES_MM[int(torch.randint(0, len(MAX_MAGNITUDES_MM), (), generator=gen))] * _rand(gen, 0.6, 1.0)
@@ -220,6 +238,11 @@ def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, d
     fixed_hu, inside = fixed[0], (fixed[1] > 0.5).float() * inside_src[core]
     moving_hu = hu_src[core].clone()
     fixed_hu = sponge(fixed_hu, field)
+    if density_change > 0 and _rand(gen) < density_change:
+        if _rand(gen) < 0.5:
+            fixed_hu = breathing_density(fixed_hu, gen)
+        else:
+            moving_hu = breathing_density(moving_hu, gen)
     if _rand(gen) < 0.3:
         thickness = int(torch.randint(2, 4, (), generator=gen))
         fixed_hu, moving_hu = thick_slices(fixed_hu, thickness), thick_slices(moving_hu, thickness)

@@ -44,6 +44,9 @@ class TrainConfig:
     loader_workers: int = 0  # >0: synthesise batches on the CPU in this many processes while the device trains
     init_weights: str = ""  # fine-tuning: the weights file training starts from ("" = random initialisation)
     init_weights_sha256: str = ""
+    # probability that one image of a training pair gets its lungs' density from another breathing state,
+    # independent of the residual, as in a well registered inhale/exhale pair (0 = off, as in runs before it)
+    density_change: float = 0.0
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -59,7 +62,7 @@ def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: 
                  base_seed: int):
     """Generate `count` samples with indices from `first_index` (reproducible)."""
     samples = [make_sample(pick_source(sources, i, base_seed, train.phantom_fraction), config, train.out_size,
-                           seed=base_seed * 10 ** 7 + i, device=device)
+                           seed=base_seed * 10 ** 7 + i, device=device, density_change=train.density_change)
                for i in range(first_index, first_index + count)]
     return samples
 

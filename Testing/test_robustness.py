@@ -1,0 +1,79 @@
+"""The robustness check: a CT against itself, changed without misalignment or shifted by a known residual."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.inference import MisalignmentPredictor
+from RegistrationMisalignmentLib.robustness import condition_pair, evaluate_robustness, score_condition
+from RegistrationMisalignmentLib.robustness_conditions import CONDITIONS
+
+from conftest import image_like
+
+BY_NAME = {c.name: c for c in CONDITIONS}
+
+
+@pytest.fixture(scope="module")
+def ct(small_phantom):
+    return sitk.Cast(small_phantom[0], sitk.sitkFloat32)
+
+
+def test_each_condition_changes_only_what_it_says(ct):
+    hu = sitk.GetArrayFromImage(ct)
+    body = hu > -500
+    for name in ("identical", "smoothed_1mm", "lungs_density_1.6", "shift_4.5mm"):
+        fixed, moving = condition_pair(ct, body, BY_NAME[name])
+        assert np.array_equal(sitk.GetArrayViewFromImage(fixed), hu)  # the fixed image is the CT itself
+        assert (np.array_equal(sitk.GetArrayViewFromImage(moving), hu)) == (name == "identical")
+    assert np.array_equal(sitk.GetArrayViewFromImage(ct), hu)  # the input is never modified
+    fixed, moving = (sitk.GetArrayFromImage(i) for i in condition_pair(ct, body, BY_NAME["noise_40hu"]))
+    difference = (fixed - moving)[body]
+    assert abs(difference.std() - 40.0 * np.sqrt(2.0)) < 2.0 and np.array_equal(fixed[~body], hu[~body])
+
+
+def test_shift_moves_the_anatomy_by_the_true_residual(ct):
+    _, moving = condition_pair(ct, None, BY_NAME["shift_9mm"])
+    hu, shifted = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(moving)
+    assert np.allclose(shifted[40:-40], hu[49:-31], atol=1.0)  # moving(z) = CT(z + 9 mm) on the 1 mm grid
+
+
+def test_score_counts_lung_voxels_per_predicted_class(ct):
+    labels = np.full(sitk.GetArrayViewFromImage(ct).shape, L.CORRECT, dtype=np.uint8)
+    lungs = np.zeros(labels.shape, dtype=bool)
+    lungs[:10] = True
+    labels[:2] = L.POOR
+    labels[2:5] = L.WRONG
+    labels[20:] = L.WRONG  # outside the lungs: not counted
+    result = score_condition(image_like(labels, ct), lungs, BY_NAME["shift_4.5mm"])
+    assert result["true_class"] == "poor" and result["accuracy"] == pytest.approx(0.2)
+    assert result["shares"] == pytest.approx({"correct": 0.5, "poor": 0.2, "wrong": 0.3})
+
+
+def test_released_model_tells_identical_images_from_a_9mm_shift(small_phantom):
+    predictor = MisalignmentPredictor.load(device="cpu")
+    result = evaluate_robustness(predictor, small_phantom[0], [BY_NAME["identical"], BY_NAME["shift_9mm"]])
+    identical, shifted = result["conditions"]
+    assert result["lung_voxels"] > 10000
+    assert identical["true_class"] == "correct" and identical["accuracy"] > 0.99
+    assert shifted["true_class"] == "wrong" and shifted["accuracy"] > 0.5 and shifted["shares"]["correct"] < 0.05
+    assert result["mean_accuracy_without_misalignment"] == identical["accuracy"]
+
+
+def test_command_reports_the_chosen_conditions_as_json(small_phantom, tmp_path, capsys):
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(small_phantom[0], str(path))
+    assert main(["evaluate-robustness", "--ct", str(path), "--condition", "lungs_density_1.3", "--json",
+                 "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in result["conditions"]] == ["lungs_density_1.3"]
+    assert result["mean_accuracy_shifted"] is None and len(result["weights_sha256"]) == 64
+    with pytest.raises(SystemExit):
+        main(["evaluate-robustness", "--ct", str(path), "--condition", "no_such_condition"])
+    capsys.readouterr()
+    block = tmp_path / "no_lungs.nrrd"  # soft tissue only
+    sitk.WriteImage(image_like(np.full((40, 48, 48), 40, dtype=np.int16), small_phantom[0][:48, :48, :40]), str(block))
+    assert main(["evaluate-robustness", "--ct", str(block), "--device", "cpu"]) == 2
+    assert "no lungs found" in capsys.readouterr().err

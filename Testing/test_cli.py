@@ -254,8 +254,12 @@ def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, cap
         assert _error_line(capsys).endswith(f"{name} must be at least 1, got {value}"), argv
 
 
-def test_density_change_is_a_share_and_is_recorded_with_the_run(files, tmp_path, capsys):
-    common = ["train", "--ct", str(files / "fixed.nrrd"), "--phantoms", "0", "--features", "4", "--hidden", "4",
+def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weights(files, tmp_path, capsys):
+    from RegistrationMisalignmentLib.checkpoint import sha256_of
+    from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
+    start = tmp_path / "start.safetensors"
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4)), start)
+    common = ["train", "--ct", str(files / "fixed.nrrd"), "--phantoms", "0", "--init-weights", str(start),
               "--steps", "1", "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
               "--json"]
     assert main([*common, "--out", str(tmp_path / "bad"), "--density-change", "1.5"]) == 2
@@ -263,3 +267,9 @@ def test_density_change_is_a_share_and_is_recorded_with_the_run(files, tmp_path,
     assert main([*common, "--out", str(tmp_path / "run"), "--density-change", "0.5"]) == 0
     state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
     assert json.loads(state["train_config"])["density_change"] == 0.5
+    weights = tmp_path / "released.safetensors"
+    assert main(["release", "--run", str(tmp_path / "run"), "--weights-out", str(weights), "--heldout-ct",
+                 str(files / "fixed.nrrd"), "--samples", "1", "--json"]) == 0
+    card = weights.with_name("released.md").read_text()
+    assert "in 50 % of the pairs one image's lungs have another breathing state's density" in card
+    assert f"Fine-tuned from `{start.resolve()}` (sha256 `{sha256_of(start)}`)" in card

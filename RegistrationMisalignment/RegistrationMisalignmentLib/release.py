@@ -97,7 +97,7 @@ def markdown_card(card: dict) -> str:
   batch norm {arch['batch_norm']}, difference channel {arch['difference_channel']}. Per-patch (paper's way) input
   20^3 voxels at every level for an 8^3 output block.
 - Training data: synthetic pairs from {', '.join(train['ct_paths']) or 'no real CT'} and procedural phantoms (seeds
-  {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families.
+  {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families{_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
   {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.
 - Training command: `{card['training_command']}`
@@ -201,6 +201,19 @@ Reproduce (elastix registrations are deterministic):
 def _percent(value) -> str:
     """A fraction as a percentage, or a dash for cards written before the value existed."""
     return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _density(train: dict) -> str:
+    """The breathing-density augmentation of a training run, as a clause of the card (empty when off)."""
+    share = train.get("density_change", 0.0)
+    return f"; in {100 * share:.0f} % of the pairs one image's lungs have another breathing state's density" if share else ""
+
+
+def _start(train: dict) -> str:
+    """Where a fine-tuned run started, as a sentence of the card (empty when trained from random weights)."""
+    if not train.get("init_weights"):
+        return ""
+    return f"\n  Fine-tuned from `{train['init_weights']}` (sha256 `{train.get('init_weights_sha256', '')}`)."
 
 
 def _depths(depths: dict) -> str:

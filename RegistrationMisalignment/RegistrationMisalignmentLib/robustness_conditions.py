@@ -26,4 +26,5 @@ CONDITIONS = (
     Condition("shift_1.5mm", "moving shifted 1.5 mm cranio-caudally", shift_mm=1.5),
     Condition("shift_4.5mm", "moving shifted 4.5 mm cranio-caudally", shift_mm=4.5),
     Condition("shift_9mm", "moving shifted 9 mm cranio-caudally", shift_mm=9.0),
+    Condition("shift_4.5mm_density_1.6", "moving shifted 4.5 mm and its lung density x 1.6", "density", 1.6, 4.5),
 )

@@ -97,7 +97,8 @@ def markdown_card(card: dict) -> str:
   batch norm {arch['batch_norm']}, difference channel {arch['difference_channel']}. Per-patch (paper's way) input
   20^3 voxels at every level for an 8^3 output block.
 - Training data: synthetic pairs from {', '.join(train['ct_paths']) or 'no real CT'} and procedural phantoms (seeds
-  {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families{_density(train)}.{_start(train)}
+  {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families\
+{_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
   {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.
 - Training command: `{card['training_command']}`
@@ -206,7 +207,9 @@ def _percent(value) -> str:
 def _density(train: dict) -> str:
     """The breathing-density augmentation of a training run, as a clause of the card (empty when off)."""
     share = train.get("density_change", 0.0)
-    return f"; in {100 * share:.0f} % of the pairs one image's lungs have another breathing state's density" if share else ""
+    if not share:
+        return ""
+    return f"; in {100 * share:.0f} % of the pairs one image's lungs have another breathing state's density"
 
 
 def _start(train: dict) -> str:

@@ -24,7 +24,7 @@ def ct(small_phantom):
 def test_each_condition_changes_only_what_it_says(ct):
     hu = sitk.GetArrayFromImage(ct)
     body = hu > -500
-    for name in ("identical", "smoothed_1mm", "lungs_density_1.6", "shift_4.5mm"):
+    for name in ("identical", "smoothed_1mm", "slices_3mm", "lungs_density_1.6", "shift_4.5mm"):
         fixed, moving = condition_pair(ct, body, BY_NAME[name])
         assert np.array_equal(sitk.GetArrayViewFromImage(fixed), hu)  # the fixed image is the CT itself
         assert (np.array_equal(sitk.GetArrayViewFromImage(moving), hu)) == (name == "identical")

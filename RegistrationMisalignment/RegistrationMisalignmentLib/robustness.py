@@ -16,7 +16,7 @@ from .masks import fill_hilum_, lung_mask, torso_mask
 from .preprocessing import hu_image
 from .pyramid import AIR_HU
 from .robustness_conditions import CONDITIONS, Condition
-from .synthesis import parenchyma_density_ratio
+from .synthesis import parenchyma_density_ratio, thick_slices
 
 NOISE_SEED = 0
 
@@ -37,6 +37,9 @@ def condition_pair(ct: sitk.Image, body: np.ndarray, condition: Condition) -> tu
         fixed, moving = (_like(hu + body * rng.normal(0.0, condition.amount, hu.shape), ct) for _ in range(2))
     elif condition.change == "smooth":
         moving = sitk.SmoothingRecursiveGaussian(ct, condition.amount)
+    elif condition.change == "slices":
+        voxels = max(1, int(round(condition.amount / ct.GetSpacing()[2])))
+        moving = _like(thick_slices(torch.from_numpy(sitk.GetArrayFromImage(ct)), voxels).numpy(), ct)
     elif condition.change == "density":
         hu = torch.from_numpy(sitk.GetArrayFromImage(ct))
         moving = _like(parenchyma_density_ratio(hu, condition.amount).numpy(), ct)

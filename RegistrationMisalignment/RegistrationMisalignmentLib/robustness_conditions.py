@@ -10,7 +10,7 @@ class Condition:
 
     name: str
     description: str
-    change: str = ""  # "noise" (both images, HU), "smooth" (sigma mm), "density" (ratio) or "" (none)
+    change: str = ""  # "noise" (both, HU), "smooth" (sigma mm), "slices" (mm), "density" (ratio) or "" (none)
     amount: float = 0.0
     shift_mm: float = 0.0  # cranio-caudal shift of the moving image: the true residual of every voxel
 
@@ -19,6 +19,7 @@ CONDITIONS = (
     Condition("identical", "moving = fixed"),
     Condition("noise_40hu", "independent noise, sigma 40 HU, in both images", "noise", 40.0),
     Condition("smoothed_1mm", "moving smoothed, sigma 1 mm (a softer reconstruction kernel)", "smooth", 1.0),
+    Condition("slices_3mm", "moving averaged into slices of about 3 mm (a thick-slice scan)", "slices", 3.0),
     Condition("lungs_density_0.7", "moving lung density x 0.7 (a deeper breath)", "density", 0.7),
     Condition("lungs_density_1.3", "moving lung density x 1.3", "density", 1.3),
     Condition("lungs_density_1.6", "moving lung density x 1.6 (exhale against inhale)", "density", 1.6),

@@ -1,11 +1,13 @@
 """The robustness check: a CT against itself, changed without misalignment or shifted by a known residual."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from RegistrationMisalignmentLib import labels as L
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, released_weights_path
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor
 from RegistrationMisalignmentLib.robustness import condition_pair, evaluate_robustness, score_condition
@@ -78,3 +80,23 @@ def test_command_reports_the_chosen_conditions_as_json(small_phantom, tmp_path, 
     sitk.WriteImage(image_like(np.full((40, 48, 48), 40, dtype=np.int16), small_phantom[0][:48, :48, :40]), str(block))
     assert main(["evaluate-robustness", "--ct", str(block), "--device", "cpu"]) == 2
     assert "no lungs found" in capsys.readouterr().err
+
+
+def test_card_option_adds_the_results_to_a_released_models_card(small_phantom, tiny_model, tmp_path, capsys):
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(small_phantom[0], str(path))
+    common = ["evaluate-robustness", "--ct", str(path), "--condition", "identical", "--device", "cpu", "--json"]
+    bare = tmp_path / "bare.safetensors"
+    export_weights(tiny_model, bare)
+    assert main([*common, "--weights", str(bare), "--card"]) == 2
+    assert "has no model card" in capsys.readouterr().err
+    released = tmp_path / released_weights_path().name
+    shutil.copyfile(released_weights_path(), released)
+    shutil.copyfile(card_path(released_weights_path()), card_path(released))
+    assert main([*common, "--weights", str(released), "--card"]) == 0
+    capsys.readouterr()
+    card = json.loads(card_path(released).read_text())
+    assert [c["name"] for c in card["robustness"]["conditions"]] == ["identical"]
+    assert card["robustness"]["command"].endswith(f"--condition identical --weights {released}")
+    markdown = released.with_name(card["name"] + ".md").read_text()
+    assert "## Robustness to how real pairs differ" in markdown and "| moving = fixed | correct | 100.0 % |" in markdown

@@ -16,6 +16,8 @@ def _add_evaluate_robustness(sub) -> None:
                                                "train on")
     p.add_argument("--condition", action="append", choices=[c.name for c in CONDITIONS],
                    help="run only this condition (repeatable; default: all)")
+    p.add_argument("--card", action="store_true",
+                   help="put the results into the model card of the weights (released weights only)")
     add_model_options(p)
 
 
@@ -23,15 +25,30 @@ def run_evaluate_robustness(args) -> dict:
     """Run the conditions and print one line each."""
     from .checkpoint import released_weights_path, sha256_of
     from .imageio import read_image
+    from .release import add_robustness_results, read_card
     from .robustness import evaluate_robustness
     from .robustness_conditions import CONDITIONS
+    weights = args.weights or released_weights_path()
+    if args.card:
+        read_card(weights)  # before the work: no card, nothing to add to
     predictor = load_predictor(args)
     ct = read_image(args.ct)
     conditions = [c for c in CONDITIONS if not args.condition or c.name in args.condition]
     result = evaluate_robustness(predictor, ct, conditions, progress=progress_bar(not args.json))
+    result = dict(result, ct=str(args.ct), weights_sha256=sha256_of(weights))
     if not args.json:
         _print_robustness(result)
-    return dict(result, ct=str(args.ct), weights_sha256=sha256_of(args.weights or released_weights_path()))
+    if args.card:
+        add_robustness_results(weights, result, _command(args))
+    return result
+
+
+def _command(args) -> str:
+    """The command that reproduces a robustness result (for the model card)."""
+    options = [f"--ct {args.ct}"] + [f"--condition {c}" for c in args.condition or []]
+    if args.weights:
+        options.append(f"--weights {args.weights}")
+    return "registration-misalignment evaluate-robustness " + " ".join(options)
 
 
 def _print_robustness(result: dict) -> None:

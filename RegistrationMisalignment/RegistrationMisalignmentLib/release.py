@@ -51,9 +51,14 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
         "training_command": command,
         "calibration": calibration,
     }
-    write_bytes(json.dumps(card, indent=1).encode(), card_path(weights_out))
-    write_bytes(markdown_card(card).encode(), weights_out.with_name(weights_out.stem + ".md"))
+    write_card(weights_out, card)
     return card
+
+
+def write_card(weights, card: dict) -> None:
+    """Write the model card of `weights`: JSON (with the sha256 checked on load) and Markdown, atomically."""
+    write_bytes(json.dumps(card, indent=1).encode(), card_path(Path(weights)))
+    write_bytes(markdown_card(card).encode(), Path(weights).with_name(card["name"] + ".md"))
 
 
 def calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples: int, heldout_source,
@@ -124,7 +129,8 @@ reliability data per bin are in the JSON card.
         (family_markdown(held["by_family"]) if "by_family" in held else "") + \
         (precision_markdown(held["residual_precision"]) if "residual_precision" in held else "") + \
         (calibration_markdown(card["calibration"], held) if card.get("calibration") else "") + \
-        (landmarks_markdown(card["landmark_protocol"], card["weights"]) if card.get("landmark_protocol") else "")
+        (landmarks_markdown(card["landmark_protocol"], card["weights"]) if card.get("landmark_protocol") else "") + \
+        (robustness_markdown(card["robustness"]) if card.get("robustness") else "")
 
 
 def landmark_entry(evaluation_dir) -> dict:
@@ -150,12 +156,44 @@ def landmark_entry(evaluation_dir) -> dict:
 
 def add_landmark_results(weights, evaluation_dirs: list) -> dict:
     """Put the landmark-protocol results of `weights` into its model card (JSON and Markdown); returns the card."""
-    path = card_path(Path(weights))
-    card = json.loads(path.read_text())
+    card = read_card(weights)
     card["landmark_protocol"] = [landmark_entry(d) for d in evaluation_dirs]
-    write_bytes(json.dumps(card, indent=1).encode(), path)
-    write_bytes(markdown_card(card).encode(), Path(weights).with_name(card["name"] + ".md"))
+    write_card(weights, card)
     return card
+
+
+def read_card(weights) -> dict:
+    """The model card of `weights`, or a one-line error when they have none."""
+    path = card_path(Path(weights))
+    if not path.exists():
+        raise InputError(f"{weights} has no model card ({path.name}); results go only into released weights' cards")
+    return json.loads(path.read_text())
+
+
+def add_robustness_results(weights, result: dict, command: str) -> dict:
+    """Put an `evaluate-robustness` result of `weights` into its model card (JSON and Markdown); returns the card."""
+    card = read_card(weights)  # its sha256 was checked when the weights were loaded
+    card["robustness"] = {"ct": result["ct"], "lung_voxels": result["lung_voxels"], "command": command,
+                          "conditions": result["conditions"]}
+    write_card(weights, card)
+    return card
+
+
+def robustness_markdown(entry: dict) -> str:
+    """Model-card section on the robustness check: the share of lung voxels in the true class per condition."""
+    rows = [f"| {c['description']} | {c['true_class']} | {100 * c['accuracy']:.1f} % | "
+            + " / ".join(f"{100 * v:.1f}" for v in c["shares"].values()) + " % |" for c in entry["conditions"]]
+    return f"""
+## Robustness to how real pairs differ
+
+{Path(entry['ct']).name} against itself, changed without misalignment or shifted by a known residual; the share
+of its {entry['lung_voxels']} lung voxels (automatic mask) in the true class and in each class.
+Reproduce: `{entry['command']}`
+
+| condition | true class | accuracy | correct / poor / wrong |
+|---|---|---|---|
+{chr(10).join(rows)}
+"""
 
 
 def _pair_description(pair: dict) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, close_bars, load_predictor, progress_bar, progress_lines,
-                         set_threads)
+                         require_share, set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
@@ -54,8 +54,7 @@ def run_train(args) -> dict:
     from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
     from .training import TrainConfig, train
-    if not 0.0 <= args.density_change <= 1.0:
-        raise InputError(f"--density-change is a share of training pairs between 0 and 1, got {args.density_change}")
+    require_share(density_change=args.density_change)
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,

@@ -1,7 +1,7 @@
 """The `batch` command: check a cohort of registered pairs listed in a CSV, with resume, workers and a report."""
 from __future__ import annotations
 
-from .cli_common import add_model_options, require_at_least_one
+from .cli_common import add_model_options, require_at_least_one, require_share
 
 
 def _add_batch(sub) -> None:
@@ -33,8 +33,7 @@ def run_batch_command(args) -> dict:
     from .errors import InputError
     from .imageio import check_output_path
     require_at_least_one(workers=args.workers)
-    if not 0.0 <= args.flag_wrong_fraction <= 1.0:
-        raise InputError("--flag-wrong-fraction must be between 0 and 1")
+    require_share(flag_wrong_fraction=args.flag_wrong_fraction)
     cases = read_cases(args.pairs)
     out = Path(args.out)
     try:

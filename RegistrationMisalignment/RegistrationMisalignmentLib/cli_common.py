@@ -33,6 +33,14 @@ def require_at_least_one(**counts) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
+def require_share(**shares) -> None:
+    """Raise a clear error for a share option (given as option_name=value) outside [0, 1]."""
+    from .errors import InputError
+    for name, value in shares.items():
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Add --weights, --device, --max-memory, --threads, --amp and --json."""
     parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")

@@ -42,6 +42,16 @@ def test_shift_moves_the_anatomy_by_the_true_residual(ct):
     assert np.allclose(shifted[40:-40], hu[49:-31], atol=1.0)  # moving(z) = CT(z + 9 mm) on the 1 mm grid
 
 
+@pytest.mark.parametrize("name, axis", [("shift_4.5mm_lr", 2), ("shift_4.5mm_ap", 1)])  # numpy axes of x, y
+def test_shifts_along_the_other_axes_move_the_anatomy_there(ct, name, axis):
+    hu = sitk.GetArrayFromImage(ct)
+    shifted = sitk.GetArrayFromImage(condition_pair(ct, None, BY_NAME[name])[1])
+    inner = (slice(10, -10),) * 3
+    expected = (np.roll(hu, -4, axis) + np.roll(hu, -5, axis)) / 2.0  # CT(x + 4.5 mm), about, on the 1 mm grid
+    error, unshifted = (np.abs(a[inner] - expected[inner]).mean() for a in (shifted, hu))
+    assert error < 0.25 * unshifted
+
+
 def test_score_counts_lung_voxels_per_predicted_class(ct):
     labels = np.full(sitk.GetArrayViewFromImage(ct).shape, L.CORRECT, dtype=np.uint8)
     lungs = np.zeros(labels.shape, dtype=bool)

@@ -10,7 +10,8 @@ def _add_evaluate_robustness(sub) -> None:
     p = sub.add_parser("evaluate-robustness", help="does the map stay right when the images differ as real pairs do",
                        description="Pair a CT with itself changed in ways real pairs differ without misalignment "
                                    "(independent noise, a softer kernel, denser or lighter lungs of another "
-                                   "breathing state) or shifted cranio-caudally by a known residual (1.5, 4.5, 9 mm), "
+                                   "breathing state) or shifted by a known residual (cranio-caudally 1.5, 4.5, 9 mm; "
+                                   "4.5 mm left-right and anterior-posterior), "
                                    "and report the share of lung voxels in the true class and in each class.")
     p.add_argument("--ct", required=True, help="chest CT (file or DICOM folder); preferably one the model did not "
                                                "train on")

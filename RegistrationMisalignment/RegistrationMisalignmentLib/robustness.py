@@ -2,8 +2,8 @@
 
 Real registered pairs differ in more than misalignment: independent noise, another reconstruction kernel, and lungs
 of another breathing state (denser at exhale) even where the registration is perfect. Each condition builds the
-moving image from the fixed CT with one such change, or with a cranio-caudal shift that sets the true residual of
-every voxel, and scores the map at the lung voxels against that residual."""
+moving image from the fixed CT with one such change, or with a shift (cranio-caudal, or 4.5 mm along the other
+axes) that sets the true residual of every voxel, and scores the map at the lung voxels against that residual."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,7 +44,9 @@ def condition_pair(ct: sitk.Image, body: np.ndarray, condition: Condition) -> tu
         hu = torch.from_numpy(sitk.GetArrayFromImage(ct))
         moving = _like(parenchyma_density_ratio(hu, condition.amount).numpy(), ct)
     if condition.shift_mm:
-        shift = sitk.TranslationTransform(3, (0.0, 0.0, condition.shift_mm))
+        offset = [0.0, 0.0, 0.0]
+        offset[condition.shift_axis] = condition.shift_mm
+        shift = sitk.TranslationTransform(3, offset)
         moving = sitk.Resample(moving, ct, shift, sitk.sitkBSpline, AIR_HU, sitk.sitkFloat32)
     return fixed, moving
 

@@ -12,7 +12,8 @@ class Condition:
     description: str
     change: str = ""  # "noise" (both, HU), "smooth" (sigma mm), "slices" (mm), "density" (ratio) or "" (none)
     amount: float = 0.0
-    shift_mm: float = 0.0  # cranio-caudal shift of the moving image: the true residual of every voxel
+    shift_mm: float = 0.0  # shift of the moving image: the true residual of every voxel
+    shift_axis: int = 2  # physical axis of the shift: 0 left-right, 1 anterior-posterior, 2 cranio-caudal
 
 
 CONDITIONS = (
@@ -27,5 +28,7 @@ CONDITIONS = (
     Condition("shift_1.5mm", "moving shifted 1.5 mm cranio-caudally", shift_mm=1.5),
     Condition("shift_4.5mm", "moving shifted 4.5 mm cranio-caudally", shift_mm=4.5),
     Condition("shift_9mm", "moving shifted 9 mm cranio-caudally", shift_mm=9.0),
+    Condition("shift_4.5mm_lr", "moving shifted 4.5 mm left-right", shift_mm=4.5, shift_axis=0),
+    Condition("shift_4.5mm_ap", "moving shifted 4.5 mm anterior-posterior", shift_mm=4.5, shift_axis=1),
     Condition("shift_4.5mm_density_1.6", "moving shifted 4.5 mm and its lung density x 1.6", "density", 1.6, 4.5),
 )

@@ -254,7 +254,7 @@ def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, cap
         assert _error_line(capsys).endswith(f"{name} must be at least 1, got {value}"), argv
 
 
-def test_pair_changes_are_shares_and_the_card_tells_them_with_the_starting_weights(files, tmp_path, capsys):
+def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weights(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import sha256_of
     from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
     start = tmp_path / "start.safetensors"
@@ -264,18 +264,12 @@ def test_pair_changes_are_shares_and_the_card_tells_them_with_the_starting_weigh
               "--json"]
     assert main([*common, "--out", str(tmp_path / "bad"), "--density-change", "1.5"]) == 2
     assert "--density-change" in _error_line(capsys) and not (tmp_path / "bad").exists()
-    assert main([*common, "--out", str(tmp_path / "bad"), "--axis-change", "-0.1"]) == 2
-    assert "--axis-change" in _error_line(capsys) and not (tmp_path / "bad").exists()
-    assert main([*common, "--out", str(tmp_path / "run"), "--density-change", "0.5", "--kernel-change", "0.25",
-                 "--axis-change", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "run"), "--density-change", "0.5"]) == 0
     state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
-    shares = json.loads(state["train_config"])
-    assert (shares["density_change"], shares["kernel_change"], shares["axis_change"]) == (0.5, 0.25, 1.0)
+    assert json.loads(state["train_config"])["density_change"] == 0.5
     weights = tmp_path / "released.safetensors"
     assert main(["release", "--run", str(tmp_path / "run"), "--weights-out", str(weights), "--heldout-ct",
                  str(files / "fixed.nrrd"), "--samples", "1", "--json"]) == 0
     card = weights.with_name("released.md").read_text()
     assert "in 50 % of the pairs one image's lungs have another breathing state's density" in card
-    assert "in 25 % of the pairs both images are blurred or sharpened alike" in card
-    assert "in 100 % of the tiles the axes are reordered and flipped at random" in card
     assert f"Fine-tuned from `{start.resolve()}` (sha256 `{sha256_of(start)}`)" in card

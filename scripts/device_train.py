@@ -49,7 +49,6 @@ def main() -> None:
     workers = setting("LOADER_WORKERS", max(0, (os.cpu_count() or 2) - 4) if device.type == "cuda" else 0)
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32), loader_workers=workers,
                 learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
-                kernel_change=setting("KERNEL_CHANGE", 0.0), axis_change=setting("AXIS_CHANGE", 0.0),
                 source_files=["carry/train_sources.npz"], phantom_seeds=[])
     started = time.perf_counter()
     pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device)

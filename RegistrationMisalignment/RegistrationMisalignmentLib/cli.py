@@ -42,12 +42,6 @@ def _add_train(sub) -> None:
     p.add_argument("--density-change", type=float, default=0.0,
                    help="share of training pairs (0-1) in which one image's lungs get the density of another "
                         "breathing state, independent of the residual (default 0)")
-    p.add_argument("--kernel-change", type=float, default=0.0,
-                   help="share of training pairs (0-1) whose images are both blurred or sharpened alike, as by "
-                        "another reconstruction kernel (default 0)")
-    p.add_argument("--axis-change", type=float, default=0.0,
-                   help="share of training tiles (0-1) whose axes are reordered and flipped at random, so that no "
-                        "direction of the residual is favoured (default 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="synthesise training pairs in this many CPU processes while the device trains (GPU)")
@@ -60,8 +54,7 @@ def run_train(args) -> dict:
     from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
     from .training import TrainConfig, train
-    require_share(density_change=args.density_change, kernel_change=args.kernel_change,
-                  axis_change=args.axis_change)
+    require_share(density_change=args.density_change)
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
@@ -69,7 +62,6 @@ def run_train(args) -> dict:
                                seed=args.seed, ct_paths=[str(p) for p in args.ct],
                                phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
                                loader_workers=args.loader_workers, density_change=args.density_change,
-                               kernel_change=args.kernel_change, axis_change=args.axis_change,
                                init_weights=str(init_weights or ""),
                                init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     sources = [s for path in args.sources for s in load_cached_sources(path)]

@@ -17,12 +17,6 @@ from .landmark_evaluation import landmark_summary
 from .metrics import band_name
 from .sources import source_from_image
 
-CHANGES = (  # the training options that change pairs beyond every run's augmentation, as the card names them
-    ("density_change", "of the pairs one image's lungs have another breathing state's density"),
-    ("kernel_change", "of the pairs both images are blurred or sharpened alike, as by another reconstruction kernel"),
-    ("axis_change", "of the tiles the axes are reordered and flipped at random"),
-)
-
 
 def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "", calibration_ct=None,
             calibration_samples: int = 48, temperature_only: bool = False) -> dict:
@@ -109,7 +103,7 @@ def markdown_card(card: dict) -> str:
   20^3 voxels at every level for an 8^3 output block.
 - Training data: synthetic pairs from {', '.join(train['ct_paths']) or 'no real CT'} and procedural phantoms (seeds
   {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families\
-{_changes(train)}.{_start(train)}
+{_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
   {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.
 - Training command: `{card['training_command']}`
@@ -248,9 +242,12 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _changes(train: dict) -> str:
-    """The augmentations of a training run that are not in every run, as clauses of the card (empty when off)."""
-    return "".join(f"; in {100 * train[key]:.0f} % {text}" for key, text in CHANGES if train.get(key, 0.0))
+def _density(train: dict) -> str:
+    """The breathing-density augmentation of a training run, as a clause of the card (empty when off)."""
+    share = train.get("density_change", 0.0)
+    if not share:
+        return ""
+    return f"; in {100 * share:.0f} % of the pairs one image's lungs have another breathing state's density"
 
 
 def _start(train: dict) -> str:

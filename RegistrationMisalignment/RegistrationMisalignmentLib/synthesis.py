@@ -21,8 +21,6 @@ FIELD_VOXEL_MM = 2.0  # deformation fields are generated on this grid, then upsa
 BREATHING_RATIO_RANGE = (0.625, 1.6)  # lung density ratio between two breathing states (either way round)
 BREATHING_RATIO_VARIATION = 0.2  # smooth spatial variation of that ratio (+-20 %)
 PARENCHYMA_HU = -850.0  # typical lung parenchyma; denser voxels are part tissue, whose density does not change
-KERNEL_BLUR_MM = (0.3, 1.0)  # Gaussian sigma of a softer reconstruction kernel
-KERNEL_SHARPEN = (0.3, 1.0)  # unsharp-mask gain (1 mm sigma) of a sharper one
 
 
 @dataclass
@@ -180,23 +178,6 @@ def thick_slices(hu: torch.Tensor, thickness: int) -> torch.Tensor:
     return back.reshape(hu.shape[1], hu.shape[2], d).permute(2, 0, 1).contiguous()
 
 
-def reconstruction_kernel(fixed_hu: torch.Tensor, moving_hu: torch.Tensor, gen: torch.Generator) -> tuple:
-    """Both images as from another reconstruction kernel: blurred or sharpened alike (unsharp mask)."""
-    pair = torch.stack([fixed_hu, moving_hu])
-    if _rand(gen) < 0.5:
-        pair = gaussian_smooth(pair, _rand(gen, *KERNEL_BLUR_MM))
-    else:
-        pair = pair + _rand(gen, *KERNEL_SHARPEN) * (pair - gaussian_smooth(pair, 1.0))
-    return pair[0], pair[1]
-
-
-def permuted_axes(volumes: list, gen: torch.Generator) -> list:
-    """The same random order and flips of the three axes for every (D, H, W) volume of a tile."""
-    order = torch.randperm(3, generator=gen).tolist()
-    flips = [axis for axis in range(3) if _rand(gen) < 0.5]
-    return [v.permute(order).flip(flips) for v in volumes]
-
-
 def random_field_of_view(shape, gen, device) -> torch.Tensor:
     """Inside-the-image flag of a scan cropped by a random plane (simulates partial chest coverage)."""
     inside = torch.ones(shape, device=device)
@@ -240,9 +221,8 @@ def level_targets(magnitude: torch.Tensor, valid: torch.Tensor, config: ModelCon
 
 
 def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, device="cpu",
-                family: str = None, density_change: float = 0.0, kernel_change: float = 0.0,
-                axis_change: float = 0.0) -> Sample:
-    """One reproducible synthetic tile from `source` (seed fixes all); the `*_change` shares: see TrainConfig."""
+                family: str = None, density_change: float = 0.0) -> Sample:
+    """One reproducible synthetic tile from `source` (seed fixes all); `density_change`: see TrainConfig."""
     gen = torch.Generator().manual_seed(seed)
     family = family or FAMILIES[int(torch.multinomial(torch.tensor(FAMILY_WEIGHTS), 1, generator=gen))]
     max_mm = MAX_MAGNITUDES_MM[int(torch.randint(0, len(MAX_MAGNITUDES_MM), (), generator=gen))] * _rand(gen, 0.6, 1.0)
@@ -268,23 +248,19 @@ def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, d
         fixed_hu, moving_hu = thick_slices(fixed_hu, thickness), thick_slices(moving_hu, thickness)
     if _rand(gen) < 0.25:
         inside = inside * random_field_of_view(inside.shape, gen, device)
-    if kernel_change > 0 and _rand(gen) < kernel_change:
-        fixed_hu, moving_hu = reconstruction_kernel(fixed_hu, moving_hu, gen)
-    body, lungs, magnitude = torso_src[core] > 0, lungs_src[core], vector_norm(field)
-    if axis_change > 0 and _rand(gen) < axis_change:
-        fixed_hu, moving_hu, inside, body, lungs, magnitude = permuted_axes(
-            [fixed_hu, moving_hu, inside, body, lungs, magnitude], gen)
+    body = torso_src[core] > 0
     noise = _rand(gen, 0.0, 20.0)
     fixed_hu = fixed_hu + body * noise * torch.randn(fixed_hu.shape, generator=gen).to(device)
     moving_hu = moving_hu + body * noise * torch.randn(moving_hu.shape, generator=gen).to(device)
     volume = stack_channels(fixed_hu, moving_hu, inside)
     inputs = tile_inputs(build_pyramid(volume), config, (margin,) * 3, out_size)
+    magnitude = vector_norm(field)
     s4_span = 4 * hidden_size(4, out_size) if 4 in config.levels else out_size
     lo_t = (size - s4_span) // 2
     crop = (slice(lo_t, lo_t + s4_span),) * 3
     targets = level_targets(magnitude[crop], (inside * body)[crop], config, out_size)
     out = (slice(margin, margin + out_size),) * 3
-    return Sample(inputs, targets, lungs[out] > 0, family, magnitude[out])
+    return Sample(inputs, targets, lungs_src[core][out] > 0, family, magnitude[out])
 
 
 def _crop_padded(source: Source, lo, size: int, extra: int, device) -> tuple:

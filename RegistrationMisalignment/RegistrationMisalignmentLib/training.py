@@ -47,10 +47,6 @@ class TrainConfig:
     # probability that one image of a training pair gets its lungs' density from another breathing state,
     # independent of the residual, as in a well registered inhale/exhale pair (0 = off, as in runs before it)
     density_change: float = 0.0
-    # probability that both images look as if reconstructed with another kernel (blurred or sharpened alike)
-    kernel_change: float = 0.0
-    # probability that a tile's axes are put in a random order and flipped (no direction of residual is favoured)
-    axis_change: float = 0.0
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -66,8 +62,7 @@ def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: 
                  base_seed: int):
     """Generate `count` samples with indices from `first_index` (reproducible)."""
     samples = [make_sample(pick_source(sources, i, base_seed, train.phantom_fraction), config, train.out_size,
-                           seed=base_seed * 10 ** 7 + i, device=device, density_change=train.density_change,
-                           kernel_change=train.kernel_change, axis_change=train.axis_change)
+                           seed=base_seed * 10 ** 7 + i, device=device, density_change=train.density_change)
                for i in range(first_index, first_index + count)]
     return samples
 

@@ -27,7 +27,7 @@ from RegistrationMisalignmentLib.demo import known_field_pair  # noqa: E402
 from RegistrationMisalignmentLib.imageio import read_image, write_bytes  # noqa: E402
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor  # noqa: E402
 from RegistrationMisalignmentLib.landmark_evaluation import SETUPS, register  # noqa: E402
-from RegistrationMisalignmentLib.masks import fill_hilum_, lung_mask  # noqa: E402
+from RegistrationMisalignmentLib.masks import automatic_lung_mask  # noqa: E402
 from RegistrationMisalignmentLib.metrics import classification_report, confusion_matrix  # noqa: E402
 from RegistrationMisalignmentLib.synthesis import FAMILIES  # noqa: E402
 
@@ -37,7 +37,7 @@ FIELD_FAMILIES = [f for f in FAMILIES if f != "zero"]
 def score_pair(predictor, ct: sitk.Image, family: str, max_mm: float, seed: int, setup: str = "bspline_tuned") -> dict:
     """True, network and elastix classes and lengths (mm) at the lung voxels of one synthetic pair."""
     pair, _ = known_field_pair(ct, None, family, max_mm, seed)
-    lungs = fill_hilum_(lung_mask(pair.fixed))
+    lungs = automatic_lung_mask(pair.fixed)
     inside = sitk.GetArrayFromImage(lungs) > 0
     started = time.perf_counter()
     network = sitk.GetArrayFromImage(predictor.predict(pair.fixed, pair.moving, mask=lungs).labels)

@@ -60,6 +60,11 @@ def lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
     return result
 
 
+def automatic_lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
+    """The region `predict` evaluates when given no mask: both lungs with their hila filled (UInt8 0/1)."""
+    return fill_hilum_(lung_mask(ct, torso))
+
+
 def fill_hilum_(lungs: sitk.Image) -> sitk.Image:
     """Fill a lung mask's narrow notches in place (the hilar vessels and bronchi that enter it); returns it."""
     if not np.any(sitk.GetArrayViewFromImage(lungs)):

@@ -11,7 +11,7 @@ import torch
 from .errors import InputError
 from .imageio import check_volume
 from .input_checks import warn_about_unusual_inputs
-from .masks import bounding_box, fill_hilum_, lung_mask, torso_mask
+from .masks import automatic_lung_mask, bounding_box, torso_mask
 from .pyramid import AIR_HU, normalise_channels_
 
 log = logging.getLogger("RegistrationMisalignment")
@@ -102,7 +102,7 @@ def background_to_air(ct: sitk.Image, torso: sitk.Image) -> sitk.Image:
 def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
     """Return the user's mask on the fixed grid (non-zero = evaluate), or the automatic lungs with their hila."""
     if mask is None:
-        lungs = fill_hilum_(lung_mask(fixed, torso))
+        lungs = automatic_lung_mask(fixed, torso)
         if sitk.GetArrayViewFromImage(lungs).any():
             return lungs
         log.warning("no lungs found automatically: evaluating the whole torso; pass --mask to choose the region")

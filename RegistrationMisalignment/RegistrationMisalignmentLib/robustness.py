@@ -12,7 +12,7 @@ import torch
 
 from . import labels as L
 from .errors import InputError
-from .masks import fill_hilum_, lung_mask, torso_mask
+from .masks import automatic_lung_mask, torso_mask
 from .preprocessing import hu_image
 from .pyramid import AIR_HU
 from .robustness_conditions import CONDITIONS, Condition
@@ -67,7 +67,7 @@ def evaluate_robustness(predictor, ct: sitk.Image, conditions=CONDITIONS, progre
     report = progress or (lambda fraction, message: None)
     ct = sitk.Cast(hu_image(ct), sitk.sitkFloat32)
     torso = torso_mask(ct)
-    lungs = fill_hilum_(lung_mask(ct, torso))  # the automatic mask of `predict`
+    lungs = automatic_lung_mask(ct, torso)
     body, inside = (sitk.GetArrayFromImage(m) > 0 for m in (torso, lungs))
     if not inside.any():
         raise InputError("no lungs found automatically in the CT; the check needs a chest CT with air-filled lungs")

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.devices import in_convolution_layout
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.inference import MisalignmentPredictor, smaller_tile, sub_tiles
+from RegistrationMisalignmentLib.inference import (MisalignmentPredictor, dilated, occupied_tiles, smaller_tile,
+                                                   sub_tiles)
 from RegistrationMisalignmentLib.model import input_size
 from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, to_fixed_grid
 from RegistrationMisalignmentLib.pyramid import context_margin
@@ -166,6 +168,17 @@ def test_cpu_predictor_convolves_channels_last_with_the_default_layouts_result(t
                for w in predictor.model.parameters() if w.dim() == 5)
     with torch.no_grad():
         expected = reference(inputs)[1]
-        got = predictor.model(in_convolution_layout(inputs, torch.device("cpu")))[1]
+        got = predictor.model(in_convolution_layout(inputs))[1]
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_tiles_touching_the_mask_are_those_a_max_pooling_finds():
+    """The cheap boolean dilation and tile test choose the same tiles as 5^3 and tile-sized max pooling."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((40, 33, 48)) > 0.997
+    pooled = F.max_pool3d(torch.from_numpy(mask.astype(np.float32))[None, None], 5, stride=1, padding=2)[0, 0]
+    assert np.array_equal(dilated(mask, 2), pooled.numpy() > 0)
+    tiles = F.max_pool3d(pooled[None, None], 8, stride=8)[0, 0] > 0
+    assert np.array_equal(occupied_tiles(dilated(mask, 2), 8), tiles.numpy())
+    assert 0 < occupied_tiles(dilated(mask, 2), 8).sum() < tiles.numel()

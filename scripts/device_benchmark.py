@@ -1,11 +1,14 @@
-"""GPU benchmark for a short device lease: the reference case in float32 and with --amp, written to $OUT.
+"""GPU benchmark for a short device lease: the reference case in float32 and with --amp, one tile's forward pass in
+each memory layout and arithmetic, and training throughput on the demo phantom (synthesis from a source in host
+memory, the old way, and on the GPU), written to $OUT.
 
-The device has no SimpleITK, so it takes two back-to-back device calls (a 64 MiB carry limit each):
-    pip download --no-deps --only-binary=:all: --python-version 3.12 SimpleITK -d carry/wheels      # here, once
-    mkdir -p carry/reference && cp ../shared/data/thorax_nsclc_r01-001.nii.gz carry/reference/
-    pip install --no-deps --target build/device-site carry/wheels/*.whl     # device call 1, carry=["carry/wheels"]
-    PYTHONPATH=build/device-site OUT=$OUT python3 scripts/device_benchmark.py   # call 2, carry=["carry/reference"]
-Settings: CT (default carry/reference/thorax_nsclc_r01-001.nii.gz; "phantom" for the demo phantom), DEVICE, BLOCKS.
+The device has no SimpleITK; its wheel, packed with xz (28 MB), and the reference CT (30 MB) fit one call's carry:
+    pip download --no-deps --only-binary=:all: --python-version 3.12 SimpleITK==2.5.7 -d /tmp/wheel      # here
+    mkdir -p carry/gpu /tmp/sitk && unzip -q /tmp/wheel/*.whl -d /tmp/sitk
+    tar -C /tmp/sitk -cJf carry/gpu/simpleitk.tar.xz . && cp ../shared/data/thorax_nsclc_r01-001.nii.gz carry/gpu/
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf carry/gpu/simpleitk.tar.xz &&
+        PYTHONPATH=/tmp/site OUT=$OUT python3 scripts/device_benchmark.py            # there, carry=["carry/gpu"]
+Settings: CT (default carry/gpu/thorax_nsclc_r01-001.nii.gz; "phantom" for the demo phantom), DEVICE, BLOCKS.
 """
 import json
 import os
@@ -16,27 +19,96 @@ from device_env import setting
 
 import torch  # noqa: E402
 
-from RegistrationMisalignmentLib.benchmark import run_benchmark  # noqa: E402
-from RegistrationMisalignmentLib.inference import MisalignmentPredictor  # noqa: E402
+from RegistrationMisalignmentLib.benchmark import run_benchmark, run_training_benchmark, synchronize  # noqa: E402
+from RegistrationMisalignmentLib.inference import MisalignmentPredictor, network_precision  # noqa: E402
+from RegistrationMisalignmentLib.model import input_size  # noqa: E402
+from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
+from RegistrationMisalignmentLib.sources import source_from_image  # noqa: E402
+from RegistrationMisalignmentLib.synthesis import make_sample  # noqa: E402
+
+
+def warm_up(predictor: MisalignmentPredictor) -> None:
+    """One small forward pass in each precision: CUDA context, cuDNN handles and kernels loaded before timing."""
+    config = predictor.model.config
+    batch = {lv: torch.zeros((1, 3) + (input_size(config, lv, 8),) * 3, device=predictor.device)
+             for lv in config.levels}
+    for amp in (False, True):
+        with torch.no_grad(), network_precision(predictor.device, amp):
+            predictor.model(batch)
+
+
+def layout_variants(predictor: MisalignmentPredictor, tile: int = 96, repeats: int = 5) -> list:
+    """Milliseconds per forward pass of one tile in each memory layout and arithmetic (cuDNN's choice by heuristic)."""
+    config, model = predictor.model.config, predictor.model
+    rows = []
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        model.to(memory_format=layout)
+        batch = {lv: torch.randn((1, 3) + (input_size(config, lv, tile),) * 3, device=predictor.device)
+                 .contiguous(memory_format=layout) for lv in config.levels}
+        for arithmetic in ("float32", "tf32", "float16"):
+            torch.backends.cudnn.allow_tf32 = arithmetic == "tf32"
+            with torch.no_grad(), torch.autocast(predictor.device.type, torch.float16, enabled=arithmetic == "float16"):
+                for _ in range(3):
+                    model(batch)
+                synchronize(predictor.device)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    model(batch)
+                synchronize(predictor.device)
+            rows.append({"layout": str(layout).replace("torch.", ""), "arithmetic": arithmetic, "tile": tile,
+                         "ms": 1000 * (time.perf_counter() - start) / repeats})
+    torch.backends.cudnn.allow_tf32 = True
+    return rows
+
+
+def pairs_per_second_from_host_source(predictor: MisalignmentPredictor, count: int = 8) -> float:
+    """Synthetic pairs per second on the device with the source left in host memory (before sources moved there)."""
+    ct, lungs = make_chest_phantom(0)
+    source = source_from_image("phantom", ct, lungs)
+    make_sample(source, predictor.model.config, 32, seed=0, device=predictor.device)
+    synchronize(predictor.device)
+    start = time.perf_counter()
+    for i in range(count):
+        make_sample(source, predictor.model.config, 32, seed=i + 1, device=predictor.device)
+    synchronize(predictor.device)
+    return count / (time.perf_counter() - start)
 
 
 def main() -> None:
-    """Benchmark the released model in float32 and in mixed precision; write device_benchmark.json under $OUT."""
+    """Benchmark the released model in float32 and in mixed precision, then training throughput; write
+    device_benchmark.json under $OUT after each part."""
     out = Path(os.environ.get("OUT", "runs/device"))
     out.mkdir(parents=True, exist_ok=True)
-    ct = setting("CT", "carry/reference/thorax_nsclc_r01-001.nii.gz")
+    ct = setting("CT", "carry/gpu/thorax_nsclc_r01-001.nii.gz")
     ct = None if ct == "phantom" else ct
     device = setting("DEVICE", "auto")
     results = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
+
+    def save():
+        (out / "device_benchmark.json").write_text(json.dumps(results, indent=1))
+
     for name, amp in (("float32", False), ("amp", True)):
         predictor = MisalignmentPredictor.load(device=device, amp=amp)
-        run_benchmark(predictor, ct, blocks=4)  # warm-up: CUDA context, cuDNN algorithm choice
+        warm_up(predictor)
         results[name] = run_benchmark(predictor, ct, blocks=setting("BLOCKS", 64))
         seconds = results[name]["seconds"]
-        print(f"{name}: network {seconds['dense_network']:.2f} s, "
-              f"end to end {seconds['end_to_end_without_read']:.2f} s,"
-              f" {results[name]['speedup_dense_over_per_patch']:.1f}x over per-patch", flush=True)
-        (out / "device_benchmark.json").write_text(json.dumps(results, indent=1))
+        print(f"{name}: tile {results[name]['tile_size']} x {results[name]['tiles']}, network "
+              f"{seconds['dense_network']:.3f} s, end to end {seconds['end_to_end_without_read']:.2f} s "
+              f"(preprocessing {seconds['preprocessing_checks_masks_resample']:.2f} s, back onto the fixed grid "
+              f"{seconds['resample_to_fixed_grid']:.2f} s), {results[name]['speedup_dense_over_per_patch']:.1f}x "
+              f"over per-patch", flush=True)
+        save()
+    predictor = MisalignmentPredictor.load(device=device)
+    if predictor.device.type == "cuda":
+        results["layouts"] = layout_variants(predictor)
+        print(json.dumps(results["layouts"]), flush=True)
+        save()
+        predictor = MisalignmentPredictor.load(device=device)
+    results["training"] = run_training_benchmark(predictor, None, pairs=16, steps=10)
+    results["training"]["synthetic_pairs_per_second_source_in_host_memory"] = \
+        pairs_per_second_from_host_source(predictor)
+    print(json.dumps(results["training"], indent=1), flush=True)
+    save()
 
 
 if __name__ == "__main__":

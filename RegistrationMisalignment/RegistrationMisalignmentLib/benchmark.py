@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .demo import synthetic_pair
-from .devices import convolution_layout, default_threads, in_convolution_layout, machine_description
+from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description
 from .errors import InputError
 from .imageio import read_image, write_image
 from .inference import MisalignmentPredictor
@@ -70,15 +70,15 @@ def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     a @ b
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    synchronize(device)
     return 2.0 * size ** 3 * repeats / (time.perf_counter() - t0)
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work."""
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -99,7 +99,7 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     pyramid = build_pyramid(prepared.volume)
     t2 = time.perf_counter()
     probs = predictor.dense_probabilities(prepared, tile, pyramid=pyramid)
-    _sync(predictor.device)
+    synchronize(predictor.device)
     t3 = time.perf_counter()
     result = predictor.result_on_fixed_grid(prepared, probs)
     t4 = time.perf_counter()
@@ -139,7 +139,7 @@ def _amp_against_float32(predictor: MisalignmentPredictor, prepared, pyramid, ti
     exact = MisalignmentPredictor(predictor.model, predictor.device, predictor.max_memory_gb)
     t0 = time.perf_counter()
     reference = exact.dense_probabilities(prepared, tile, pyramid=pyramid)
-    _sync(predictor.device)
+    synchronize(predictor.device)
     seconds = time.perf_counter() - t0
     computed = reference.sum(0) > 0
     return {"float32_dense_network_s": seconds,
@@ -158,7 +158,7 @@ def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: 
     chosen = sorted(chosen)
     t0 = time.perf_counter()
     values = predictor.block_probabilities(prepared, chosen, pyramid=pyramid)
-    _sync(predictor.device)
+    synchronize(predictor.device)
     seconds = (time.perf_counter() - t0) / len(chosen)
     difference = 0.0
     for bx, by, bz in chosen:
@@ -246,25 +246,25 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
     config = predictor.model.config
     device = predictor.device
     ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
-    source = source_from_image(str(ct_path) if ct_path else "phantom", ct, lungs)
+    source = source_from_image(str(ct_path) if ct_path else "phantom", ct, lungs).to(device)
     t0 = time.perf_counter()
     samples = [make_sample(source, config, train.out_size, seed=seed + i, device=device) for i in range(pairs)]
-    _sync(device)
+    synchronize(device)
     pair_s = (time.perf_counter() - t0) / pairs
     torch.manual_seed(seed)
-    model = MisalignmentNet(config).to(device, memory_format=convolution_layout(device)).train()
+    model = MisalignmentNet(config).to(device, memory_format=CONVOLUTION_LAYOUT).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
     inputs, targets = collate(samples[:train.batch_size])
-    inputs = in_convolution_layout(inputs, device)
+    inputs = in_convolution_layout(inputs)
     for step in range(steps + 1):  # the first step warms up
         if step == 1:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
         loss = hierarchy_loss(model(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    synchronize(device)
     step_s = (time.perf_counter() - t0) / steps
     return {"case": str(ct_path) if ct_path else f"phantom seed {seed}", "device": str(device),
             "machine": machine_description(), "torch_threads": torch.get_num_threads(),

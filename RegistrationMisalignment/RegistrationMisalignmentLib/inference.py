@@ -9,11 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from . import labels as L
 from .checkpoint import load_model, released_weights_path, sha256_of
-from .devices import convolution_layout, in_convolution_layout, resolve_device
+from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device
 from .errors import InputError
 from .imageio import paste
 from .masks import bounding_box
@@ -23,6 +22,8 @@ from .pyramid import batch_tiles, build_pyramid, context_margin
 
 DEFAULT_MAX_MEMORY_GB = 2.0
 MAX_TILE = 128
+MAX_TILE_CUDA = 256  # a GPU pays per tile launched, not per voxel: fewer, larger tiles
+CUDA_MEMORY_SHARE = 0.5  # of the GPU memory free at the start of a prediction, for the tiles' activations
 MIN_TILE = 8
 SLAB_VOXELS = 1 << 21  # fixed-grid voxels resampled at once (12 bytes each as probabilities)
 
@@ -130,13 +131,34 @@ def tile_bytes(model: MisalignmentNet, tile: int) -> float:
     return 4.0 * s1 * (2 * cfg.features + 6 * cfg.hidden + 12)
 
 
-def tile_size_for_memory(model: MisalignmentNet, max_memory_gb: float) -> int:
-    """Largest tile edge (multiple of 8, <= MAX_TILE) whose forward pass fits in a quarter of the budget."""
+def tile_size_for_memory(model: MisalignmentNet, max_memory_gb: float, cap: int = MAX_TILE) -> int:
+    """Largest tile edge (multiple of 8, <= cap) whose forward pass fits in a quarter of the budget."""
     budget = max_memory_gb * 2 ** 30 / 4
     tile = 8
-    while tile + 8 <= MAX_TILE and tile_bytes(model, tile + 8) <= budget:
+    while tile + 8 <= cap and tile_bytes(model, tile + 8) <= budget:
         tile += 8
     return tile
+
+
+def dilated(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of a boolean volume by a cube of edge 2 * radius + 1, one axis at a time."""
+    for axis in range(mask.ndim):
+        grown = mask.copy()
+        n = mask.shape[axis]
+        for shift in range(1, min(radius, n - 1) + 1):
+            ahead = (slice(None),) * axis + (slice(shift, None),)
+            behind = (slice(None),) * axis + (slice(None, n - shift),)
+            grown[behind] |= mask[ahead]
+            grown[ahead] |= mask[behind]
+        mask = grown
+    return mask
+
+
+def occupied_tiles(mask: np.ndarray, tile: int) -> np.ndarray:
+    """Which whole tiles of edge `tile` (from index 0) hold any voxel of a boolean volume."""
+    counts = [n // tile for n in mask.shape]
+    whole = mask[tuple(slice(0, n * tile) for n in counts)]
+    return whole.reshape(counts[0], tile, counts[1], tile, counts[2], tile).any(axis=(1, 3, 5))
 
 
 def best_tile(model: MisalignmentNet, region_size, largest: int) -> int:
@@ -147,11 +169,19 @@ def best_tile(model: MisalignmentNet, region_size, largest: int) -> int:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    """Move a batch of level patches to the device (through pinned memory, asynchronously, on CUDA; on the CPU,
-    into its faster convolution layout)."""
+    """A batch of level patches on the device (on CUDA through pinned memory, asynchronously, unless they are there
+    already), in its faster convolution layout."""
+    if device.type == "cuda":
+        batch = {lv: x if x.is_cuda else x.pin_memory().to(device, non_blocking=True) for lv, x in batch.items()}
+    return in_convolution_layout(batch)
+
+
+def largest_tile(model: MisalignmentNet, device: torch.device, max_memory_gb: float) -> int:
+    """The largest tile edge the device's memory allows: the RAM budget on the CPU, free GPU memory on CUDA."""
     if device.type != "cuda":
-        return in_convolution_layout(batch, device)
-    return {lv: x.pin_memory().to(device, non_blocking=True) for lv, x in batch.items()}
+        return min(tile_size_for_memory(model, max_memory_gb), MAX_TILE)
+    free_bytes = torch.cuda.mem_get_info(device)[0]
+    return min(tile_size_for_memory(model, CUDA_MEMORY_SHARE * free_bytes / 2 ** 30, MAX_TILE_CUDA), MAX_TILE_CUDA)
 
 
 class MisalignmentPredictor:
@@ -160,7 +190,7 @@ class MisalignmentPredictor:
     def __init__(self, model: MisalignmentNet, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
                  weights_sha256: str = None, amp: bool = False):
         self.device = resolve_device(device)
-        self.model = model.to(self.device, memory_format=convolution_layout(self.device)).eval()
+        self.model = model.to(self.device, memory_format=CONVOLUTION_LAYOUT).eval()
         self.max_memory_gb = max_memory_gb
         self.weights_sha256 = weights_sha256
         self.amp = amp
@@ -203,29 +233,41 @@ class MisalignmentPredictor:
         """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""
         pair = to_fixed_grid(fixed, moving, mask, transform)
         region = mask_region_s1(fixed, pair.mask)
-        largest = min(tile_size_for_memory(self.model, self.max_memory_gb), MAX_TILE)
-        tile = best_tile(self.model, region[1] - region[0], largest)
+        tile = best_tile(self.model, region[1] - region[0], largest_tile(self.model, self.device, self.max_memory_gb))
         stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)
         return crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
 
     def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None, pyramid=None) -> np.ndarray:
         """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile.
 
-        When the device runs out of memory, the remaining work is done in tiles of half the edge (down to 8)."""
+        On CUDA the pyramid and the result stay on the GPU (one transfer each way) when they fit. When the device
+        runs out of memory, the remaining work is done in tiles of half the edge (down to 8)."""
         check_output_size(tile)
         pyramid = pyramid or build_pyramid(prepared.volume)
-        size = prepared.region_size[::-1]
+        size = tuple(int(n) for n in prepared.region_size[::-1])
         start = prepared.region_start[::-1]
-        probs = np.zeros((3,) + tuple(int(n) for n in size), dtype=np.float32)
         needed = self.tiles_touching_mask(prepared, tile)
+        pyramid, probs = self._working_set(pyramid, size)
         limit = tile
         for i, corner in enumerate(needed):
             limit = self._fill_tile(probs, pyramid, start, corner, tile, limit)
-            if progress:
+            if progress:  # on CUDA: tiles queued, the GPU finishes them at the copy below
                 progress((i + 1) / len(needed))
-        return probs
+        return probs.cpu().numpy()
 
-    def _fill_tile(self, probs: np.ndarray, pyramid: dict, start, corner, tile: int, limit: int) -> int:
+    def _working_set(self, pyramid: dict, size: tuple) -> tuple:
+        """(pyramid, zero probabilities (3, *size)) on the GPU if both fit there, else in host memory."""
+        if self.device.type == "cuda":
+            try:
+                on_gpu = {lv: v.pin_memory().to(self.device, non_blocking=True) for lv, v in pyramid.items()}
+                return on_gpu, torch.zeros((3,) + size, dtype=torch.float32, device=self.device)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            torch.cuda.empty_cache()  # outside the handler, so that a partial upload is released
+        return pyramid, torch.zeros((3,) + size, dtype=torch.float32)
+
+    def _fill_tile(self, probs: torch.Tensor, pyramid: dict, start, corner, tile: int, limit: int) -> int:
         """Write one tile's probabilities in sub-tiles of edge `limit` (halved on out-of-memory); return the edge."""
         while True:
             try:
@@ -244,21 +286,20 @@ class MisalignmentPredictor:
                 torch.cuda.empty_cache()
             limit = smaller_tile(limit)
 
-    def _tile_probabilities(self, pyramid: dict, corner, tile: int) -> np.ndarray:
-        """Softmax probabilities (3, t, t, t) of the output tile at a pyramid S1 corner (zyx); one device sync."""
+    def _tile_probabilities(self, pyramid: dict, corner, tile: int) -> torch.Tensor:
+        """Softmax probabilities (3, t, t, t) of the output tile at a pyramid S1 corner (zyx), on the device; no
+        synchronisation with the host."""
         batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], tile), self.device)
         with torch.no_grad(), network_precision(self.device, self.amp):
-            out = torch.softmax(self.model(batch)[1].float(), 1)[0]
-        return out.cpu().numpy()
+            return torch.softmax(self.model(batch)[1].float(), 1)[0]
 
     def tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
-        """Corners (zyx, region voxels) of the tiles that contain evaluated voxels."""
+        """Corners (zyx, region voxels) of the tiles that contain evaluated voxels or their interpolation
+        neighbours (2 voxels around)."""
         ref = prepared.s1_grid(prepared.region_start, prepared.region_size)
         s1_mask = sitk.Resample(prepared.mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        occupied = torch.from_numpy(sitk.GetArrayFromImage(s1_mask).astype(np.float32))[None, None]
-        occupied = F.max_pool3d(occupied, 5, stride=1, padding=2)  # interpolation neighbours
-        occupied = F.max_pool3d(occupied, tile, stride=tile)[0, 0] > 0
-        return [np.asarray(c) * tile for c in torch.nonzero(occupied).tolist()]
+        occupied = occupied_tiles(dilated(sitk.GetArrayViewFromImage(s1_mask) > 0, 2), tile)
+        return [np.asarray(c) * tile for c in np.argwhere(occupied).tolist()]
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
         """Resample S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.

@@ -37,6 +37,14 @@ class Source:
         zs = self.lung_voxels[:, 0]
         self.lung_z_range = (int(zs.min()), int(zs.max())) if len(zs) else (0, self.hu.shape[0] - 1)
 
+    def to(self, device) -> "Source":
+        """This source with its volumes on `device` (itself when they are there already): samples made on a GPU
+        then crop there instead of copying each crop from host memory."""
+        device = torch.device(device)
+        if self.hu.device.type == device.type:
+            return self
+        return Source(self.name, self.hu.to(device), self.torso.to(device), self.lungs.to(device))
+
 
 @dataclass
 class Sample:
@@ -250,8 +258,9 @@ def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, d
         inside = inside * random_field_of_view(inside.shape, gen, device)
     body = torso_src[core] > 0
     noise = _rand(gen, 0.0, 20.0)
-    fixed_hu = fixed_hu + body * noise * torch.randn(fixed_hu.shape, generator=gen).to(device)
-    moving_hu = moving_hu + body * noise * torch.randn(moving_hu.shape, generator=gen).to(device)
+    noise_gen = _noise_generator(gen, device)
+    fixed_hu = fixed_hu + body * noise * torch.randn(fixed_hu.shape, generator=noise_gen, device=noise_gen.device)
+    moving_hu = moving_hu + body * noise * torch.randn(moving_hu.shape, generator=noise_gen, device=noise_gen.device)
     volume = stack_channels(fixed_hu, moving_hu, inside)
     inputs = tile_inputs(build_pyramid(volume), config, (margin,) * 3, out_size)
     magnitude = vector_norm(field)
@@ -263,11 +272,21 @@ def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, d
     return Sample(inputs, targets, lungs_src[core][out] > 0, family, magnitude[out])
 
 
+def _noise_generator(gen: torch.Generator, device) -> torch.Generator:
+    """The generator of the per-voxel noise: `gen` itself on the CPU; on a GPU, one there seeded from `gen`, so that
+    the noise is drawn where it is added (a seed then fixes a sample on each kind of device)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return gen
+    return torch.Generator(device).manual_seed(int(torch.randint(0, 2 ** 62, (), generator=gen)))
+
+
 def _crop_padded(source: Source, lo, size: int, extra: int, device) -> tuple:
-    """Crop (hu, torso, lungs, inside) of edge `size` starting at `lo` - `extra`, padding outside the source."""
+    """Crop (hu, torso, lungs, inside) of edge `size` starting at `lo` - `extra`, padding outside the source; the
+    crop is made where the source is, then moved to `device`."""
     start = [l - extra for l in lo]
-    out_hu = torch.full((size,) * 3, AIR_HU)
-    out_masks = torch.zeros((3,) + (size,) * 3)
+    out_hu = torch.full((size,) * 3, AIR_HU, device=source.hu.device)
+    out_masks = torch.zeros((3,) + (size,) * 3, device=source.hu.device)
     src_sl, dst_sl = [], []
     for s, n in zip(start, source.hu.shape):
         a, b = max(s, 0), min(s + size, n)

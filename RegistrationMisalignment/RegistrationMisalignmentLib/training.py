@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .checkpoint import export_weights, load_model
 from .errors import InputError
-from .devices import convolution_layout, in_convolution_layout, machine_description, resolve_device
+from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
@@ -172,7 +172,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "training_state.pt"
     torch.manual_seed(train_config.seed)
-    model = MisalignmentNet(model_config).to(device, memory_format=convolution_layout(device))
+    model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
                                   weight_decay=train_config.weight_decay)
     step, history = 0, []
@@ -188,6 +188,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     elif train_config.init_weights:
         start_from_weights(model, train_config.init_weights)
         log(f"fine-tuning from {train_config.init_weights}")
+    if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made
+        sources = [source.to(device) for source in sources]
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
                               base_seed=VALIDATION_SEED + train_config.seed)
     bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")
@@ -196,13 +198,14 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(train_config, step)
-        loss = hierarchy_loss(model(in_convolution_layout(inputs, device)), targets)
+        loss = hierarchy_loss(model(in_convolution_layout(inputs)), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if progress:  # reading the loss waits for the device: only when someone watches
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % train_config.validate_every == 0 or step == train_config.steps:
             metrics = validate(model, validation)
             history.append({"step": step, "loss": loss.item(), "accuracy": metrics["accuracy"],

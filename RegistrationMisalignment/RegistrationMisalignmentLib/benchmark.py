@@ -104,6 +104,7 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     result = predictor.result_on_fixed_grid(prepared, probs)
     t4 = time.perf_counter()
     tiles = predictor.tiles_touching_mask(prepared, tile)
+    tile_selection_s = time.perf_counter() - t4
     computed_voxels = len(tiles) * tile ** 3
     per_patch = _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks, seed)
     start = tuple(int(s) for s in prepared.region_start[::-1] + tiles[0])
@@ -120,7 +121,8 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
         "computed_output_voxels": computed_voxels,
         "device": str(predictor.device), "machine": machine_description(), "torch_threads": torch.get_num_threads(),
         "seconds": {"read": read_s, "preprocessing_checks_masks_resample": t1 - t0, "pyramid": t2 - t1,
-                    "dense_network": dense_s, "resample_to_fixed_grid": t4 - t3,
+                    "dense_network": dense_s, "choosing_tiles_within_dense_network": tile_selection_s,
+                    "resample_to_fixed_grid": t4 - t3,
                     "end_to_end_without_read": (t4 - t0), "per_patch_estimated_whole_volume": per_patch_total_s},
         "dense_voxels_per_second": computed_voxels / dense_s,
         "per_patch_voxels_per_second": BLOCK ** 3 / per_patch["seconds_per_block"],

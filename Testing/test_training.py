@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from RegistrationMisalignmentLib.checkpoint import load_model
+from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.model import ModelConfig
 from RegistrationMisalignmentLib.sources import source_from_image
 from RegistrationMisalignmentLib.training import TrainConfig, hierarchy_loss, train, training_batches
@@ -66,6 +67,15 @@ def test_loader_workers_feed_the_same_batches_as_synthesis_in_process(sources, t
     result = train(sources, MODEL, replace(config, loader_workers=2), tmp_path, device="cpu", progress=False,
                    log=lambda m: None)
     assert result["steps"] == 3 and (tmp_path / "weights.safetensors").is_file()
+
+
+def test_a_gpu_loader_device_without_a_gpu_is_refused_before_any_work(sources, tmp_path, monkeypatch):
+    from dataclasses import replace
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = replace(_config(2), loader_workers=1, loader_device="cuda")
+    with pytest.raises(InputError, match="no CUDA GPU is available"):
+        train(sources, MODEL, config, tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
+    assert not (tmp_path / "run" / "training_state.pt").exists()
 
 
 def test_training_changes_the_weights_and_exports_a_loadable_model(sources, tmp_path):

@@ -3,8 +3,11 @@
 Needs only PyTorch, numpy, safetensors and tqdm (no SimpleITK): the sources come from `cache-sources`.
     registration-misalignment cache-sources --ct ../shared/data/thorax_philips_00.nii.gz --phantoms 2 \\
         --out carry/train_sources.npz                       # here, once (about 48 MB)
-    OUT=/tmp/out BUDGET_S=420 python3 scripts/device_train.py   # there (device tool: carry=["carry"])
+    OUT=$OUT BUDGET_S=420 python3 scripts/device_train.py   # there (device tool: carry=["carry/train_sources.npz"])
 Then, back here: registration-misalignment release --run OUT/run ... (see README, "Training your own model").
+Settings: ARCH, FEATURES, HIDDEN, BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SOURCES, DEVICE; LOADER_WORKERS and
+LOADER_DEVICE force one way of feeding the GPU instead of probing synthesis in the training process, loader workers
+synthesising on the GPU, and (estimated) loader workers on the CPU.
 """
 import json
 import os
@@ -22,7 +25,7 @@ from RegistrationMisalignmentLib.source_cache import load_cached_sources  # noqa
 from RegistrationMisalignmentLib.synthesis import make_sample  # noqa: E402
 from RegistrationMisalignmentLib.training import TrainConfig, train  # noqa: E402
 
-PROBE_STEPS = 20
+PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader processes)
 
 
 def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: int = 16) -> float:
@@ -39,25 +42,50 @@ def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: i
     return count / (time.perf_counter() - start)
 
 
-def choose_loader_workers(in_process_step_s: float, compute_step_s: float, batch_cpu_s: float,
-                          available: int) -> tuple:
-    """(workers, expected s/step): synthesise on the device in-process, or in CPU workers if that is faster."""
-    forced = os.environ.get("LOADER_WORKERS")
-    candidates = [int(forced)] if forced is not None else [0, available] if available else [0]
-    expected = {w: in_process_step_s if w == 0 else max(compute_step_s, batch_cpu_s / w) for w in candidates}
-    workers = min(expected, key=expected.get)
-    return workers, expected[workers]
+def probe_step_seconds(sources, model_config: ModelConfig, base: dict, feeding: tuple, device, folder: Path) -> float:
+    """Steady seconds per training step when batches come from `feeding` (loader workers, loader device)."""
+    workers, loader_device = feeding
+    config = TrainConfig(steps=PROBE_STEPS, validate_every=PROBE_STEPS // 2, validation_samples=4,
+                         **{**base, "loader_workers": workers, "loader_device": loader_device})
+    history = train(sources, model_config, config, folder, device, progress=False)["history"]
+    shutil.rmtree(folder)
+    return (history[-1]["seconds"] - history[-2]["seconds"]) / (PROBE_STEPS - PROBE_STEPS // 2)
+
+
+def cpu_workers_step_seconds(in_process_step_s: float, batch_on_device_s: float, batch_per_cpu_process_s: float,
+                             workers: int) -> float:
+    """Expected seconds per step with `workers` CPU processes synthesising: the slower of the network (the
+    in-process step less its synthesis) and the workers."""
+    network_s = max(in_process_step_s - batch_on_device_s, 0.1 * in_process_step_s)
+    return max(network_s, batch_per_cpu_process_s / workers)
+
+
+def feeding_options(device, cores: int) -> list:
+    """The ways to feed batches worth trying, as (loader workers, loader device); LOADER_WORKERS and LOADER_DEVICE
+    force one."""
+    if "LOADER_WORKERS" in os.environ:
+        return [(int(os.environ["LOADER_WORKERS"]), os.environ.get("LOADER_DEVICE", "cpu"))]
+    if device.type != "cuda" or cores <= 4:
+        return [(0, "cpu")]
+    return [(0, "cpu"), (min(8, cores - 4), "cuda"), (cores - 4, "cpu")]
+
+
+def described(feeding: tuple) -> str:
+    """A way of feeding batches in words."""
+    workers, loader_device = feeding
+    return f"{workers} loader workers on {loader_device}" if workers else "synthesis in the training process"
 
 
 def main() -> None:
-    """Probe, train, and write run folder plus device_training.json under $OUT."""
+    """Measure synthesis, probe the ways of feeding the GPU, train with the fastest, and write the run folder plus
+    device_training.json under $OUT."""
     out = Path(os.environ.get("OUT", "runs/device"))
     budget_s = setting("BUDGET_S", 420.0)
     sources = load_cached_sources(os.environ.get("SOURCES", "carry/train_sources.npz"))
     device = resolve_device(os.environ.get("DEVICE", "auto"))
     model_config = ModelConfig(architecture=setting("ARCH", "multires_cnn"), features=setting("FEATURES", 24),
                                hidden=setting("HIDDEN", 24))
-    base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32), loader_workers=0,
+    base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32),
                 learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
                 source_files=["carry/train_sources.npz"], phantom_seeds=[])
     started = time.perf_counter()
@@ -66,27 +94,27 @@ def main() -> None:
     torch.set_num_threads(1)
     pairs_per_s_cpu_process = synthesis_rate(sources, model_config, base["out_size"], torch.device("cpu"), 4)
     torch.set_num_threads(threads)
-    probe_dir = out / "probe"
-    probe = train(sources, model_config, TrainConfig(steps=PROBE_STEPS, validate_every=PROBE_STEPS,
-                                                     validation_samples=4, **base), probe_dir, device, progress=False)
-    in_process_step_s = probe["history"][-1]["seconds"] / PROBE_STEPS
-    shutil.rmtree(probe_dir)
-    compute_step_s = max(in_process_step_s - base["batch_size"] / pairs_per_s, 0.1 * in_process_step_s)
-    available = max(0, (os.cpu_count() or 2) - 4) if device.type == "cuda" else 0
-    workers, step_s = choose_loader_workers(in_process_step_s, compute_step_s, base["batch_size"] /
-                                            pairs_per_s_cpu_process, available)
-    base["loader_workers"] = workers
+    step_s = {}
+    for workers, loader_device in feeding_options(device, os.cpu_count() or 2):
+        if workers and loader_device == "cpu" and (0, "cpu") in step_s:  # estimated: a probe would take minutes
+            step_s[(workers, loader_device)] = cpu_workers_step_seconds(
+                step_s[(0, "cpu")], base["batch_size"] / pairs_per_s, base["batch_size"] / pairs_per_s_cpu_process,
+                workers)
+        else:
+            step_s[(workers, loader_device)] = probe_step_seconds(sources, model_config, base,
+                                                                  (workers, loader_device), device, out / "probe")
+        print(f"{described((workers, loader_device))}: {step_s[(workers, loader_device)]:.3f} s/step", flush=True)
+    (workers, loader_device), expected_s = min(step_s.items(), key=lambda item: item[1])
+    base.update(loader_workers=workers, loader_device=loader_device)
     left = budget_s - (time.perf_counter() - started)
-    steps = max(PROBE_STEPS, int(0.8 * left / step_s) // 100 * 100)
+    steps = max(PROBE_STEPS, int(0.8 * left / expected_s) // 100 * 100)
     print(f"{device}: {pairs_per_s:.1f} synthetic pairs/s there, {pairs_per_s_cpu_process:.2f} per CPU process; "
-          f"{in_process_step_s:.3f} s/step synthesising there (probe), of which about {compute_step_s:.3f} s "
-          f"the network; {workers} loader workers, expected {step_s:.3f} s/step; training {steps} steps",
-          flush=True)
+          f"training {steps} steps, {described((workers, loader_device))}", flush=True)
     figures = {"device": str(device), "machine": machine_description(), "model": model_config.to_dict(),
                "train_config": base, "steps": steps, "synthetic_pairs_per_second_on_device": pairs_per_s,
-               "synthetic_pairs_per_second_per_cpu_process": pairs_per_s_cpu_process, "loader_workers": workers,
-               "probe_seconds_per_step_synthesising_on_device": in_process_step_s,
-               "expected_seconds_per_step": step_s, "date": time.strftime("%Y-%m-%d")}
+               "synthetic_pairs_per_second_per_cpu_process": pairs_per_s_cpu_process,
+               "seconds_per_step_by_feeding": {described(feeding): v for feeding, v in step_s.items()},
+               "expected_seconds_per_step": expected_s, "date": time.strftime("%Y-%m-%d")}
     (out / "device_training.json").write_text(json.dumps(figures, indent=1))  # kept should training be cut off
     result = train(sources, model_config, TrainConfig(steps=steps, validate_every=max(100, steps // 20), **base),
                    out / "run", device, progress=False)
@@ -95,6 +123,7 @@ def main() -> None:
                    final_validation=result["validation"])
     (out / "device_training.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps({k: v for k, v in figures.items() if k != "final_validation"}, indent=1))
+
 
 if __name__ == "__main__":
     main()

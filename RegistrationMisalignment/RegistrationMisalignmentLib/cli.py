@@ -44,7 +44,10 @@ def _add_train(sub) -> None:
                         "breathing state, independent of the residual (default 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--loader-workers", type=int, default=0,
-                   help="synthesise training pairs in this many CPU processes while the device trains (GPU)")
+                   help="synthesise training pairs in this many processes while the device trains (GPU)")
+    p.add_argument("--loader-device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the loader workers synthesise (default cpu; cuda: each worker launches its own work "
+                        "on the GPU, for GPUs that train faster than one process can synthesise)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
@@ -61,7 +64,8 @@ def run_train(args) -> dict:
                                learning_rate=args.learning_rate, validate_every=args.validate_every,
                                seed=args.seed, ct_paths=[str(p) for p in args.ct],
                                phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
-                               loader_workers=args.loader_workers, density_change=args.density_change,
+                               loader_workers=args.loader_workers, loader_device=args.loader_device,
+                               density_change=args.density_change,
                                init_weights=str(init_weights or ""),
                                init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     sources = [s for path in args.sources for s in load_cached_sources(path)]

@@ -41,7 +41,8 @@ class TrainConfig:
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
     source_files: list = field(default_factory=list)  # files written by cache-sources
     phantom_fraction: float = 0.3
-    loader_workers: int = 0  # >0: synthesise batches on the CPU in this many processes while the device trains
+    loader_workers: int = 0  # >0: synthesise batches in this many processes while the device trains
+    loader_device: str = "cpu"  # where those processes synthesise: "cpu", or "cuda" (each launches its own GPU work)
     init_weights: str = ""  # fine-tuning: the weights file training starts from ("" = random initialisation)
     init_weights_sha256: str = ""
     # probability that one image of a training pair gets its lungs' density from another breathing state,
@@ -68,18 +69,22 @@ def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: 
 
 
 class _StepBatches(torch.utils.data.Dataset):
-    """The training batch of each step, synthesised on `device` (the CPU in loader workers)."""
+    """The training batch of each step, synthesised on `device`; `to_host`: handed over in host memory (loader
+    workers: a process hands tensors to the training loop through shared host memory)."""
 
-    def __init__(self, sources, config: ModelConfig, train: TrainConfig, device="cpu"):
-        self.sources, self.config, self.train, self.device = sources, config, train, device
+    def __init__(self, sources, config: ModelConfig, train: TrainConfig, device="cpu", to_host: bool = False):
+        self.sources, self.config, self.train = sources, config, train
+        self.device, self.to_host = torch.device(device), to_host
 
     def __len__(self) -> int:
         return self.train.steps
 
     def __getitem__(self, step: int):
         train = self.train
-        return collate(sample_batch(self.sources, self.config, train, step * train.batch_size, train.batch_size,
-                                    self.device, base_seed=train.seed))
+        self.sources = [source.to(self.device) for source in self.sources]  # once per process (then no-ops)
+        batch = collate(sample_batch(self.sources, self.config, train, step * train.batch_size, train.batch_size,
+                                     self.device, base_seed=train.seed))
+        return tuple({lv: x.cpu() for lv, x in part.items()} for part in batch) if self.to_host else batch
 
 
 def _one_thread_per_worker(worker_id: int) -> None:
@@ -93,10 +98,13 @@ def training_batches(sources, config: ModelConfig, train: TrainConfig, first_ste
         batches = _StepBatches(sources, config, train, device)
         yield from (batches[step] for step in range(first_step, train.steps))
         return
-    loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train), batch_size=None,
-                                         sampler=range(first_step, train.steps), num_workers=train.loader_workers,
-                                         prefetch_factor=4, pin_memory=device.type == "cuda",
-                                         worker_init_fn=_one_thread_per_worker)
+    loader_device = resolve_device(train.loader_device)
+    loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train, loader_device, to_host=True),
+                                         batch_size=None, sampler=range(first_step, train.steps),
+                                         num_workers=train.loader_workers, prefetch_factor=4,
+                                         pin_memory=device.type == "cuda", worker_init_fn=_one_thread_per_worker,
+                                         # CUDA cannot start in a forked process
+                                         multiprocessing_context="spawn" if loader_device.type == "cuda" else None)
     for inputs, targets in loader:
         yield ({lv: x.to(device, non_blocking=True) for lv, x in inputs.items()},
                {lv: t.to(device, non_blocking=True) for lv, t in targets.items()})
@@ -168,6 +176,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights."""
     check_output_size(train_config.out_size)
     device = resolve_device(device)
+    if train_config.loader_workers > 0:
+        resolve_device(train_config.loader_device)  # an unavailable loader device is refused before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "training_state.pt"

@@ -103,8 +103,9 @@ def training_batches(sources, config: ModelConfig, train: TrainConfig, first_ste
                                          batch_size=None, sampler=range(first_step, train.steps),
                                          num_workers=train.loader_workers, prefetch_factor=4,
                                          pin_memory=device.type == "cuda", worker_init_fn=_one_thread_per_worker,
-                                         # CUDA cannot start in a forked process
-                                         multiprocessing_context="spawn" if loader_device.type == "cuda" else None)
+                                         # spawned, not forked: CUDA cannot start in a forked process, and a fork
+                                         # of a process with torch threads running can deadlock
+                                         multiprocessing_context="spawn")
     for inputs, targets in loader:
         yield ({lv: x.to(device, non_blocking=True) for lv, x in inputs.items()},
                {lv: t.to(device, non_blocking=True) for lv, t in targets.items()})

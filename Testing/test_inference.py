@@ -182,3 +182,18 @@ def test_tiles_touching_the_mask_are_those_a_max_pooling_finds():
     tiles = F.max_pool3d(pooled[None, None], 8, stride=8)[0, 0] > 0
     assert np.array_equal(occupied_tiles(dilated(mask, 2), 8), tiles.numpy())
     assert 0 < occupied_tiles(dilated(mask, 2), 8).sum() < tiles.numel()
+
+
+def test_the_difference_to_the_cpu_is_read_over_the_right_tile(small_pair, tiny_predictor):
+    """The GPU benchmark's check against the CPU: 0 for the CPU's own map, the change when that tile is altered."""
+    from RegistrationMisalignmentLib.benchmark import difference_to_cpu
+    from RegistrationMisalignmentLib.pyramid import build_pyramid
+    prepared, tile = tiny_predictor.prepare(small_pair.fixed, small_pair.moving)
+    pyramid = build_pyramid(prepared.volume)
+    probs = tiny_predictor.dense_probabilities(prepared, tile, pyramid=pyramid)
+    corner = tiny_predictor.tiles_touching_mask(prepared, tile)[-1]
+    start = tuple(int(s) for s in prepared.region_start[::-1] + corner)
+    assert difference_to_cpu(tiny_predictor, pyramid, start, corner, tile, probs) <= 1e-6
+    z, y, x = corner
+    probs[1, z + tile - 1, y, x + 3] += 0.25
+    assert difference_to_cpu(tiny_predictor, pyramid, start, corner, tile, probs) == pytest.approx(0.25, abs=1e-5)

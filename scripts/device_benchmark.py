@@ -96,7 +96,8 @@ def main() -> None:
               f"{seconds['dense_network']:.3f} s, end to end {seconds['end_to_end_without_read']:.2f} s "
               f"(preprocessing {seconds['preprocessing_checks_masks_resample']:.2f} s, back onto the fixed grid "
               f"{seconds['resample_to_fixed_grid']:.2f} s), {results[name]['speedup_dense_over_per_patch']:.1f}x "
-              f"over per-patch", flush=True)
+              f"over per-patch; against the CPU over one tile: "
+              f"{results[name].get('max_probability_difference_vs_cpu_one_tile', 'not compared')}", flush=True)
         save()
     predictor = MisalignmentPredictor.load(device=device)
     if predictor.device.type == "cuda":

@@ -2,6 +2,7 @@
 peak memory of `predict` in a fresh process; training throughput."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -114,6 +115,9 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     achieved = flops_per_voxel * computed_voxels / dense_s
     reference = matmul_flops_per_second(predictor.device)
     amp = {"amp_vs_float32": _amp_against_float32(predictor, prepared, pyramid, tile, probs)} if predictor.amp else {}
+    if predictor.device.type != "cpu" and not predictor.amp:
+        amp["max_probability_difference_vs_cpu_one_tile"] = difference_to_cpu(predictor, pyramid, start, tiles[0],
+                                                                              tile, probs)
     return {**amp, "precision": predictor.precision,
         "case": str(ct_path) if ct_path else f"phantom seed {seed}",
         "image_size": list(pair.fixed.GetSize()), "image_spacing": list(pair.fixed.GetSpacing()),
@@ -147,6 +151,14 @@ def _amp_against_float32(predictor: MisalignmentPredictor, prepared, pyramid, ti
     return {"float32_dense_network_s": seconds,
             "max_probability_difference": float(np.abs(reference - probs).max()),
             "label_agreement": float((reference.argmax(0) == probs.argmax(0))[computed].mean())}
+
+
+def difference_to_cpu(predictor: MisalignmentPredictor, pyramid: dict, start, corner, tile: int, probs) -> float:
+    """Largest difference between the device's dense probabilities and the CPU's (float32) over one tile."""
+    cpu = MisalignmentPredictor(copy.deepcopy(predictor.model), "cpu")
+    on_cpu = cpu.tile_probabilities(pyramid, start, tile).numpy()
+    z, y, x = (int(c) for c in corner)
+    return float(np.abs(on_cpu - probs[:, z:z + tile, y:y + tile, x:x + tile]).max())
 
 
 def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: int, seed: int) -> dict:

@@ -179,9 +179,9 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def largest_tile(model: MisalignmentNet, device: torch.device, max_memory_gb: float) -> int:
     """The largest tile edge the device's memory allows: the RAM budget on the CPU, free GPU memory on CUDA."""
     if device.type != "cuda":
-        return min(tile_size_for_memory(model, max_memory_gb), MAX_TILE)
+        return tile_size_for_memory(model, max_memory_gb)
     free_bytes = torch.cuda.mem_get_info(device)[0]
-    return min(tile_size_for_memory(model, CUDA_MEMORY_SHARE * free_bytes / 2 ** 30, MAX_TILE_CUDA), MAX_TILE_CUDA)
+    return tile_size_for_memory(model, CUDA_MEMORY_SHARE * free_bytes / 2 ** 30, MAX_TILE_CUDA)
 
 
 class MisalignmentPredictor:
@@ -273,7 +273,7 @@ class MisalignmentPredictor:
             try:
                 for sub in sub_tiles(corner, tile, limit):
                     sl = tuple(slice(int(c), int(c) + limit) for c in sub)
-                    probs[(slice(None),) + sl] = self._tile_probabilities(pyramid, start + sub, limit)
+                    probs[(slice(None),) + sl] = self.tile_probabilities(pyramid, start + sub, limit)
                 return limit
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
@@ -286,7 +286,7 @@ class MisalignmentPredictor:
                 torch.cuda.empty_cache()
             limit = smaller_tile(limit)
 
-    def _tile_probabilities(self, pyramid: dict, corner, tile: int) -> torch.Tensor:
+    def tile_probabilities(self, pyramid: dict, corner, tile: int) -> torch.Tensor:
         """Softmax probabilities (3, t, t, t) of the output tile at a pyramid S1 corner (zyx), on the device; no
         synchronisation with the host."""
         batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], tile), self.device)

@@ -19,12 +19,13 @@ from device_env import setting
 
 import torch  # noqa: E402
 
-from RegistrationMisalignmentLib.benchmark import run_benchmark, run_training_benchmark, synchronize  # noqa: E402
+from RegistrationMisalignmentLib.benchmark import run_benchmark, run_training_benchmark  # noqa: E402
+from RegistrationMisalignmentLib.devices import synchronize  # noqa: E402
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor, network_precision  # noqa: E402
 from RegistrationMisalignmentLib.model import input_size  # noqa: E402
 from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
 from RegistrationMisalignmentLib.sources import source_from_image  # noqa: E402
-from RegistrationMisalignmentLib.synthesis import make_sample  # noqa: E402
+from RegistrationMisalignmentLib.synthesis import synthetic_pairs_per_second  # noqa: E402
 
 
 def warm_up(predictor: MisalignmentPredictor) -> None:
@@ -64,14 +65,8 @@ def layout_variants(predictor: MisalignmentPredictor, tile: int = 96, repeats: i
 def pairs_per_second_from_host_source(predictor: MisalignmentPredictor, count: int = 8) -> float:
     """Synthetic pairs per second on the device with the source left in host memory (before sources moved there)."""
     ct, lungs = make_chest_phantom(0)
-    source = source_from_image("phantom", ct, lungs)
-    make_sample(source, predictor.model.config, 32, seed=0, device=predictor.device)
-    synchronize(predictor.device)
-    start = time.perf_counter()
-    for i in range(count):
-        make_sample(source, predictor.model.config, 32, seed=i + 1, device=predictor.device)
-    synchronize(predictor.device)
-    return count / (time.perf_counter() - start)
+    return synthetic_pairs_per_second([source_from_image("phantom", ct, lungs)], predictor.model.config, 32,
+                                      predictor.device, count)
 
 
 def main() -> None:

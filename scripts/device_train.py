@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from RegistrationMisalignmentLib.devices import machine_description, resolve_device  # noqa: E402
 from RegistrationMisalignmentLib.model import ModelConfig  # noqa: E402
 from RegistrationMisalignmentLib.source_cache import load_cached_sources  # noqa: E402
-from RegistrationMisalignmentLib.synthesis import make_sample  # noqa: E402
+from RegistrationMisalignmentLib.synthesis import synthetic_pairs_per_second  # noqa: E402
 from RegistrationMisalignmentLib.training import TrainConfig, train  # noqa: E402
 
 PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader processes)
@@ -30,16 +30,7 @@ PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader pro
 
 def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: int = 16) -> float:
     """Synthetic training pairs generated per second on `device` (the sources moved there first, as training does)."""
-    sources = [source.to(device) for source in sources]
-    make_sample(sources[0], config, out_size, seed=0, device=device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(count):
-        make_sample(sources[i % len(sources)], config, out_size, seed=i + 1, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+    return synthetic_pairs_per_second([source.to(device) for source in sources], config, out_size, device, count)
 
 
 def probe_step_seconds(sources, model_config: ModelConfig, base: dict, feeding: tuple, device, folder: Path) -> float:

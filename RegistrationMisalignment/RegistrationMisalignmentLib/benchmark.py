@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .demo import synthetic_pair
-from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description
+from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description, synchronize
 from .errors import InputError
 from .imageio import read_image, write_image
 from .inference import MisalignmentPredictor
@@ -25,7 +25,7 @@ from .phantom import make_chest_phantom
 from .preprocessing import BLOCK
 from .pyramid import AIR_HU, batch_tiles, build_pyramid
 from .sources import source_from_image
-from .synthesis import collate, make_sample
+from .synthesis import collate, make_sample, synthetic_pairs_per_second
 from .training import TrainConfig, hierarchy_loss
 
 
@@ -77,12 +77,6 @@ def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int
         a @ b
     synchronize(device)
     return 2.0 * size ** 3 * repeats / (time.perf_counter() - t0)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 64, seed: int = 0) -> dict:
@@ -261,14 +255,12 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
     device = predictor.device
     ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
     source = source_from_image(str(ct_path) if ct_path else "phantom", ct, lungs).to(device)
-    t0 = time.perf_counter()
-    samples = [make_sample(source, config, train.out_size, seed=seed + i, device=device) for i in range(pairs)]
-    synchronize(device)
-    pair_s = (time.perf_counter() - t0) / pairs
+    pair_s = 1.0 / synthetic_pairs_per_second([source], config, train.out_size, device, pairs, seed)
     torch.manual_seed(seed)
     model = MisalignmentNet(config).to(device, memory_format=CONVOLUTION_LAYOUT).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    inputs, targets = collate(samples[:train.batch_size])
+    inputs, targets = collate([make_sample(source, config, train.out_size, seed=seed + i, device=device)
+                               for i in range(train.batch_size)])
     inputs = in_convolution_layout(inputs)
     for step in range(steps + 1):  # the first step warms up
         if step == 1:

@@ -55,3 +55,9 @@ def machine_description() -> str:
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()

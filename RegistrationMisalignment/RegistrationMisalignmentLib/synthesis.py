@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .labels import COARSE_THRESHOLDS_MM
+from .devices import synchronize
 from .model import ModelConfig, hidden_size
 from .pyramid import AIR_HU, build_pyramid, context_margin, separable_filter, stack_channels, tile_inputs
 
@@ -306,6 +308,19 @@ def collate(samples) -> tuple:
     levels = samples[0].inputs.keys()
     return ({lv: torch.stack([s.inputs[lv] for s in samples]) for lv in levels},
             {lv: torch.stack([s.targets[lv] for s in samples]) for lv in levels})
+
+
+def synthetic_pairs_per_second(sources: list, config, out_size: int, device, count: int, seed: int = 0) -> float:
+    """Synthetic training pairs made per second on `device` from `sources` where they are (timed after one warm-up
+    pair of each field family)."""
+    for family in FAMILIES:
+        make_sample(sources[0], config, out_size, seed=seed, device=device, family=family)
+    synchronize(device)
+    start = time.perf_counter()
+    for i in range(count):
+        make_sample(sources[i % len(sources)], config, out_size, seed=seed + 1 + i, device=device)
+    synchronize(device)
+    return count / (time.perf_counter() - start)
 
 
 def source_from_arrays(name: str, hu: np.ndarray, torso: np.ndarray, lungs: np.ndarray) -> Source:

@@ -145,8 +145,12 @@ def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(fi
     result = json.loads(capsys.readouterr().out)
     assert result["synthetic_pairs_per_second"] > 0 and result["training_samples_per_second"] > 0
     assert result["batch_size"] == 4 and result["out_size"] == 32 and result["torch_threads"] >= 1
+    assert main(["benchmark", "--training", "--out-size", "16", *model, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_size"] == 16
     assert main(["benchmark", "--memory-size", "512,512", *model]) == 2
     assert "three voxel counts" in _error_line(capsys)
+    assert main(["benchmark", "--training", "--out-size", "12", *model]) == 2
+    assert "positive multiple of 8, got 12" in _error_line(capsys)
 
 
 def test_train_fine_tunes_calibrated_weights_uncalibrated_and_records_them(files, tmp_path, capsys):

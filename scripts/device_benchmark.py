@@ -1,6 +1,6 @@
 """GPU benchmark for a short device lease: the reference case in float32 and with --amp, one tile's forward pass in
-each memory layout and arithmetic, and training throughput on the demo phantom (synthesis from a source in host
-memory, the old way, and on the GPU), written to $OUT.
+each memory layout and arithmetic, and training throughput on the demo phantom with 32^3 and 64^3 tiles (and
+synthesis from a source in host memory, the old way), written to $OUT.
 
 The device has no SimpleITK; its wheel, packed with xz (28 MB), and the reference CT (30 MB) fit one call's carry:
     pip download --no-deps --only-binary=:all: --python-version 3.12 SimpleITK==2.5.7 -d /tmp/wheel      # here
@@ -100,7 +100,8 @@ def main() -> None:
         print(json.dumps(results["layouts"]), flush=True)
         save()
         predictor = MisalignmentPredictor.load(device=device)
-    results["training"] = run_training_benchmark(predictor, None, pairs=16, steps=10)
+    results["training"] = {f"out_size_{n}": run_training_benchmark(predictor, None, pairs=16, steps=10, out_size=n)
+                           for n in (32, 64)}  # does a GPU synthesise 64^3 tiles at about the cost of 32^3?
     results["training"]["synthetic_pairs_per_second_source_in_host_memory"] = \
         pairs_per_second_from_host_source(predictor)
     print(json.dumps(results["training"], indent=1), flush=True)

@@ -20,7 +20,7 @@ from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout,
 from .errors import InputError
 from .imageio import read_image, write_image
 from .inference import MisalignmentPredictor
-from .model import MisalignmentNet
+from .model import MisalignmentNet, check_output_size
 from .phantom import make_chest_phantom
 from .preprocessing import BLOCK
 from .pyramid import AIR_HU, batch_tiles, build_pyramid
@@ -246,11 +246,13 @@ def run_memory_benchmark(ct_path=None, size=(512, 512, 600), options=(), seed: i
 
 
 def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs: int = 8, steps: int = 3,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, out_size: int = None) -> dict:
     """Synthetic pairs made per second and training samples per second (forward, backward, optimiser step).
 
-    The network has the predictor's architecture; batch and tile follow the release recipe (4 tiles of 32^3)."""
-    train = TrainConfig()
+    The network has the predictor's architecture; batch and tile follow the release recipe (4 tiles of 32^3)
+    unless `out_size` gives another tile edge."""
+    train = TrainConfig(out_size=out_size) if out_size else TrainConfig()
+    check_output_size(train.out_size)
     config = predictor.model.config
     device = predictor.device
     ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)

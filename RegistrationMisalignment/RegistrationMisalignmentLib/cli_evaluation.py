@@ -193,6 +193,8 @@ def _add_benchmark(sub) -> None:
                         "--probabilities) on the pair resampled to X,Y,Z voxels over the same extent, e.g. 512,512,600")
     p.add_argument("--training", action="store_true",
                    help="instead: synthetic pairs and training samples per second (release recipe: 4 tiles of 32^3)")
+    p.add_argument("--out-size", type=int, default=32,
+                   help="with --training: the training tile's output edge (a multiple of 8; default 32)")
     add_model_options(p)
 
 
@@ -259,7 +261,7 @@ def run_memory_benchmark_command(args) -> dict:
 def run_training_benchmark_command(args) -> dict:
     """Synthetic pairs and training samples per second with the predictor's architecture."""
     from .benchmark import run_training_benchmark
-    result = run_training_benchmark(load_predictor(args), args.ct)
+    result = run_training_benchmark(load_predictor(args), args.ct, out_size=args.out_size)
     if not args.json:
         print(f"{result['case']} on {result['device']} ({result['machine']}, {result['torch_threads']} threads)")
         print(f"  synthetic pairs: {result['synthetic_pairs_per_second']:.2f} per second; training "

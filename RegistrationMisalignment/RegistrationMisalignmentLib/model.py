@@ -8,6 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .errors import InputError
 from .labels import COARSE_THRESHOLDS_MM
 
 LEVELS = (4, 2, 1)
@@ -69,7 +70,7 @@ def input_size(config: ModelConfig, level: int, out_size: int) -> int:
 def check_output_size(out_size: int) -> None:
     """Raise unless the S1 output tile edge is a positive multiple of 8 (keeps the pyramid grids aligned)."""
     if out_size <= 0 or out_size % 8:
-        raise ValueError(f"output tile size must be a positive multiple of 8, got {out_size}")
+        raise InputError(f"output tile size must be a positive multiple of 8, got {out_size}; pass e.g. --out-size 32")
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:

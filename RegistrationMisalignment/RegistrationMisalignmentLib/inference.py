@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,6 +13,7 @@ from . import labels as L
 from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device
 from .errors import InputError
+from .fixed_grid import MaskedProbabilities, image_on_grid
 from .imageio import paste
 from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
@@ -25,7 +25,6 @@ MAX_TILE = 128
 MAX_TILE_CUDA = 256  # a GPU pays per tile launched, not per voxel: fewer, larger tiles
 CUDA_MEMORY_SHARE = 0.5  # of the GPU memory free at the start of a prediction, for the tiles' activations
 MIN_TILE = 8
-SLAB_VOXELS = 1 << 21  # fixed-grid voxels resampled at once (12 bytes each as probabilities)
 
 
 class PredictionResult:
@@ -43,45 +42,6 @@ class PredictionResult:
         if callable(self._probabilities):
             self._probabilities = self._probabilities()
         return self._probabilities
-
-
-@dataclass
-class MaskedProbabilities:
-    """S1 class probabilities and the evaluation mask inside its bounding box, to resample onto the fixed grid."""
-
-    vector: sitk.Image  # S1 probabilities, vector float32
-    mask_box: sitk.Image  # the mask inside its bounding box, on the fixed grid
-    box_index: list  # xyz index of the box in the fixed grid
-    grid: tuple  # size, origin, spacing and direction of the fixed grid
-
-    def slabs(self):
-        """Yield (z index in the box, probabilities (z, y, x, 3) that are 0 outside the mask, mask) slab by slab."""
-        sx, sy, sz = self.mask_box.GetSize()
-        step = max(1, SLAB_VOXELS // (sx * sy))
-        for z in range(0, sz, step):
-            mask = sitk.RegionOfInterest(self.mask_box, [sx, sy, min(step, sz - z)], [0, 0, z])
-            probs = sitk.GetArrayFromImage(sitk.Resample(self.vector, mask, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                         sitk.sitkVectorFloat32))
-            inside = sitk.GetArrayViewFromImage(mask) > 0
-            probs[~inside] = 0.0
-            yield z, probs, inside
-
-    def on_fixed_grid(self) -> sitk.Image:
-        """The probabilities on the whole fixed grid (vector float32, 3 components), 0 outside the mask."""
-        image = image_on_grid(self.grid, sitk.sitkVectorFloat32, 3)
-        for z, probs, _ in self.slabs():
-            paste(image, sitk.GetImageFromArray(probs, isVector=True), self.box_index[:2] + [self.box_index[2] + z])
-        return image
-
-
-def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:
-    """A zero image with the given (size, origin, spacing, direction)."""
-    size, origin, spacing, direction = grid
-    image = sitk.Image(size, pixel_type, components)
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    return image
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -302,16 +262,15 @@ class MisalignmentPredictor:
         return [np.asarray(c) * tile for c in np.argwhere(occupied).tolist()]
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
-        """Resample S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.
+        """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.
 
-        Only the mask's bounding box is resampled, slab by slab; the full-size probabilities image is built on
+        Only the mask's bounding box is interpolated, slab by slab; the full-size probabilities image is built on
         first access of `PredictionResult.probabilities`."""
-        vector = sitk.GetImageFromArray(np.moveaxis(probs_s1, 0, -1), isVector=True)
-        vector.CopyInformation(prepared.s1_grid(prepared.region_start, prepared.region_size))
         fixed = prepared.fixed
         index, size = bounding_box(prepared.mask)
         grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
-        masked = MaskedProbabilities(vector, sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
+        masked = MaskedProbabilities(torch.from_numpy(probs_s1), prepared.crop_start + prepared.region_start,
+                                     sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
         labels = image_on_grid(grid, sitk.sitkUInt8)
         counts = np.zeros(4, dtype=np.int64)
         confidence_sum = 0.0

@@ -93,13 +93,14 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     t1 = time.perf_counter()
     pyramid = build_pyramid(prepared.volume)
     t2 = time.perf_counter()
-    probs = predictor.dense_probabilities(prepared, tile, pyramid=pyramid)
+    probs = predictor.dense_probabilities_where_computed(prepared, tile, pyramid=pyramid)
     synchronize(predictor.device)
     t3 = time.perf_counter()
-    result = predictor.result_on_fixed_grid(prepared, probs)
+    result = predictor.result_on_fixed_grid(prepared, probs)  # as `predict` does it: where the network left them
     t4 = time.perf_counter()
     tiles = predictor.tiles_touching_mask(prepared, tile)
     tile_selection_s = time.perf_counter() - t4
+    probs = probs.cpu().numpy()
     computed_voxels = len(tiles) * tile ** 3
     per_patch = _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks, seed)
     start = tuple(int(s) for s in prepared.region_start[::-1] + tiles[0])

@@ -47,7 +47,7 @@ def _lerp_along(values: torch.Tensor, axis: int, neighbours: tuple) -> torch.Ten
 class MaskedProbabilities:
     """S1 class probabilities and the evaluation mask inside its bounding box, to interpolate onto the fixed grid."""
 
-    s1: torch.Tensor  # (3, D, H, W) S1 probabilities, zyx
+    s1: torch.Tensor  # (3, D, H, W) S1 probabilities, zyx, on any device (interpolated there)
     s1_start: np.ndarray  # global S1 index (xyz) of s1[:, 0, 0, 0]
     mask_box: sitk.Image  # the mask inside its bounding box, on the fixed grid
     box_index: list  # xyz index of the box in the fixed grid
@@ -60,13 +60,13 @@ class MaskedProbabilities:
         size = self.mask_box.GetSize()
         spacing = self.grid[2]
         s1_size = self.s1.shape[:0:-1]  # xyz
-        x, y, z_axis = (axis_interpolation(self.box_index[a], size[a], spacing[a], int(self.s1_start[a]), s1_size[a])
-                        for a in range(3))
+        x, y, z_axis = (tuple(t.to(self.s1.device) for t in axis_interpolation(
+            self.box_index[a], size[a], spacing[a], int(self.s1_start[a]), s1_size[a])) for a in range(3))
         step = max(1, SLAB_VOXELS // (size[0] * size[1]))
         for z in range(0, size[2], step):
             count = min(step, size[2] - z)
             slab = _lerp_along(self.s1, 1, tuple(t[z:z + count] for t in z_axis))
-            probs = _lerp_along(_lerp_along(slab, 2, y), 3, x).permute(1, 2, 3, 0).contiguous().numpy()
+            probs = _lerp_along(_lerp_along(slab, 2, y), 3, x).permute(1, 2, 3, 0).contiguous().cpu().numpy()
             mask = sitk.RegionOfInterest(self.mask_box, [size[0], size[1], count], [0, 0, z])
             inside = sitk.GetArrayViewFromImage(mask) > 0
             probs[~inside] = 0.0

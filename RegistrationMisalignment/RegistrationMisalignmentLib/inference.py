@@ -11,7 +11,7 @@ import torch
 
 from . import labels as L
 from .checkpoint import load_model, released_weights_path, sha256_of
-from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device
+from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
 from .errors import InputError
 from .fixed_grid import MaskedProbabilities, image_on_grid
 from .imageio import paste
@@ -178,7 +178,9 @@ class MisalignmentPredictor:
         report(0.0, "preparing images")
         prepared, tile = self.prepare(fixed, moving, mask, transform)
         t1 = time.perf_counter()
-        probs_s1 = self.dense_probabilities(prepared, tile, lambda f: report(0.05 + 0.85 * f, "predicting"))
+        probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
+                                                          lambda f: report(0.05 + 0.85 * f, "predicting"))
+        synchronize(self.device)
         t2 = time.perf_counter()
         report(0.9, "resampling to the fixed grid")
         result = self.result_on_fixed_grid(prepared, probs_s1)
@@ -198,10 +200,15 @@ class MisalignmentPredictor:
         return crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
 
     def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None, pyramid=None) -> np.ndarray:
-        """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile.
+        """Class probabilities (3, D, H, W; zyx) over the prepared region, in host memory."""
+        return self.dense_probabilities_where_computed(prepared, tile, progress, pyramid).cpu().numpy()
 
-        On CUDA the pyramid and the result stay on the GPU (one transfer each way) when they fit. When the device
-        runs out of memory, the remaining work is done in tiles of half the edge (down to 8)."""
+    def dense_probabilities_where_computed(self, prepared: PreparedPair, tile: int, progress=None,
+                                           pyramid=None) -> torch.Tensor:
+        """Class probabilities (3, D, H, W; zyx) over the prepared region, computed tile by tile; on CUDA they stay
+        in GPU memory (with the pyramid, sent there once) when they fit, else in host memory.
+
+        When the device runs out of memory, the remaining work is done in tiles of half the edge (down to 8)."""
         check_output_size(tile)
         pyramid = pyramid or build_pyramid(prepared.volume)
         size = tuple(int(n) for n in prepared.region_size[::-1])
@@ -211,9 +218,9 @@ class MisalignmentPredictor:
         limit = tile
         for i, corner in enumerate(needed):
             limit = self._fill_tile(probs, pyramid, start, corner, tile, limit)
-            if progress:  # on CUDA: tiles queued, the GPU finishes them at the copy below
+            if progress:  # on CUDA: tiles queued, not yet finished
                 progress((i + 1) / len(needed))
-        return probs.cpu().numpy()
+        return probs
 
     def _working_set(self, pyramid: dict, size: tuple) -> tuple:
         """(pyramid, zero probabilities (3, *size)) on the GPU if both fit there, else in host memory."""
@@ -261,15 +268,16 @@ class MisalignmentPredictor:
         occupied = occupied_tiles(dilated(sitk.GetArrayViewFromImage(s1_mask) > 0, 2), tile)
         return [np.asarray(c) * tile for c in np.argwhere(occupied).tolist()]
 
-    def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1: np.ndarray) -> PredictionResult:
+    def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1) -> PredictionResult:
         """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.
 
-        Only the mask's bounding box is interpolated, slab by slab; the full-size probabilities image is built on
+        `probs_s1` (3, D, H, W), a numpy array or a tensor on any device (interpolated there). Only the mask's
+        bounding box is interpolated, slab by slab; the full-size probabilities image is built on
         first access of `PredictionResult.probabilities`."""
         fixed = prepared.fixed
         index, size = bounding_box(prepared.mask)
         grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
-        masked = MaskedProbabilities(torch.from_numpy(probs_s1), prepared.crop_start + prepared.region_start,
+        masked = MaskedProbabilities(torch.as_tensor(probs_s1), prepared.crop_start + prepared.region_start,
                                      sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
         labels = image_on_grid(grid, sitk.sitkUInt8)
         counts = np.zeros(4, dtype=np.int64)

@@ -46,7 +46,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")
     add_device(parser)
     parser.add_argument("--max-memory", type=float, default=2.0, metavar="GIB",
-                        help="memory budget that sets the tile size (default 2 GiB)")
+                        help="memory budget that sets the tile size on the CPU (default 2 GiB; on a GPU, tiles "
+                             "are sized by half its free memory)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (default 0: all physical cores available to this process)")
     parser.add_argument("--amp", action="store_true",

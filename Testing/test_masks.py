@@ -144,3 +144,27 @@ def test_hilum_filling_closes_a_narrow_notch_but_not_a_wide_one():
     assert np.array_equal(filled[lungs > 0], lungs[lungs > 0])
     empty = sitk.Image([20, 20, 20], sitk.sitkUInt8)
     assert not sitk.GetArrayViewFromImage(fill_hilum_(empty)).any()
+
+
+def _dice(a: sitk.Image, b: sitk.Image) -> float:
+    """Dice overlap of two binary masks on one grid."""
+    x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
+    return 2.0 * float((x & y).sum()) / float(x.sum() + y.sum())
+
+
+def test_masks_of_a_finer_ct_are_made_at_1_mm_and_agree_with_masks_made_at_full_resolution(small_phantom):
+    from RegistrationMisalignmentLib.masks import _torso_mask_on_grid, automatic_lung_mask
+    ct, _ = small_phantom
+    assert min(ct.GetSpacing()) >= 1.0  # made directly: exactly the mask of the CT's own grid
+    assert np.array_equal(sitk.GetArrayViewFromImage(torso_mask(ct)),
+                          sitk.GetArrayViewFromImage(_torso_mask_on_grid(ct)))
+    spacing = [s / 2.2 for s in ct.GetSpacing()]  # finer than 1 mm along every axis
+    size = [int(n * 2.2) for n in ct.GetSize()]
+    fine = sitk.Resample(ct, size, sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), spacing, ct.GetDirection(),
+                         -1024.0, ct.GetPixelID())
+    torso = torso_mask(fine)
+    assert torso.GetSize() == fine.GetSize() and torso.GetSpacing() == fine.GetSpacing()
+    assert _dice(torso, _torso_mask_on_grid(fine)) > 0.98
+    lungs = automatic_lung_mask(fine, torso)
+    assert lungs.GetSize() == fine.GetSize()
+    assert _dice(lungs, fill_hilum_(lung_mask(fine, torso))) > 0.95

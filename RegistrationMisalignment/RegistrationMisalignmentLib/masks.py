@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .imageio import paste
+from .pyramid import AIR_HU
 
 BODY_MIN_HU = -500.0
 OUTSIDE_MAX_MEAN_HU = -950.0
@@ -23,10 +24,37 @@ CLOSING_RADIUS_MM = 3.0
 HILUM_RADIUS_MM = 10.0  # notches of the lung surface narrower than twice this (hilar vessels) are filled
 HILUM_SPACING_MM = 2.0  # grid of that closing
 SLAB_SLICES = 32  # axial slices labelled at once: bounds the memory of per-slice components
+MASK_SPACING_MM = 1.0  # finer images get their torso and evaluation masks made on a grid this coarse (the map's own)
+
+
+def at_mask_resolution(make_mask: Callable[..., sitk.Image], ct: sitk.Image, *masks: sitk.Image) -> sitk.Image:
+    """`make_mask(ct, *masks)` made on a grid no finer than MASK_SPACING_MM along any axis, over the same extent,
+    and brought back onto the CT's grid (nearest neighbour); made directly when the CT is not finer."""
+    spacing = np.asarray(ct.GetSpacing())
+    if np.all(spacing >= MASK_SPACING_MM - 1e-6):
+        return make_mask(ct, *masks)
+    coarse_spacing = np.maximum(spacing, MASK_SPACING_MM)
+    extent = np.asarray(ct.GetSize()) * spacing
+    size = [max(1, int(round(n))) for n in extent / coarse_spacing]
+    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
+    origin = np.asarray(ct.GetOrigin()) + direction @ ((coarse_spacing - spacing) / 2)  # voxel edges kept in place
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(tuple(coarse_spacing))
+    grid.SetOrigin(tuple(origin))
+    grid.SetDirection(ct.GetDirection())
+    coarse_ct = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU)
+    coarse_masks = [sitk.Resample(m, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0) for m in masks]
+    return sitk.Resample(make_mask(coarse_ct, *coarse_masks), ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
 
 
 def torso_mask(ct: sitk.Image) -> sitk.Image:
-    """Return the body (torso) mask of a CT in HU as UInt8 0/1 on the CT's grid."""
+    """Return the body (torso) mask of a CT in HU as UInt8 0/1 on the CT's grid (made at MASK_SPACING_MM or
+    coarser)."""
+    return at_mask_resolution(_torso_mask_on_grid, ct)
+
+
+def _torso_mask_on_grid(ct: sitk.Image) -> sitk.Image:
+    """The torso mask made on the CT's own grid."""
     hu = sitk.GetArrayViewFromImage(ct)
     inside = _from_array(~_selected_slice_components(hu <= BODY_MIN_HU, hu, _axial_axis(ct), _outside_air), ct)
     labels, order, _ = _components_by_size(inside)
@@ -61,8 +89,10 @@ def lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
 
 
 def automatic_lung_mask(ct: sitk.Image, torso: Optional[sitk.Image] = None) -> sitk.Image:
-    """The region `predict` evaluates when given no mask: both lungs with their hila filled (UInt8 0/1)."""
-    return fill_hilum_(lung_mask(ct, torso))
+    """The region `predict` evaluates when given no mask: both lungs with their hila filled (UInt8 0/1), made at
+    MASK_SPACING_MM or coarser."""
+    return at_mask_resolution(lambda image, *given: fill_hilum_(lung_mask(image, *given)), ct,
+                              *([] if torso is None else [torso]))
 
 
 def fill_hilum_(lungs: sitk.Image) -> sitk.Image:

@@ -18,7 +18,7 @@ from torch import nn
 from .demo import synthetic_pair
 from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description, synchronize
 from .errors import InputError
-from .imageio import read_image, write_image
+from .imageio import grid_over_same_extent, image_on_grid, read_image, write_image
 from .inference import MisalignmentPredictor
 from .model import MisalignmentNet, check_output_size
 from .phantom import make_chest_phantom
@@ -178,12 +178,9 @@ def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: 
 
 def on_grid_of_size(image: sitk.Image, size) -> sitk.Image:
     """The image resampled linearly (Int16 HU) onto `size` voxels spanning the same physical extent."""
-    old_spacing = np.asarray(image.GetSpacing())
-    spacing = old_spacing * np.asarray(image.GetSize()) / np.asarray(size)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    origin = np.asarray(image.GetOrigin()) + direction @ ((spacing - old_spacing) / 2)
-    return sitk.Resample(image, [int(n) for n in size], sitk.Transform(), sitk.sitkLinear, tuple(origin),
-                         tuple(spacing), image.GetDirection(), AIR_HU, sitk.sitkInt16)
+    spacing = np.asarray(image.GetSpacing()) * np.asarray(image.GetSize()) / np.asarray(size)
+    reference = image_on_grid(grid_over_same_extent(image, spacing, size), sitk.sitkUInt8)
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkInt16)
 
 
 # The command line in a fresh interpreter that writes its own VmHWM to a file on exit. (The kernel's ru_maxrss of a

@@ -7,19 +7,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .imageio import paste
+from .imageio import image_on_grid, paste
 
 SLAB_VOXELS = 1 << 21  # fixed-grid voxels interpolated at once (12 bytes each as probabilities)
-
-
-def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:
-    """A zero image with the given (size, origin, spacing, direction)."""
-    size, origin, spacing, direction = grid
-    image = sitk.Image(size, pixel_type, components)
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    return image
 
 
 def axis_interpolation(first: int, count: int, spacing: float, s1_first: int, s1_count: int) -> tuple:

@@ -177,3 +177,22 @@ def _check_writable(folder: Path) -> None:
             pass
     except OSError as exc:
         raise InputError(f"{folder}: output folder is not writable ({exc.strerror}); choose another folder") from None
+
+
+def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:
+    """A zero image with the given (size, origin, spacing, direction)."""
+    size, origin, spacing, direction = grid
+    image = sitk.Image(size, pixel_type, components)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def grid_over_same_extent(image: sitk.Image, spacing, size) -> tuple:
+    """(size, origin, spacing, direction) of a grid of `size` voxels `spacing` apart along the image's axes whose
+    voxel edges start where the image's do (so it spans the image's extent when size x spacing matches it)."""
+    spacing = np.asarray(spacing, dtype=float)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin()) + direction @ ((spacing - np.asarray(image.GetSpacing())) / 2)
+    return [int(n) for n in size], tuple(origin), tuple(spacing), image.GetDirection()

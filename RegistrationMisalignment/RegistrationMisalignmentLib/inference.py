@@ -13,8 +13,8 @@ from . import labels as L
 from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
 from .errors import InputError
-from .fixed_grid import MaskedProbabilities, image_on_grid
-from .imageio import paste
+from .fixed_grid import MaskedProbabilities
+from .imageio import image_on_grid, paste
 from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
 from .preprocessing import BLOCK, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1, to_fixed_grid

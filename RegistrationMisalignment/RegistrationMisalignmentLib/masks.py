@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .imageio import paste
+from .imageio import grid_over_same_extent, image_on_grid, paste
 from .pyramid import AIR_HU
 
 BODY_MIN_HU = -500.0
@@ -34,14 +34,8 @@ def at_mask_resolution(make_mask: Callable[..., sitk.Image], ct: sitk.Image, *ma
     if np.all(spacing >= MASK_SPACING_MM - 1e-6):
         return make_mask(ct, *masks)
     coarse_spacing = np.maximum(spacing, MASK_SPACING_MM)
-    extent = np.asarray(ct.GetSize()) * spacing
-    size = [max(1, int(round(n))) for n in extent / coarse_spacing]
-    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
-    origin = np.asarray(ct.GetOrigin()) + direction @ ((coarse_spacing - spacing) / 2)  # voxel edges kept in place
-    grid = sitk.Image(size, sitk.sitkUInt8)
-    grid.SetSpacing(tuple(coarse_spacing))
-    grid.SetOrigin(tuple(origin))
-    grid.SetDirection(ct.GetDirection())
+    size = [max(1, int(round(n))) for n in np.asarray(ct.GetSize()) * spacing / coarse_spacing]
+    grid = image_on_grid(grid_over_same_extent(ct, coarse_spacing, size), sitk.sitkUInt8)
     coarse_ct = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU)
     coarse_masks = [sitk.Resample(m, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0) for m in masks]
     return sitk.Resample(make_mask(coarse_ct, *coarse_masks), ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)

@@ -81,15 +81,16 @@ class _StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int):
         train = self.train
-        self.sources = [source.to(self.device) for source in self.sources]  # once per process (then no-ops)
         batch = collate(sample_batch(self.sources, self.config, train, step * train.batch_size, train.batch_size,
                                      self.device, base_seed=train.seed))
         return tuple({lv: x.cpu() for lv, x in part.items()} for part in batch) if self.to_host else batch
 
 
-def _one_thread_per_worker(worker_id: int) -> None:
-    """Loader workers share the cores: one torch thread each."""
+def _start_worker(worker_id: int) -> None:
+    """A loader worker shares the cores (one torch thread) and moves its copy of the sources to its device once."""
     torch.set_num_threads(1)
+    batches = torch.utils.data.get_worker_info().dataset
+    batches.sources = [source.to(batches.device) for source in batches.sources]
 
 
 def training_batches(sources, config: ModelConfig, train: TrainConfig, first_step: int, device):
@@ -102,7 +103,7 @@ def training_batches(sources, config: ModelConfig, train: TrainConfig, first_ste
     loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train, loader_device, to_host=True),
                                          batch_size=None, sampler=range(first_step, train.steps),
                                          num_workers=train.loader_workers, prefetch_factor=4,
-                                         pin_memory=device.type == "cuda", worker_init_fn=_one_thread_per_worker,
+                                         pin_memory=device.type == "cuda", worker_init_fn=_start_worker,
                                          # spawned, not forked: CUDA cannot start in a forked process, and a fork
                                          # of a process with torch threads running can deadlock
                                          multiprocessing_context="spawn")

@@ -8,29 +8,17 @@ import SimpleITK as sitk
 import torch
 
 from .imageio import image_on_grid, paste
+from .separable import AxisSamples, lerp_along, samples_along_axis
 
 SLAB_VOXELS = 1 << 21  # fixed-grid voxels interpolated at once (12 bytes each as probabilities)
 
 
-def axis_interpolation(first: int, count: int, spacing: float, s1_first: int, s1_count: int) -> tuple:
-    """Lower and upper S1 neighbours and the upper one's weight for fixed indices first..first+count-1 on one axis.
+def axis_samples(first: int, count: int, spacing: float, s1_first: int, s1_count: int) -> AxisSamples:
+    """S1 neighbours and weights for fixed indices first..first+count-1 on one axis.
 
     The S1 grid shares the fixed grid's origin and axes (1 mm apart, starting at global S1 index `s1_first`), so
     fixed index i lies at S1 index i * spacing - s1_first; neighbours beyond the S1 block are clamped to it."""
-    position = torch.arange(first, first + count, dtype=torch.float64) * spacing - s1_first
-    below = torch.floor(position)
-    weight = (position - below).to(torch.float32)
-    below = below.long()
-    return below.clamp(0, s1_count - 1), (below + 1).clamp(0, s1_count - 1), weight
-
-
-def _lerp_along(values: torch.Tensor, axis: int, neighbours: tuple) -> torch.Tensor:
-    """Linear interpolation of `values` along `axis` between the given lower and upper neighbours."""
-    below, above, weight = neighbours
-    shape = [1] * values.dim()
-    shape[axis] = -1
-    weight = weight.view(shape)
-    return values.index_select(axis, below) * (1.0 - weight) + values.index_select(axis, above) * weight
+    return samples_along_axis(torch.arange(first, first + count, dtype=torch.float64) * spacing - s1_first, s1_count)
 
 
 @dataclass
@@ -50,13 +38,13 @@ class MaskedProbabilities:
         size = self.mask_box.GetSize()
         spacing = self.grid[2]
         s1_size = self.s1.shape[:0:-1]  # xyz
-        x, y, z_axis = (tuple(t.to(self.s1.device) for t in axis_interpolation(
-            self.box_index[a], size[a], spacing[a], int(self.s1_start[a]), s1_size[a])) for a in range(3))
+        x, y, z_axis = (axis_samples(self.box_index[a], size[a], spacing[a], int(self.s1_start[a]),
+                                     s1_size[a]).to(self.s1.device) for a in range(3))
         step = max(1, SLAB_VOXELS // (size[0] * size[1]))
         for z in range(0, size[2], step):
             count = min(step, size[2] - z)
-            slab = _lerp_along(self.s1, 1, tuple(t[z:z + count] for t in z_axis))
-            probs = _lerp_along(_lerp_along(slab, 2, y), 3, x).permute(1, 2, 3, 0).contiguous().cpu().numpy()
+            slab = lerp_along(self.s1, 1, z_axis.within((0, s1_size[2]), slice(z, z + count)))
+            probs = lerp_along(lerp_along(slab, 2, y), 3, x).permute(1, 2, 3, 0).contiguous().cpu().numpy()
             mask = sitk.RegionOfInterest(self.mask_box, [size[0], size[1], count], [0, 0, z])
             inside = sitk.GetArrayViewFromImage(mask) > 0
             probs[~inside] = 0.0

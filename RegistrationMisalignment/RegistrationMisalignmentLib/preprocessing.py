@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ from .imageio import check_volume
 from .input_checks import warn_about_unusual_inputs
 from .masks import automatic_lung_mask, bounding_box, torso_mask
 from .pyramid import AIR_HU, normalise_channels_
+from .separable import resample_onto_s1_, samples_along_axis
 
 log = logging.getLogger("RegistrationMisalignment")
 S1_SPACING = 1.0
@@ -94,11 +96,6 @@ def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, transform: sitk.
     return resampled, inside
 
 
-def background_to_air(ct: sitk.Image, torso: sitk.Image) -> sitk.Image:
-    """Set everything outside the torso to air (in the pixel type of `hu_image`)."""
-    return sitk.Mask(hu_image(ct), torso, outsideValue=AIR_HU)
-
-
 def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
     """Return the user's mask on the fixed grid (non-zero = evaluate), or the automatic lungs with their hila."""
     if mask is None:
@@ -134,21 +131,15 @@ def points_region_s1(fixed: sitk.Image, points_s1: np.ndarray) -> tuple:
     return BLOCK * np.floor_divide(lo, BLOCK), BLOCK * -np.floor_divide(-hi, BLOCK)
 
 
-def resample_s1_into(target: np.ndarray, image: sitk.Image, reference: sitk.Image, interpolator, default) -> None:
-    """Resample onto an S1 reference grid as float32 and copy the result into `target` (zyx)."""
-    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
-    np.copyto(target, sitk.GetArrayViewFromImage(out))
+def s1_samples(fixed: sitk.Image, global_start_xyz, size_xyz, nearest: bool = False) -> list:
+    """Per-axis samples (z, y, x) of the fixed grid at the points of an S1 grid starting at a global S1 index.
 
-
-def interpolation_box(image: sitk.Image, reference: sitk.Image) -> tuple:
-    """Index and size (xyz) of the voxels of `image` that linear interpolation over `reference` reads, one spare."""
-    corners = [reference.TransformIndexToPhysicalPoint([int(c) for c in corner])
-               for corner in np.array(np.meshgrid(*[[0, n - 1] for n in reference.GetSize()])).reshape(3, -1).T]
-    index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in corners])
-    size = np.asarray(image.GetSize())
-    lo = np.clip(np.floor(index.min(0)).astype(int) - 1, 0, size - 1)
-    hi = np.clip(np.floor(index.max(0)).astype(int) + 3, lo + 1, size)
-    return [int(i) for i in lo], [int(n) for n in hi - lo]
+    The S1 grid shares the fixed grid's origin and axes, so S1 index j lies at fixed index j * 1 mm / spacing."""
+    axes = [samples_along_axis(torch.arange(int(first), int(first) + int(count), dtype=torch.float64)
+                               * (S1_SPACING / spacing), source_count, nearest)
+            for first, count, spacing, source_count in zip(global_start_xyz, size_xyz, fixed.GetSpacing(),
+                                                           fixed.GetSize())]
+    return axes[::-1]
 
 
 @dataclass
@@ -164,17 +155,6 @@ class PairOnFixedGrid:
     mask: sitk.Image
 
 
-def air_filled_box(hu: sitk.Image, torso: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """The part of an image that interpolation over an S1 reference reads, with air outside the torso."""
-    index, size = interpolation_box(hu, reference)
-    return background_to_air(crop(hu, index, size), crop(torso, index, size))
-
-
-def crop(image: sitk.Image, index, size) -> sitk.Image:
-    """The image inside a box (xyz index and size); the image itself, not a copy, when the box covers it all."""
-    return image if tuple(size) == image.GetSize() else sitk.RegionOfInterest(image, size, index)
-
-
 def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> PairOnFixedGrid:
     """Check the pair, put the moving image on the fixed grid (through `transform` if given), resolve the mask."""
     check_volume(fixed, "fixed image")
@@ -185,24 +165,28 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
-    moving_torso = torso_mask(moving_hu)
     fixed_hu = hu_image(fixed)
-    fixed_torso = torso_mask(fixed_hu)
-    return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso, inside,
-                           evaluation_mask(fixed_hu, mask, fixed_torso))
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the moving image's torso while the fixed image's masks are made
+        moving_torso = pool.submit(torso_mask, moving_hu)
+        fixed_torso = torso_mask(fixed_hu)
+        evaluated = evaluation_mask(fixed_hu, mask, fixed_torso)
+        return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, evaluated)
 
 
 def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPair:
     """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context.
 
-    Air is filled in only over the part of each image that the resampling reads; channels are written in place."""
+    As SimpleITK's linear (images, air outside their torso and outside the image) and nearest-neighbour (field of
+    view) resampling would, one axis at a time in torch; channels are written in place."""
     start, stop = region
     crop_start = start - margin
-    ref = s1_reference(pair.fixed, crop_start, stop - start + 2 * margin)
-    volume = torch.empty((3,) + ref.GetSize()[::-1], dtype=torch.float32)
-    channels = volume.numpy()
-    resample_s1_into(channels[0], air_filled_box(pair.fixed_hu, pair.fixed_torso, ref), ref, sitk.sitkLinear, AIR_HU)
-    resample_s1_into(channels[1], air_filled_box(pair.moving_hu, pair.moving_torso, ref), ref, sitk.sitkLinear, AIR_HU)
-    resample_s1_into(channels[2], pair.inside, ref, sitk.sitkNearestNeighbor, 0.0)
+    size = stop - start + 2 * margin
+    volume = torch.empty((3,) + tuple(int(n) for n in size[::-1]), dtype=torch.float32)
+    linear = s1_samples(pair.fixed, crop_start, size)
+    for channel, (hu, torso) in enumerate([(pair.fixed_hu, pair.fixed_torso), (pair.moving_hu, pair.moving_torso)]):
+        resample_onto_s1_(volume[channel], sitk.GetArrayViewFromImage(hu), linear, AIR_HU,
+                          keep=sitk.GetArrayViewFromImage(torso))
+    resample_onto_s1_(volume[2], sitk.GetArrayViewFromImage(pair.inside), s1_samples(pair.fixed, crop_start, size,
+                                                                                     nearest=True), 0.0)
     return PreparedPair(pair.fixed, pair.mask, normalise_channels_(volume), crop_start, np.full(3, margin),
                         stop - start)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,12 +164,11 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
+    moving_torso = torso_mask(moving_hu)
     fixed_hu = hu_image(fixed)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the moving image's torso while the fixed image's masks are made
-        moving_torso = pool.submit(torso_mask, moving_hu)
-        fixed_torso = torso_mask(fixed_hu)
-        evaluated = evaluation_mask(fixed_hu, mask, fixed_torso)
-        return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, evaluated)
+    fixed_torso = torso_mask(fixed_hu)
+    return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso, inside,
+                           evaluation_mask(fixed_hu, mask, fixed_torso))
 
 
 def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPair:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -330,18 +329,13 @@ def _separate_and_fill(ct: sitk.Image, lungs: sitk.Image, axis: int) -> sitk.Ima
     regions = _lung_regions(ct, lungs)
     result = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     result.CopyInformation(ct)
-    labels = range(1, _max_label(regions) + 1)
-    with ThreadPoolExecutor(max_workers=len(labels)) as pool:  # the lungs are closed at the same time
-        for lung in pool.map(lambda label: _closed_lung_in_region(lungs, regions == label, axis), labels):
-            result = result | lung
+    for label in range(1, _max_label(regions) + 1):
+        region = regions == label
+        lung = (lungs > 0) & region
+        if _max_label(lung) > 0:
+            result = result | (_close_and_fill(lung, axis) & region)
     fragments = sitk.RelabelComponent(sitk.ConnectedComponent(result), _voxels_in_ml(ct, MIN_LUNG_ML))
     return fragments > 0
-
-
-def _closed_lung_in_region(lungs: sitk.Image, region: sitk.Image, axis: int) -> sitk.Image:
-    """The lung voxels of one region, closed and filled, and kept within the region."""
-    lung = (lungs > 0) & region
-    return _close_and_fill(lung, axis) & region if _max_label(lung) > 0 else lung
 
 
 def _max_label(labels: sitk.Image) -> int:

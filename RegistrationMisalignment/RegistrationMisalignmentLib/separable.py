@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SLAB_VOXELS = 1 << 20  # target voxels resampled at once onto the S1 grid (small temporaries: larger ones raised the
-# peak memory of a 512x512x600 predict by 0.1 GiB, as the allocator kept them)
+SLAB_VOXELS = 1 << 20  # target voxels resampled at once onto the S1 grid (4x larger slabs raised the peak memory of
+# a 512x512x600 predict by 0.1 GiB: BENCHMARKS.md, memory section)
 
 
 @dataclass

@@ -100,6 +100,18 @@ def test_sponge_changes_lung_density_with_volume_not_soft_tissue():
     assert torch.all(out[:, :, 6:] == 40.0)
 
 
+def test_jacobian_determinant_is_the_first_row_expansion_of_torch_gradient_bit_for_bit():
+    field = 3.0 * torch.randn(3, 9, 11, 13, generator=torch.Generator().manual_seed(0))
+    grads = [torch.gradient(field[i]) for i in range(3)]
+    j = [[grads[i][k] + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
+    expected = (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1]) - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+                + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+    assert torch.equal(synthesis.jacobian_determinant(field), expected)  # training samples stay exactly as they were
+    linear = torch.zeros(3, 6, 6, 6)
+    linear[1] = 0.5 * torch.arange(6, dtype=torch.float32).view(1, 6, 1)  # du_y/dy = 0.5, edges included
+    assert torch.allclose(synthesis.jacobian_determinant(linear), torch.tensor(1.5))
+
+
 def test_parenchyma_density_scales_lung_not_air_tissue_or_bone():
     hu = torch.tensor([-1000.0, -900.0, -850.0, -600.0, -300.0, 0.0, 40.0, 700.0])
     denser = parenchyma_density_ratio(hu, 1.6)

@@ -151,12 +151,29 @@ def warp(volume: torch.Tensor, field: torch.Tensor, margin: int) -> torch.Tensor
     return F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
 
 
+def central_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """`torch.gradient` of `x` along one dim (unit spacing, one-sided at the edges), bit for bit, written into one
+    new tensor."""
+    n = x.shape[dim]
+    out = torch.empty_like(x)
+    torch.sub(x.narrow(dim, 2, n - 2), x.narrow(dim, 0, n - 2), out=out.narrow(dim, 1, n - 2)).div_(2.0)
+    torch.sub(x.narrow(dim, 1, 1), x.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
+    torch.sub(x.narrow(dim, n - 1, 1), x.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
+    return out
+
+
 def jacobian_determinant(field: torch.Tensor) -> torch.Tensor:
-    """Determinant of the Jacobian of x -> x + u(x) (central differences, voxel units)."""
-    grads = [torch.gradient(field[i]) for i in range(3)]
-    j = [[grads[i][k] + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
-    return (j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1]) - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]))
+    """Determinant of the Jacobian of x -> x + u(x) (central differences, voxel units), expanded along the first row
+    with the products and sums taken in place."""
+    j = [[central_difference(field[i], k) for k in range(3)] for i in range(3)]
+    for i in range(3):
+        j[i][i].add_(1.0)
+
+    def cofactor_term(row0: int, a: int, b: int) -> torch.Tensor:
+        """j[0][row0] * (j[1][a] * j[2][b] - j[1][b] * j[2][a])."""
+        return torch.mul(j[1][a], j[2][b]).sub_(j[1][b] * j[2][a]).mul_(j[0][row0])
+
+    return cofactor_term(0, 1, 2).sub_(cofactor_term(1, 0, 2)).add_(cofactor_term(2, 0, 1))
 
 
 def sponge(hu: torch.Tensor, field: torch.Tensor) -> torch.Tensor:

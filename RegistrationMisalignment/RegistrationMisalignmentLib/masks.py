@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .imageio import grid_over_same_extent, image_on_grid, paste
+from .morphology import ball_close, ball_dilate, ball_erode
 from .pyramid import AIR_HU
 
 BODY_MIN_HU = -500.0
@@ -103,7 +104,7 @@ def fill_hilum_(lungs: sitk.Image) -> sitk.Image:
     coarse_grid.SetSpacing([HILUM_SPACING_MM] * 3)
     coarse = sitk.Resample(box, coarse_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32) > 0.5
     radius = int(round(HILUM_RADIUS_MM / HILUM_SPACING_MM))
-    closed = sitk.BinaryMorphologicalClosing(coarse, [radius] * 3, sitk.sitkBall)
+    closed = _from_array(ball_close(sitk.GetArrayViewFromImage(coarse) > 0, [radius] * 3), coarse)
     # what the closing added, and the coarse voxels beside it that the lung only partly fills (no seam left)
     added = sitk.And(closed, sitk.BinaryDilate(sitk.And(closed, sitk.Not(coarse)), [1] * 3, sitk.sitkBox))
     filled = sitk.Or(box, sitk.Resample(added, box, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
@@ -153,10 +154,9 @@ def _from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def _fill_axial_holes(mask: sitk.Image, axis: int) -> sitk.Image:
-    """Return a binary mask with the holes of every axial slice filled."""
-    array = sitk.GetArrayFromImage(mask).astype(np.uint8)
-    return _from_array(_slicewise(array, axis, sitk.BinaryFillhole), mask)
+def _fill_axial_holes(mask: np.ndarray, reference: sitk.Image, axis: int) -> sitk.Image:
+    """Return a binary mask (an array on the reference's grid) with the holes of every axial slice filled."""
+    return _from_array(_slicewise(mask.astype(np.uint8), axis, sitk.BinaryFillhole), reference)
 
 
 def _selected_slice_components(mask: np.ndarray, hu: np.ndarray, axis: int, select: Callable) -> np.ndarray:
@@ -316,11 +316,11 @@ def _close_and_fill(mask: sitk.Image, axis: int) -> sitk.Image:
     # The margin keeps the dilation off the crop border; at the image border the erosion sees foreground.
     radius = _radius_in_voxels(mask, CLOSING_RADIUS_MM)
     index, size = _padded_bounding_box(mask, [r + 1 for r in radius])
-    dilated = sitk.BinaryDilate(sitk.RegionOfInterest(mask, size, index), radius, sitk.sitkBall)
-    closed = sitk.BinaryErode(dilated, radius, sitk.sitkBall)
+    box = sitk.RegionOfInterest(mask, size, index)
+    closed = ball_erode(ball_dilate(sitk.GetArrayViewFromImage(box) > 0, radius), radius)
     result = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
     result.CopyInformation(mask)
-    paste(result, _fill_axial_holes(closed, axis), index)
+    paste(result, _fill_axial_holes(closed, box, axis), index)
     return result
 
 

@@ -277,3 +277,16 @@ def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weigh
     card = weights.with_name("released.md").read_text()
     assert "in 50 % of the pairs one image's lungs have another breathing state's density" in card
     assert f"Fine-tuned from `{start.resolve()}` (sha256 `{sha256_of(start)}`)" in card
+
+
+def test_threads_bound_torch_and_simpleitk():
+    from RegistrationMisalignmentLib.cli_common import set_threads
+    from RegistrationMisalignmentLib.devices import default_threads
+    before = (torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+    try:
+        assert set_threads(1) == 1
+        assert torch.get_num_threads() == 1 and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+        assert set_threads(0) == default_threads() == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])

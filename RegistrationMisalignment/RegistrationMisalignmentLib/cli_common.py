@@ -14,7 +14,9 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def set_threads(threads: int) -> int:
-    """Use `threads` CPU threads for torch (0 = all physical cores available to this process); returns the count."""
+    """Use `threads` CPU threads for torch and SimpleITK (0 = all physical cores available to this process); returns
+    the count. SimpleITK would otherwise take every logical CPU available, also in each `batch` worker."""
+    import SimpleITK as sitk
     import torch
     from .devices import default_threads
     from .errors import InputError
@@ -22,6 +24,7 @@ def set_threads(threads: int) -> int:
         raise InputError(f"--threads must be 0 (all physical cores) or more, got {threads}")
     count = threads or default_threads()
     torch.set_num_threads(count)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
     return count
 
 
@@ -49,7 +52,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="memory budget that sets the tile size on the CPU (default 2 GiB; on a GPU, tiles "
                              "are sized by half its free memory)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads (default 0: all physical cores available to this process)")
+                        help="CPU threads of torch and SimpleITK (default 0: all physical cores available to this "
+                             "process)")
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision (float16 on CUDA, bfloat16 on CPU): faster on a GPU, probabilities "
                              "within the tolerance stated in BENCHMARKS.md (default: exact float32)")

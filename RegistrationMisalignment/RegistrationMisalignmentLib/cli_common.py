@@ -16,7 +16,6 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 def set_threads(threads: int) -> int:
     """Use `threads` CPU threads for torch and SimpleITK (0 = all physical cores available to this process); returns
     the count. SimpleITK would otherwise take every logical CPU available, also in each `batch` worker."""
-    import SimpleITK as sitk
     import torch
     from .devices import default_threads
     from .errors import InputError
@@ -24,6 +23,10 @@ def set_threads(threads: int) -> int:
         raise InputError(f"--threads must be 0 (all physical cores) or more, got {threads}")
     count = threads or default_threads()
     torch.set_num_threads(count)
+    try:
+        import SimpleITK as sitk
+    except ImportError:  # training from cached sources runs without SimpleITK
+        return count
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
     return count
 

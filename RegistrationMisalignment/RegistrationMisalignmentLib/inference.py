@@ -133,6 +133,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     already), in its faster convolution layout."""
     if device.type == "cuda":
         batch = {lv: x if x.is_cuda else x.pin_memory().to(device, non_blocking=True) for lv, x in batch.items()}
+    else:
+        batch = {lv: x.to(device) for lv, x in batch.items()}
     return in_convolution_layout(batch)
 
 
@@ -197,7 +199,19 @@ class MisalignmentPredictor:
         region = mask_region_s1(fixed, pair.mask)
         tile = best_tile(self.model, region[1] - region[0], largest_tile(self.model, self.device, self.max_memory_gb))
         stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)
-        return crop_to_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
+        return self._on_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
+
+    def _on_s1(self, pair, region: tuple, margin: int) -> PreparedPair:
+        """The pair on the S1 grid, resampled on the GPU when the network runs there (its pyramid is then built
+        there too), or in host memory when the GPU has no room for it."""
+        if self.device.type == "cuda":
+            try:
+                return crop_to_s1(pair, region, margin, self.device)
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            torch.cuda.empty_cache()  # outside the handler, so that a partial volume is released
+        return crop_to_s1(pair, region, margin)
 
     def dense_probabilities(self, prepared: PreparedPair, tile: int, progress=None, pyramid=None) -> np.ndarray:
         """Class probabilities (3, D, H, W; zyx) over the prepared region, in host memory."""
@@ -226,13 +240,14 @@ class MisalignmentPredictor:
         """(pyramid, zero probabilities (3, *size)) on the GPU if both fit there, else in host memory."""
         if self.device.type == "cuda":
             try:
-                on_gpu = {lv: v.pin_memory().to(self.device, non_blocking=True) for lv, v in pyramid.items()}
+                on_gpu = {lv: v if v.is_cuda else v.pin_memory().to(self.device, non_blocking=True)
+                          for lv, v in pyramid.items()}
                 return on_gpu, torch.zeros((3,) + size, dtype=torch.float32, device=self.device)
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
                     raise
             torch.cuda.empty_cache()  # outside the handler, so that a partial upload is released
-        return pyramid, torch.zeros((3,) + size, dtype=torch.float32)
+        return {lv: v.cpu() for lv, v in pyramid.items()}, torch.zeros((3,) + size, dtype=torch.float32)
 
     def _fill_tile(self, probs: torch.Tensor, pyramid: dict, start, corner, tile: int, limit: int) -> int:
         """Write one tile's probabilities in sub-tiles of edge `limit` (halved on out-of-memory); return the edge."""
@@ -308,7 +323,7 @@ class MisalignmentPredictor:
         pair = to_fixed_grid(fixed, moving, mask, transform)
         s1 = self._points_to_s1(fixed, points)
         region = points_region_s1(fixed, s1)
-        prepared = crop_to_s1(pair, region, context_margin(self.model.config, BLOCK))
+        prepared = self._on_s1(pair, region, context_margin(self.model.config, BLOCK))
         local = s1 - region[0]  # xyz continuous index inside the region
         probs = self.interpolate_blocks(prepared, local)
         inside = self._mask_at(pair.mask, points)

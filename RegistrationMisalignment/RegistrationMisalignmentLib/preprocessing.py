@@ -171,15 +171,16 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
                            evaluation_mask(fixed_hu, mask, fixed_torso))
 
 
-def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPair:
-    """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context.
+def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int, device="cpu") -> PreparedPair:
+    """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context, into a
+    volume on `device`.
 
     As SimpleITK's linear (images, air outside their torso and outside the image) and nearest-neighbour (field of
     view) resampling would, one axis at a time in torch; channels are written in place."""
     start, stop = region
     crop_start = start - margin
     size = stop - start + 2 * margin
-    volume = torch.empty((3,) + tuple(int(n) for n in size[::-1]), dtype=torch.float32)
+    volume = torch.empty((3,) + tuple(int(n) for n in size[::-1]), dtype=torch.float32, device=device)
     linear = s1_samples(pair.fixed, crop_start, size)
     for channel, (hu, torso) in enumerate([(pair.fixed_hu, pair.fixed_torso), (pair.moving_hu, pair.moving_torso)]):
         resample_onto_s1_(volume[channel], sitk.GetArrayViewFromImage(hu), linear, AIR_HU,

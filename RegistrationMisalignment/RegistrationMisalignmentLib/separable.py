@@ -64,22 +64,32 @@ def source_span(samples: AxisSamples) -> tuple:
     return int(samples.below[samples.inside].min()), int(samples.above[samples.inside].max()) + 1
 
 
+def float32_copy_on(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A float32 copy of an array on a device (never a view: the array is never changed); to a GPU it travels in
+    its own pixel type."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.array(array, dtype=np.float32))
+    return torch.from_numpy(np.array(array)).to(device).float()
+
+
 def resample_onto_s1_(target: torch.Tensor, source: np.ndarray, axes: list, default: float,
                       keep: np.ndarray = None) -> torch.Tensor:
-    """Fill `target` (D, H, W) by resampling a source array (zyx) with per-axis samples (z, y, x); points outside
-    the source get `default`, and so do source voxels where `keep` (same shape) is zero. Works slab by slab."""
+    """Fill `target` (D, H, W, on any device: the work is done there) by resampling a source array (zyx) with
+    per-axis samples (z, y, x); points outside the source get `default`, and so do source voxels where `keep` (same
+    shape) is zero. Works slab by slab."""
     z_axis, y_axis, x_axis = axes
     (y0, y1), (x0, x1) = y_span, x_span = source_span(y_axis), source_span(x_axis)
-    y_axis, x_axis = y_axis.within(y_span), x_axis.within(x_span)
+    y_axis, x_axis = y_axis.within(y_span).to(target.device), x_axis.within(x_span).to(target.device)
     step = max(1, SLAB_VOXELS // (target.shape[1] * target.shape[2]))
     for z in range(0, target.shape[0], step):
         rows = slice(z, min(z + step, target.shape[0]))
         z0, z1 = z_span = source_span(z_axis.within((0, source.shape[0]), rows))
         box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-        values = torch.from_numpy(np.array(source[box], dtype=np.float32))  # a copy: the source is never changed
+        values = float32_copy_on(source[box], target.device)
         if keep is not None:
-            values.masked_fill_(torch.from_numpy(keep[box] == 0), default)
-        slab = lerp_along(lerp_along(lerp_along(values, 0, z_axis.within(z_span, rows)), 1, y_axis), 2, x_axis)
-        outside = ~(z_axis.inside[rows].view(-1, 1, 1) & y_axis.inside.view(1, -1, 1) & x_axis.inside.view(1, 1, -1))
+            values.masked_fill_(torch.from_numpy(keep[box] == 0).to(target.device), default)
+        rows_axis = z_axis.within(z_span, rows).to(target.device)
+        slab = lerp_along(lerp_along(lerp_along(values, 0, rows_axis), 1, y_axis), 2, x_axis)
+        outside = ~(rows_axis.inside.view(-1, 1, 1) & y_axis.inside.view(1, -1, 1) & x_axis.inside.view(1, 1, -1))
         target[rows] = slab.masked_fill_(outside, default)
     return target

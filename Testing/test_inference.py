@@ -126,6 +126,27 @@ def test_device_out_of_memory_halves_the_tile_and_gives_the_same_result(small_pa
         predictor.predict(small_pair.fixed, small_pair.moving)
 
 
+def test_a_gpu_without_room_for_the_1mm_volume_gets_it_from_host_memory(small_pair, tiny_model, monkeypatch):
+    from RegistrationMisalignmentLib import inference
+    pair = to_fixed_grid(small_pair.fixed, small_pair.moving)
+    region = mask_region_s1(small_pair.fixed, pair.mask)
+    expected = crop_to_s1(pair, region, 16).volume
+    devices = []
+
+    def crop_without_gpu_memory(pair, region, margin, device="cpu"):
+        devices.append(torch.device(device).type)
+        if torch.device(device).type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return crop_to_s1(pair, region, margin, device)
+
+    monkeypatch.setattr(inference, "crop_to_s1", crop_without_gpu_memory)
+    predictor = MisalignmentPredictor(tiny_model, device="cpu")
+    predictor.device = torch.device("cuda")  # as the predictor of a GPU machine sees it; no GPU work follows
+    prepared = predictor._on_s1(pair, region, 16)
+    assert devices == ["cuda", "cpu"] and prepared.volume.device.type == "cpu"
+    assert torch.equal(prepared.volume, expected)
+
+
 def test_sub_tiles_cover_a_tile_with_starts_on_the_pyramid_grid():
     for tile, size in ((72, 32), (40, 16), (24, 8), (32, 32)):
         covered = np.zeros((tile,) * 3, dtype=bool)

@@ -124,6 +124,9 @@ def test_benchmark_reports_dense_faster_than_per_patch_with_identical_results(fi
     assert result["speedup_dense_over_per_patch"] > 1.0
     assert result["flops_per_output_voxel"] > 0 and result["peak_rss_bytes"] > 0
     assert result["per_patch_blocks_sampled"] == 16
+    seconds = result["seconds"]
+    parts = seconds["checks_and_masks_within_preprocessing"], seconds["resampling_to_1mm_within_preprocessing"]
+    assert min(parts) > 0 and sum(parts) == pytest.approx(seconds["preprocessing_checks_masks_resample"])
 
 
 def test_benchmark_with_amp_compares_the_mixed_precision_map_with_float32(files, capsys, small_benchmark_phantom):

@@ -211,7 +211,9 @@ def run_benchmark_command(args) -> dict:
     if not args.json:
         s = result["seconds"]
         print(f"{result['case']} on {result['device']} ({result['machine']}, {result['torch_threads']} threads)")
-        print(f"  preprocessing {s['preprocessing_checks_masks_resample'] + s['pyramid']:.1f} s, dense network "
+        print(f"  preprocessing {s['preprocessing_checks_masks_resample'] + s['pyramid']:.1f} s (checks and masks "
+              f"{s['checks_and_masks_within_preprocessing']:.1f} s, resampling to 1 mm "
+              f"{s['resampling_to_1mm_within_preprocessing']:.1f} s, pyramid {s['pyramid']:.1f} s), dense network "
               f"{s['dense_network']:.1f} s, back to fixed grid {s['resample_to_fixed_grid']:.1f} s, "
               f"end to end {s['end_to_end_without_read']:.1f} s (+ read {s['read']:.1f} s)")
         print(f"  per-patch (estimated) {s['per_patch_estimated_whole_volume']:.1f} s: dense is "

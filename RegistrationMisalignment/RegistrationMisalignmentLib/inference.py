@@ -195,7 +195,12 @@ class MisalignmentPredictor:
 
     def prepare(self, fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> tuple:
         """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""
-        pair = to_fixed_grid(fixed, moving, mask, transform)
+        return self.prepare_on_s1(to_fixed_grid(fixed, moving, mask, transform))
+
+    def prepare_on_s1(self, pair) -> tuple:
+        """The S1 crop of a checked, masked pair over the mask's region, padded to whole tiles; returns (prepared,
+        tile)."""
+        fixed = pair.fixed
         region = mask_region_s1(fixed, pair.mask)
         tile = best_tile(self.model, region[1] - region[0], largest_tile(self.model, self.device, self.max_memory_gb))
         stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)

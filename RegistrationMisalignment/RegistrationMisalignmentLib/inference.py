@@ -17,7 +17,8 @@ from .fixed_grid import MaskedProbabilities
 from .imageio import image_on_grid, paste
 from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
-from .preprocessing import BLOCK, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1, to_fixed_grid
+from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
+                            to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
 
 DEFAULT_MAX_MEMORY_GB = 2.0
@@ -197,7 +198,7 @@ class MisalignmentPredictor:
         """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""
         return self.prepare_on_s1(to_fixed_grid(fixed, moving, mask, transform))
 
-    def prepare_on_s1(self, pair) -> tuple:
+    def prepare_on_s1(self, pair: PairOnFixedGrid) -> tuple:
         """The S1 crop of a checked, masked pair over the mask's region, padded to whole tiles; returns (prepared,
         tile)."""
         fixed = pair.fixed
@@ -206,7 +207,7 @@ class MisalignmentPredictor:
         stop = region[0] + tile * np.ceil((region[1] - region[0]) / tile).astype(int)
         return self._on_s1(pair, (region[0], stop), context_margin(self.model.config, tile)), tile
 
-    def _on_s1(self, pair, region: tuple, margin: int) -> PreparedPair:
+    def _on_s1(self, pair: PairOnFixedGrid, region: tuple, margin: int) -> PreparedPair:
         """The pair on the S1 grid, resampled on the GPU when the network runs there (its pyramid is then built
         there too), or in host memory when the GPU has no room for it."""
         if self.device.type == "cuda":

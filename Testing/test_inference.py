@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.devices import in_convolution_layout
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.inference import (MisalignmentPredictor, dilated, occupied_tiles, smaller_tile,
+from RegistrationMisalignmentLib.inference import (MisalignmentPredictor, occupied_tiles, smaller_tile,
                                                    sub_tiles)
 from RegistrationMisalignmentLib.model import input_size
+from RegistrationMisalignmentLib.morphology import box_dilate
 from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, to_fixed_grid
 from RegistrationMisalignmentLib.pyramid import context_margin
 
@@ -199,10 +200,10 @@ def test_tiles_touching_the_mask_are_those_a_max_pooling_finds():
     rng = np.random.default_rng(3)
     mask = rng.random((40, 33, 48)) > 0.997
     pooled = F.max_pool3d(torch.from_numpy(mask.astype(np.float32))[None, None], 5, stride=1, padding=2)[0, 0]
-    assert np.array_equal(dilated(mask, 2), pooled.numpy() > 0)
+    assert np.array_equal(box_dilate(mask, 2), pooled.numpy() > 0)
     tiles = F.max_pool3d(pooled[None, None], 8, stride=8)[0, 0] > 0
-    assert np.array_equal(occupied_tiles(dilated(mask, 2), 8), tiles.numpy())
-    assert 0 < occupied_tiles(dilated(mask, 2), 8).sum() < tiles.numel()
+    assert np.array_equal(occupied_tiles(box_dilate(mask, 2), 8), tiles.numpy())
+    assert 0 < occupied_tiles(box_dilate(mask, 2), 8).sum() < tiles.numel()
 
 
 def test_the_difference_to_the_cpu_is_read_over_the_right_tile(small_pair, tiny_predictor):

@@ -43,7 +43,7 @@ class MaskedProbabilities:
         step = max(1, SLAB_VOXELS // (size[0] * size[1]))
         for z in range(0, size[2], step):
             count = min(step, size[2] - z)
-            slab = lerp_along(self.s1, 1, z_axis.within((0, s1_size[2]), slice(z, z + count)))
+            slab = lerp_along(self.s1, 1, z_axis.rows(slice(z, z + count)))
             probs = lerp_along(lerp_along(slab, 2, y), 3, x).permute(1, 2, 3, 0).contiguous().cpu().numpy()
             mask = sitk.RegionOfInterest(self.mask_box, [size[0], size[1], count], [0, 0, z])
             inside = sitk.GetArrayViewFromImage(mask) > 0

@@ -17,6 +17,7 @@ from .fixed_grid import MaskedProbabilities
 from .imageio import image_on_grid, paste
 from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
+from .morphology import box_dilate
 from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
                             to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
@@ -99,20 +100,6 @@ def tile_size_for_memory(model: MisalignmentNet, max_memory_gb: float, cap: int 
     while tile + 8 <= cap and tile_bytes(model, tile + 8) <= budget:
         tile += 8
     return tile
-
-
-def dilated(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation of a boolean volume by a cube of edge 2 * radius + 1, one axis at a time."""
-    for axis in range(mask.ndim):
-        grown = mask.copy()
-        n = mask.shape[axis]
-        for shift in range(1, min(radius, n - 1) + 1):
-            ahead = (slice(None),) * axis + (slice(shift, None),)
-            behind = (slice(None),) * axis + (slice(None, n - shift),)
-            grown[behind] |= mask[ahead]
-            grown[ahead] |= mask[behind]
-        mask = grown
-    return mask
 
 
 def occupied_tiles(mask: np.ndarray, tile: int) -> np.ndarray:
@@ -286,7 +273,7 @@ class MisalignmentPredictor:
         neighbours (2 voxels around)."""
         ref = prepared.s1_grid(prepared.region_start, prepared.region_size)
         s1_mask = sitk.Resample(prepared.mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        occupied = occupied_tiles(dilated(sitk.GetArrayViewFromImage(s1_mask) > 0, 2), tile)
+        occupied = occupied_tiles(box_dilate(sitk.GetArrayViewFromImage(s1_mask) > 0, 2), tile)
         return [np.asarray(c) * tile for c in np.argwhere(occupied).tolist()]
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1) -> PredictionResult:

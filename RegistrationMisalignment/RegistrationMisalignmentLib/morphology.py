@@ -1,4 +1,5 @@
-"""Binary dilation, erosion and closing by SimpleITK's ball structuring element, as unions of shifted copies (numpy).
+"""Binary dilation, erosion and closing by SimpleITK's ball structuring element, and dilation by a cube, as unions of
+shifted copies (numpy).
 
 SimpleITK's ball of radius (rx, ry, rz) voxels holds the offsets o with sum((o_i / (r_i + 0.5))^2) <= 1. Dilating
 by it is the union, over its (dz, dy) rows, of the mask dilated along x by the row's half-width and shifted by
@@ -61,3 +62,14 @@ def ball_close(mask: np.ndarray, radius_xyz: Sequence[int]) -> np.ndarray:
     pad = [(int(r), int(r)) for r in reversed(radius_xyz)]
     closed = ball_erode(ball_dilate(np.pad(mask, pad), radius_xyz), radius_xyz)
     return closed[tuple(slice(before, before + n) for (before, _), n in zip(pad, mask.shape))]
+
+
+def box_dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation of a boolean volume by a cube of edge 2 * radius + 1, one axis at a time (nothing outside)."""
+    for axis in range(mask.ndim):
+        grown = mask.copy()
+        for shift in range(1, radius + 1):
+            for signed in (shift, -shift):
+                _or_shifted(grown, mask, [signed if a == axis else 0 for a in range(mask.ndim)])
+        mask = grown
+    return mask

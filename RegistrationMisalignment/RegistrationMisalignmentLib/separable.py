@@ -21,13 +21,16 @@ class AxisSamples:
     inside: torch.Tensor
     on_points: bool
 
-    def within(self, span: tuple, rows: slice = slice(None)) -> "AxisSamples":
-        """The samples of some target rows with neighbours counted from the start of a source span (first, stop),
-        clamped to it (points outside the source keep their default value whatever they read)."""
+    def rows(self, rows: slice) -> "AxisSamples":
+        """The samples of some target rows."""
+        return AxisSamples(self.below[rows], self.above[rows], self.weight[rows], self.inside[rows], self.on_points)
+
+    def within(self, span: tuple) -> "AxisSamples":
+        """The samples with neighbours counted from the start of a source span (first, stop), clamped to it (points
+        outside the source keep their default value whatever they read)."""
         first, stop = span
-        return AxisSamples((self.below[rows] - first).clamp(0, stop - first - 1),
-                           (self.above[rows] - first).clamp(0, stop - first - 1), self.weight[rows], self.inside[rows],
-                           self.on_points)
+        return AxisSamples((self.below - first).clamp(0, stop - first - 1),
+                           (self.above - first).clamp(0, stop - first - 1), self.weight, self.inside, self.on_points)
 
     def to(self, device) -> "AxisSamples":
         """The same samples on a device (sent once, not for every slab)."""
@@ -83,12 +86,13 @@ def resample_onto_s1_(target: torch.Tensor, source: np.ndarray, axes: list, defa
     step = max(1, SLAB_VOXELS // (target.shape[1] * target.shape[2]))
     for z in range(0, target.shape[0], step):
         rows = slice(z, min(z + step, target.shape[0]))
-        z0, z1 = z_span = source_span(z_axis.within((0, source.shape[0]), rows))
+        slab_axis = z_axis.rows(rows)
+        z0, z1 = z_span = source_span(slab_axis)
         box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
         values = float32_copy_on(source[box], target.device)
         if keep is not None:
             values.masked_fill_(torch.from_numpy(keep[box] == 0).to(target.device), default)
-        rows_axis = z_axis.within(z_span, rows).to(target.device)
+        rows_axis = slab_axis.within(z_span).to(target.device)
         slab = lerp_along(lerp_along(lerp_along(values, 0, rows_axis), 1, y_axis), 2, x_axis)
         outside = ~(rows_axis.inside.view(-1, 1, 1) & y_axis.inside.view(1, -1, 1) & x_axis.inside.view(1, 1, -1))
         target[rows] = slab.masked_fill_(outside, default)

@@ -293,3 +293,62 @@ def test_threads_bound_torch_and_simpleitk():
     finally:
         torch.set_num_threads(before[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+
+def _predict_argv(files, *extra):
+    return ["predict", "--moving", str(files / "moving.nii.gz"), "--weights", str(files / "tiny.safetensors"),
+            "--device", "cpu", *[str(x) for x in extra]]
+
+
+def test_outputs_never_overwrite_an_input_or_each_other_and_need_a_3d_format(files, tmp_path, capsys):
+    fixed = tmp_path / "fixed.nrrd"
+    fixed.write_bytes((files / "fixed.nrrd").read_bytes())
+    (tmp_path / "link.nrrd").symlink_to(fixed)
+    before = fixed.read_bytes()
+    for extra, message in [(["--output", fixed], "--output {} is the same file as --fixed".format(fixed)),
+                           (["--output", tmp_path / "link.nrrd"], "is the same file as --fixed"),
+                           (["--output", tmp_path / "x.nrrd", "--probabilities", tmp_path / "x.nrrd"],
+                            "--probabilities {} is the same file as --output".format(tmp_path / "x.nrrd")),
+                           (["--output", tmp_path / "labels.png"], "not a file format for a 3-D map; end the name "
+                                                                   "with .nrrd, .nii.gz, .nii or .mha"),
+                           (["--output", tmp_path / "labels.nrrd", "--probabilities", tmp_path / "p.txt"],
+                            "--probabilities"),
+                           (["--output", tmp_path / "labels"], "not a file format")]:
+        assert main(_predict_argv(files, "--fixed", fixed, *extra)) == 2, extra
+        assert message in _error_line(capsys), extra
+    assert fixed.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nrrd", "link.nrrd"]
+
+
+def test_a_memory_budget_must_be_positive(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(_predict_argv(files, "--fixed", files / "fixed.nrrd", "--output", tmp_path / "l.nrrd",
+                           "--max-memory", "0"))
+    assert stop.value.code == 2 and "must be more than 0 GiB" in capsys.readouterr().err
+
+
+def test_predict_applies_a_transform_file_and_reports_warnings_in_its_json(files, tmp_path, capsys):
+    from RegistrationMisalignmentLib.inference import MisalignmentPredictor
+    fixed, moving = sitk.ReadImage(str(files / "fixed.nrrd")), sitk.ReadImage(str(files / "moving.nii.gz"))
+    shift = sitk.TranslationTransform(3, (2.0, -1.0, 3.0))
+    sitk.WriteTransform(shift, str(tmp_path / "shift.tfm"))
+    assert main(_predict_argv(files, "--fixed", files / "fixed.nrrd", "--output", tmp_path / "labels.nrrd",
+                              "--transform", tmp_path / "shift.tfm", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
+    expected = MisalignmentPredictor.load(files / "tiny.safetensors", device="cpu").predict(fixed, moving,
+                                                                                          transform=shift)
+    got = sitk.ReadImage(str(tmp_path / "labels.nrrd"))
+    assert np.array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(expected.labels))
+    coarse = sitk.Resample(moving, [n // 2 for n in moving.GetSize()], sitk.Transform(), sitk.sitkLinear,
+                           moving.GetOrigin(), [2 * s for s in moving.GetSpacing()], moving.GetDirection(), -1024)
+    write_image(coarse, tmp_path / "coarse.nrrd")
+    assert main(["predict", "--fixed", str(files / "fixed.nrrd"), "--moving", str(tmp_path / "coarse.nrrd"),
+                 "--output", str(tmp_path / "coarse_labels.nrrd"), "--weights", str(files / "tiny.safetensors"),
+                 "--device", "cpu", "--json"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert len(warnings) == 1 and "another grid" in warnings[0]
+
+
+def test_no_command_prints_the_help(capsys):
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.imageio import read_image, write_image
+from RegistrationMisalignmentLib.imageio import read_image, write_image, write_images
 from RegistrationMisalignmentLib.preprocessing import moving_on_fixed_grid, to_fixed_grid
 
 
@@ -21,22 +21,44 @@ def test_files_round_trip_with_geometry(small_phantom, tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
+def _write_dicom_series(volume, folder, series_uid: str, prefix: str = "slice") -> None:
+    """One DICOM file per slice of `volume`, all of one series."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(volume.GetDepth()):
+        slice_k = volume[:, :, k]
+        slice_k.SetMetaData("0020|0032", "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, k)))))
+        slice_k.SetMetaData("0020|0013", str(k))
+        slice_k.SetMetaData("0020|000e", series_uid)
+        slice_k.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(slice_k)
+
+
 def test_dicom_folder_is_read_as_a_volume(small_phantom, tmp_path):
     ct, _ = small_phantom
     sub = ct[:, :, 20:30]
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(sub.GetDepth()):
-        slice_k = sub[:, :, k]
-        slice_k.SetMetaData("0020|0032", "\\".join(map(str, sub.TransformIndexToPhysicalPoint((0, 0, k)))))
-        slice_k.SetMetaData("0020|0013", str(k))
-        slice_k.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
-        slice_k.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
-        writer.Execute(slice_k)
+    _write_dicom_series(sub, tmp_path, "1.2.826.0.1.3680043.2.1125.1")
     volume = read_image(tmp_path)
     assert volume.GetSize() == sub.GetSize()
     assert np.array_equal(sitk.GetArrayViewFromImage(volume), sitk.GetArrayViewFromImage(sub))
+
+
+def test_a_folder_with_several_dicom_series_reads_the_largest_with_a_warning(small_phantom, tmp_path, caplog):
+    ct, _ = small_phantom
+    _write_dicom_series(ct[:, :, 20:24], tmp_path, "1.2.826.0.1.3680043.2.1125.2", "scout")
+    _write_dicom_series(ct[:, :, 20:30], tmp_path, "1.2.826.0.1.3680043.2.1125.3")
+    with caplog.at_level(logging.WARNING, logger="RegistrationMisalignment"):
+        volume = read_image(tmp_path)
+    assert volume.GetDepth() == 10
+    assert "holds 2 DICOM series; reading the largest (10 files" in caplog.text
+
+
+def test_images_are_written_all_or_none(small_phantom, tmp_path):
+    ct, _ = small_phantom
+    with pytest.raises(InputError, match="could not be written"):
+        write_images([(ct, tmp_path / "first.nrrd"), (ct, tmp_path / "second.unknown")])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unreadable_truncated_and_missing_files_give_one_line_errors(small_phantom, tmp_path):

@@ -219,3 +219,45 @@ def test_the_difference_to_the_cpu_is_read_over_the_right_tile(small_pair, tiny_
     z, y, x = corner
     probs[1, z + tile - 1, y, x + 3] += 0.25
     assert difference_to_cpu(tiny_predictor, pyramid, start, corner, tile, probs) == pytest.approx(0.25, abs=1e-5)
+
+
+def test_voxels_without_moving_data_are_not_evaluated(small_pair, tiny_predictor):
+    fixed = small_pair.fixed
+    cut = fixed.GetSize()[2] // 2  # the moving image keeps the slices from here on
+    full = sitk.GetArrayFromImage(tiny_predictor.predict(fixed, small_pair.moving).labels)
+    result = tiny_predictor.predict(fixed, small_pair.moving[:, :, cut:])
+    labels = sitk.GetArrayViewFromImage(result.labels)
+    assert (full[:cut] > 0).any() and (full[cut:] > 0).any()
+    assert not labels[:cut].any()
+    assert np.array_equal(labels[cut:] > 0, full[cut:] > 0)
+    assert result.summary["mask_voxels"] == int((labels > 0).sum())
+    uncovered = np.argwhere(full[:cut] > 0)[0]
+    point = fixed.TransformIndexToPhysicalPoint([int(i) for i in uncovered[::-1]])
+    classes, _ = tiny_predictor.predict_points(fixed, small_pair.moving[:, :, cut:], [point])
+    assert classes.tolist() == [L.NOT_EVALUATED]
+    lower_box = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+    lower_box.CopyInformation(fixed)
+    lower_box[:, :, :cut] = 1
+    with pytest.raises(InputError, match="does not cover the region to evaluate"):
+        tiny_predictor.predict(fixed, small_pair.moving[:, :, cut:], mask=lower_box)
+
+
+def test_point_queries_check_their_points(small_pair, tiny_predictor):
+    fixed, moving = small_pair.fixed, small_pair.moving
+    classes, probabilities = tiny_predictor.predict_points(fixed, moving, [])
+    assert classes.shape == (0,) and probabilities.shape == (0, 3)
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
+    classes, probabilities = tiny_predictor.predict_points(fixed, moving, centre)  # one flat x, y, z triple
+    assert classes.shape == (1,) and probabilities.shape == (1, 3)
+    for points, message in [([centre, (5000.0, 5000.0, 5000.0)], r"point 2 at \(5000.0, 5000.0, 5000.0\) mm lies "
+                                                                  "outside the image"),
+                            ([centre, (np.nan, 0.0, 0.0)], "NaN"),
+                            ([(1.0, 2.0)], "x, y, z triples"),
+                            ([("a", "b", "c")], "x, y, z triples")]:
+        with pytest.raises(InputError, match=message):
+            tiny_predictor.predict_points(fixed, moving, points)
+
+
+def test_a_transform_of_another_dimension_is_refused(small_pair, tiny_predictor):
+    with pytest.raises(InputError, match="the transform is 2-D"):
+        tiny_predictor.predict(small_pair.fixed, small_pair.moving, transform=sitk.TranslationTransform(2, (1.0, 1.0)))

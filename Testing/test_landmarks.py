@@ -43,7 +43,7 @@ def test_every_landmark_format_gives_the_same_lps_points(tmp_path, small_phantom
 
 def test_bad_landmark_files_give_clear_errors(tmp_path, small_phantom):
     (tmp_path / "bad.csv").write_text("x,y,z\n1,2,3\n4,five,6\n")
-    with pytest.raises(InputError, match=r"bad.csv:2: cannot parse"):
+    with pytest.raises(InputError, match=r"bad.csv:3: cannot parse"):  # the file's line
         read_landmarks(tmp_path / "bad.csv")
     (tmp_path / "count.txt").write_text("point\n3\n1 2 3\n4 5 6\n")
     with pytest.raises(InputError, match="header says 3 points but the file has 2"):
@@ -51,6 +51,43 @@ def test_bad_landmark_files_give_clear_errors(tmp_path, small_phantom):
     ct, _ = small_phantom
     with pytest.raises(InputError, match="landmark 2 .* outside the image"):
         check_inside(np.array([[0.0, 0.0, 0.0], [500.0, 0.0, 0.0]]), ct, "fixed landmarks")
+
+
+def test_empty_unplaced_and_unfinite_landmarks_are_named_with_their_file_line(tmp_path):
+    empty = {"e.csv": "x,y,z\n", "e.txt": "point\n0\n", "e.fcsv": "# CoordinateSystem = LPS\n",
+             "e.mrk.json": json.dumps({"markups": [{"coordinateSystem": "LPS", "controlPoints": []}]})}
+    for name, text in empty.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=f"{name}: holds no landmarks"):
+            read_landmarks(tmp_path / name)
+    (tmp_path / "gaps.csv").write_text("x,y,z\n1,2,3\n\n4,5,6\n7,eight,9\n")
+    with pytest.raises(InputError, match=r"gaps.csv:5: cannot parse"):
+        read_landmarks(tmp_path / "gaps.csv")
+    (tmp_path / "gaps.txt").write_text("point\n2\n\n1 2 3\n4 5\n")
+    with pytest.raises(InputError, match=r"gaps.txt:5: expected three coordinates"):
+        read_landmarks(tmp_path / "gaps.txt")
+    (tmp_path / "nan.csv").write_text("1,2,3\nnan,2,3\n")
+    with pytest.raises(InputError, match=r"nan.csv:2: coordinates 'nan 2 3' are not all finite"):
+        read_landmarks(tmp_path / "nan.csv")
+    unplaced = {"coordinateSystem": "LPS", "controlPoints": [{"label": "F-1", "position": [1, 2, 3]},
+                                                             {"label": "F-2", "positionStatus": "undefined"}]}
+    (tmp_path / "u.mrk.json").write_text(json.dumps({"markups": [unplaced]}))
+    with pytest.raises(InputError, match=r"control point 2 \(F-2\) has no position"):
+        read_landmarks(tmp_path / "u.mrk.json")
+    (tmp_path / "ijk.mrk.json").write_text(json.dumps({"markups": [dict(unplaced, coordinateSystem="IJK",
+                                                                        controlPoints=[{"position": [1, 2, 3]}])]}))
+    with pytest.raises(InputError, match="coordinate system 'IJK' is not supported"):
+        read_landmarks(tmp_path / "ijk.mrk.json")
+
+
+def test_residuals_are_distances(tmp_path):
+    from RegistrationMisalignmentLib.cli_evaluation import read_residuals
+    (tmp_path / "r.csv").write_text("residual_mm\n1.5\n0\n")
+    assert read_residuals(tmp_path / "r.csv") == [1.5, 0.0]
+    for bad in ("-0.5", "nan", "inf"):
+        (tmp_path / "bad.csv").write_text(f"residual_mm\n1.5\n{bad}\n")
+        with pytest.raises(InputError, match="bad.csv:3: a residual is a distance"):
+            read_residuals(tmp_path / "bad.csv")
 
 
 def test_residual_uses_the_fixed_to_moving_displacement():
@@ -181,6 +218,9 @@ def test_protocol_runs_every_setup_and_rejects_mismatched_landmarks(small_pair, 
             "--fixed-landmarks", str(tmp_path / "f.csv"), "--weights", str(weights), "--device", "cpu"]
     assert main(base + ["--moving-landmarks", str(tmp_path / "m2.csv")]) == 2
     assert "3 fixed landmarks but 2 moving landmarks" in capsys.readouterr().err
+    (tmp_path / "none.csv").write_text("x,y,z\n")
+    assert main(base + ["--moving-landmarks", str(tmp_path / "none.csv")]) == 2  # refused before any registration
+    assert "none.csv: holds no landmarks" in capsys.readouterr().err
     assert main(base + ["--moving-landmarks", str(tmp_path / "m.csv"),
                         "--setups", "affine,bspline_poor", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -42,6 +42,10 @@ def _thumbnails() -> dict:
     return thumbnail_pngs(np.full(labels.shape, CT_VALUE, dtype=np.float32), labels, SPACING)
 
 
+WARNINGS = ["moving image is on another grid than the fixed image: resampling it onto the fixed grid",
+            "intensities <unusual>"]
+
+
 def _record(case_id: str, fractions=None, total_s=None, confidence=None) -> dict:
     """A case.json record: finished with (correct, poor, wrong) fractions, or failed when fractions is None."""
     record = {"case_id": case_id, "status": "failed", "error": ERROR,
@@ -66,6 +70,7 @@ def cohort(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("batch")
     records = [_record("p003"), _record("p002", (0.1, 0.8, 0.1), 9.5, 0.91),
                _record("p&1", (0.3, 0.2, 0.5), 12.0, 0.62)]
+    records[1]["warnings"] = WARNINGS
     pngs = _thumbnails()
     for record in records[1:]:
         case_dir = out_dir / "cases" / record["case_id"]
@@ -174,7 +179,8 @@ def test_summary_csv_rows_and_flags(cohort, tmp_path):
     assert list(rows) == ["p003", "p002", "p&1"]
     assert list(rows["p&1"]) == ["case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
                                  "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "total_s",
-                                 "device", "weights_sha256", "flagged"]
+                                 "device", "weights_sha256", "flagged", "warnings"]
+    assert rows["p002"]["warnings"] == " | ".join(WARNINGS) and rows["p&1"]["warnings"] == ""
     assert {case: row["flagged"] for case, row in rows.items()} == {"p003": "False", "p002": "False", "p&1": "True"}
     assert rows["p&1"]["wrong_fraction"] == "0.5" and float(rows["p&1"]["wrong_ml"]) == 500.0
     assert rows["p002"]["total_s"] == "9.5" and rows["p002"]["weights_sha256"] == "ab" * 32
@@ -197,6 +203,8 @@ def test_report_is_escaped_self_contained_and_flags_the_right_rows(cohort):
     assert [row["class"] for row in page.rows] == ["flagged", "", "failed"]
     assert FLAG_MARKER in page.rows[0]["cells"][1] and FLAG_MARKER not in "".join(page.rows[1]["cells"])
     assert ERROR in page.rows[2]["cells"][1]
+    assert "warning: moving image is on another grid" in page.rows[1]["cells"][1]
+    assert "warning: intensities &lt;unusual&gt;" in html
     confidence = [h["text"] for h in page.headers].index("mean confidence %")
     assert [row["cells"][confidence] for row in page.rows] == ["62.0", "91.0", "\u2014"]
     assert html.count("no coronal image") == 0, "p002 is not among the worst cases when one case is flagged"

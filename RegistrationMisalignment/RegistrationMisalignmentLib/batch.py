@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import SimpleITK as sitk
 from . import __version__
 from .batch_cases import Case, input_checksums
 from .case_lock import CaseLock
-from .errors import InputError
+from .errors import CapturedWarnings, InputError
 from .figures import thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
 
@@ -142,7 +140,7 @@ def _is_finished(record, fingerprint: dict, out_dir) -> bool:
 def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: dict, started: float) -> dict:
     """Read the inputs, predict, and publish labels, probabilities, thumbnails and the record."""
     from .transforms import read_transform
-    with _CapturedWarnings() as warnings:
+    with CapturedWarnings() as warnings:
         fixed, moving = read_image(case.fixed), read_image(case.moving)
         mask = read_image(case.mask) if case.mask else None
         transform = read_transform(case.transform) if case.transform else None
@@ -218,18 +216,3 @@ def _worker() -> dict:
 def _now() -> str:
     """Current time, ISO 8601 with time zone."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class _CapturedWarnings(list):
-    """Collects the engine's warnings logged by this thread while the block runs (they still reach the log)."""
-
-    def __enter__(self):
-        self._thread = threading.get_ident()
-        self._handler = logging.Handler(logging.WARNING)
-        self._handler.emit = lambda rec: self.append(rec.getMessage()) if rec.thread == self._thread else None
-        logging.getLogger("RegistrationMisalignment").addHandler(self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("RegistrationMisalignment").removeHandler(self._handler)
-        return False

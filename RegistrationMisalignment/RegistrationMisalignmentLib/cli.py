@@ -13,7 +13,7 @@ from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
-from .errors import InputError
+from .errors import CapturedWarnings, InputError
 
 
 def _add_train(sub) -> None:
@@ -125,6 +125,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", required=True, help="label map to write (e.g. labels.nrrd): 0 not evaluated, "
                                                    "1 correct, 2 poor, 3 wrong")
     p.add_argument("--mask", help="region to evaluate (non-zero voxels; default: automatic lung mask)")
+    p.add_argument("--transform",
+                   help="registration transform to apply to --moving first: ITK/Slicer transform file (.tfm, .txt, "
+                        ".h5) or displacement field image, fixed-to-moving")
     p.add_argument("--probabilities", help="also write the class probabilities (3-component vector image)")
     p.add_argument("--progress-lines", action="store_true",
                    help="report progress as 'progress FRACTION MESSAGE' lines on stderr (for programs)")
@@ -132,20 +135,23 @@ def _add_predict(sub) -> None:
 
 
 def run_predict(args) -> dict:
-    """Predict a pair and write the label map (and probabilities) atomically."""
-    from .imageio import check_output_path, read_image, write_image
-    for path in (args.output, args.probabilities):
-        if path:
-            check_output_path(path)
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
-    mask = read_image(args.mask) if args.mask else None
-    predictor = load_predictor(args)
-    progress = progress_lines if args.progress_lines else progress_bar(not args.json)
-    result = predictor.predict(fixed, moving, mask=mask, progress=progress)
-    write_image(result.labels, args.output)
-    if args.probabilities:
-        write_image(result.probabilities, args.probabilities)
-    summary = dict(result.summary, output=args.output, probabilities=args.probabilities)
+    """Predict a pair and write the label map (and probabilities) atomically, all or none."""
+    from .imageio import check_image_outputs, read_image, write_images
+    from .transforms import read_transform
+    check_image_outputs({"--output": args.output, "--probabilities": args.probabilities},
+                        {"--fixed": args.fixed, "--moving": args.moving, "--mask": args.mask,
+                         "--transform": args.transform, "--weights": args.weights})
+    with CapturedWarnings() as warnings:
+        fixed, moving = read_image(args.fixed), read_image(args.moving)
+        mask = read_image(args.mask) if args.mask else None
+        transform = read_transform(args.transform) if args.transform else None
+        predictor = load_predictor(args)
+        progress = progress_lines if args.progress_lines else progress_bar(not args.json)
+        result = predictor.predict(fixed, moving, mask=mask, progress=progress, transform=transform)
+    outputs = [(result.labels, args.output)] + ([(result.probabilities, args.probabilities)]
+                                                if args.probabilities else [])
+    write_images(outputs)
+    summary = dict(result.summary, output=args.output, probabilities=args.probabilities, warnings=list(warnings))
     if not args.json:
         print(_class_table(summary))
     return summary
@@ -212,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         result = COMMANDS[args.command][1](args)

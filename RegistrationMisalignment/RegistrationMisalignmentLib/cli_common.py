@@ -51,7 +51,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Add --weights, --device, --max-memory, --threads, --amp and --json."""
     parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")
     add_device(parser)
-    parser.add_argument("--max-memory", type=float, default=2.0, metavar="GIB",
+    parser.add_argument("--max-memory", type=positive_gib, default=2.0, metavar="GIB",
                         help="memory budget that sets the tile size on the CPU (default 2 GiB; on a GPU, tiles "
                              "are sized by half its free memory)")
     parser.add_argument("--threads", type=int, default=0,
@@ -61,6 +61,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="mixed precision (float16 on CUDA, bfloat16 on CPU): faster on a GPU, probabilities "
                              "within the tolerance stated in BENCHMARKS.md (default: exact float32)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
+
+
+def positive_gib(text: str) -> float:
+    """An argparse type: a memory size in GiB, more than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in GiB such as 2 or 0.5, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 GiB, got {text}")
+    return value
 
 
 def load_predictor(args):

@@ -362,11 +362,14 @@ def read_residuals(path) -> list:
         if not field:
             continue
         try:
-            values.append(float(field))
+            value = float(field)
         except ValueError:
             if i == 0:
                 continue
             raise InputError(f"{path}:{i + 1}: cannot parse {field!r} as a residual in mm") from None
+        if not value >= 0.0 or value == float("inf"):
+            raise InputError(f"{path}:{i + 1}: a residual is a distance in mm (zero or more), got {field!r}")
+        values.append(value)
     return values
 
 

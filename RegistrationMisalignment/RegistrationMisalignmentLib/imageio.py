@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import zlib
 import tempfile
@@ -10,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, library_reason
+
+log = logging.getLogger("RegistrationMisalignment")
 
 NIFTI_MIN_HEADER = 352
 # Peak memory of a prediction per fixed-image voxel, with margin: 19 bytes measured on a 512x512x600 CT, 23 with
 # --probabilities (BENCHMARKS.md).
 BYTES_PER_VOXEL = 24
+# Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
+# the temporary file can be renamed into place).
+IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
 
 
 def read_image(path) -> sitk.Image:
@@ -31,8 +37,8 @@ def read_image(path) -> sitk.Image:
             image = sitk.ReadImage(str(path))
             _check_nifti_complete(path, image)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputError(f"{path}: cannot be read as an image ({reason[:160]}); check the file is complete") from None
+        raise InputError(f"{path}: cannot be read as an image ({library_reason(exc)}); check the file is complete") \
+            from None
     check_volume(image, str(path))
     return image
 
@@ -83,11 +89,20 @@ def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the largest DICOM series in a folder."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    """Read the largest DICOM series in a folder (with a warning naming it when there are several)."""
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warning for a folder without series
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series; pass an image file or a DICOM folder")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    files, uid = max(((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s), s) for s in series),
+                     key=lambda found: len(found[0]))
+    if len(series) > 1:
+        log.warning(f"{folder}: holds {len(series)} DICOM series; reading the largest ({len(files)} files, series "
+                    f"instance UID {uid}); put each series in its own folder to choose another")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
@@ -96,7 +111,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
 def check_volume(image: sitk.Image, name: str) -> None:
     """Raise InputError unless `image` is a finite, scalar 3-D volume."""
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
-        raise InputError(f"{name}: expected a 3-D volume, got size {image.GetSize()}; pass a 3-D CT")
+        raise InputError(f"{name}: expected a 3-D volume, got size {image.GetSize()}; pass a 3-D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: expected a scalar (grey-value) image, got "
                          f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
@@ -112,20 +127,38 @@ def paste(destination: sitk.Image, source: sitk.Image, index) -> None:
 
 def write_image(image: sitk.Image, path, compress: bool = True) -> None:
     """Write an image atomically: a temporary file in the same folder is renamed into place."""
-    path = Path(path)
+    write_images([(image, path)], compress)
+
+
+def write_images(images, compress: bool = True) -> None:
+    """Write (image, path) pairs all or none: each to a temporary file beside its path, then all renamed into place."""
+    staged = []
+    try:
+        for image, path in images:
+            staged.append((_staged_image(image, Path(path), compress), Path(path)))
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
+def _staged_image(image: sitk.Image, path: Path, compress: bool) -> str:
+    """Write an image to a new temporary file in `path`'s folder, with `path`'s format; returns the temporary name."""
     _check_writable(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".nrrd", dir=path.parent)
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, compress)
         _usual_permissions(tmp)
-        os.replace(tmp, path)
     except (RuntimeError, OSError) as exc:
         Path(tmp).unlink(missing_ok=True)
         raise _write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def write_bytes(data: bytes, path) -> None:
@@ -148,7 +181,7 @@ def write_bytes(data: bytes, path) -> None:
 
 def _write_error(path: Path, exc: Exception) -> InputError:
     """A one-line error for a failed write (disk full, file too large, no permission); nothing was left behind."""
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1][:160]
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else library_reason(exc)
     return InputError(f"{path}: could not be written ({reason}); free disk space or choose another folder, "
                       "then run again (no partial file was left)")
 
@@ -166,6 +199,32 @@ def check_output_path(path) -> None:
     _check_writable(path.parent)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name such as labels.nrrd")
+
+
+def check_image_outputs(outputs: dict, inputs: dict) -> None:
+    """Raise InputError unless each output image (option -> path; None = not asked for) is a writable file in a
+    single-file 3-D format, none is the same file as another output or as an input (option -> path)."""
+    given = {option: path for option, path in outputs.items() if path}
+    for option, path in given.items():
+        check_output_path(path)
+        if not str(path).lower().endswith(IMAGE_OUTPUT_SUFFIXES):
+            raise InputError(f"{option} {path}: not a file format for a 3-D map; end the name with "
+                             f"{', '.join(IMAGE_OUTPUT_SUFFIXES[:-1])} or {IMAGE_OUTPUT_SUFFIXES[-1]}")
+    named = list(given.items())
+    for i, (option, path) in enumerate(named):
+        others = named[:i] + [(name, other) for name, other in inputs.items() if other]
+        for other_option, other_path in others:
+            if _same_file(path, other_path):
+                raise InputError(f"{option} {path} is the same file as {other_option}; choose another output name "
+                                 "(inputs are never overwritten)")
+
+
+def _same_file(a, b) -> bool:
+    """Whether two paths name the same file (also through links), existing or not."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def _check_writable(folder: Path) -> None:

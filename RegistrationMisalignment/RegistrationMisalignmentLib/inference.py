@@ -15,6 +15,7 @@ from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, 
 from .errors import InputError
 from .fixed_grid import MaskedProbabilities
 from .imageio import image_on_grid, paste
+from .landmarks import check_inside, physical_points
 from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
 from .morphology import box_dilate
@@ -311,9 +312,13 @@ class MisalignmentPredictor:
 
     # ----- point queries (the paper's way: one patch per output block) -----------------------------------
     def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None, transform=None) -> tuple:
-        """Classes (N,, 0 outside the mask) and probabilities (N, 3) at physical points (LPS, mm)."""
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        """Classes (N,, 0 outside the mask or the moving image's field of view) and probabilities (N, 3) at physical
+        points (LPS, mm) inside the fixed image."""
+        points = physical_points(points)
+        check_inside(points, fixed, "fixed image", noun="point")
         pair = to_fixed_grid(fixed, moving, mask, transform)
+        if len(points) == 0:
+            return np.zeros(0, dtype=np.uint8), np.zeros((0, len(L.CLASS_VALUES)))
         s1 = self._points_to_s1(fixed, points)
         region = points_region_s1(fixed, s1)
         prepared = self._on_s1(pair, region, context_margin(self.model.config, BLOCK))

@@ -20,12 +20,16 @@ def read_landmarks(path, image: sitk.Image = None) -> np.ndarray:
         raise InputError(f"{path}: landmark file not found")
     name = path.name.lower()
     if name.endswith(".mrk.json"):
-        return _read_markups_json(path)
-    if name.endswith(".fcsv"):
-        return _read_fcsv(path)
-    if name.endswith(".csv"):
-        return _read_csv(path)
-    return _read_elastix(path, image)
+        points = _read_markups_json(path)
+    elif name.endswith(".fcsv"):
+        points = _read_fcsv(path)
+    elif name.endswith(".csv"):
+        points = _read_csv(path)
+    else:
+        points = _read_elastix(path, image)
+    if len(points) == 0:
+        raise InputError(f"{path}: holds no landmarks; give at least one point (x y z in mm)")
+    return points
 
 
 def _floats(values, path: Path, line: int) -> list:
@@ -34,24 +38,31 @@ def _floats(values, path: Path, line: int) -> list:
         numbers = [float(v) for v in values]
     except ValueError:
         raise InputError(f"{path}:{line}: cannot parse {' '.join(values)!r} as three numbers (x y z in mm)") from None
-    if len(numbers) != 3 or not np.all(np.isfinite(numbers)):
-        raise InputError(f"{path}:{line}: expected three finite coordinates, got {len(numbers)} values")
+    if len(numbers) != 3:
+        raise InputError(f"{path}:{line}: expected three coordinates (x y z in mm), got {len(numbers)} values")
+    if not np.all(np.isfinite(numbers)):
+        raise InputError(f"{path}:{line}: coordinates {' '.join(values)!r} are not all finite numbers")
     return numbers
+
+
+def millimetres(point) -> str:
+    """A physical point as '(x, y, z) mm' with one decimal."""
+    return "(" + ", ".join(f"{float(v):.1f}" for v in point) + ") mm"
 
 
 def _read_elastix(path: Path, image) -> np.ndarray:
     """elastix point file: 'point' or 'index', the count, then one point per line."""
-    lines = [l.split() for l in path.read_text().splitlines() if l.strip()]
-    if len(lines) < 2 or lines[0][0].lower() not in ("point", "index"):
+    lines = [(number, l.split()) for number, l in enumerate(path.read_text().splitlines(), start=1) if l.strip()]
+    if len(lines) < 2 or lines[0][1][0].lower() not in ("point", "index"):
         raise InputError(f"{path}: not an elastix point file (first line must be 'point' or 'index')")
     try:
-        count = int(lines[1][0])
+        count = int(lines[1][1][0])
     except ValueError:
-        raise InputError(f"{path}:2: the second line must be the number of points") from None
-    points = np.array([_floats(l, path, i + 3) for i, l in enumerate(lines[2:])]).reshape(-1, 3)
+        raise InputError(f"{path}:{lines[1][0]}: the second line must be the number of points") from None
+    points = np.array([_floats(fields, path, number) for number, fields in lines[2:]]).reshape(-1, 3)
     if len(points) != count:
         raise InputError(f"{path}: header says {count} points but the file has {len(points)}")
-    if lines[0][0].lower() == "index":
+    if lines[0][1][0].lower() == "index":
         if image is None:
             raise InputError(f"{path}: index coordinates need the image they refer to")
         points = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(p)) for p in points])
@@ -59,11 +70,12 @@ def _read_elastix(path: Path, image) -> np.ndarray:
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    """CSV with x,y,z in mm (LPS) per row; one header row allowed."""
-    rows = [r for r in csv.reader(path.read_text().splitlines()) if any(c.strip() for c in r)]
-    if rows and not _is_numeric(rows[0]):
+    """CSV with x,y,z in mm (LPS) per row; one header row allowed (errors name the file's line)."""
+    rows = [(line, r) for line, r in enumerate(csv.reader(path.read_text().splitlines()), start=1)
+            if any(c.strip() for c in r)]
+    if rows and not _is_numeric(rows[0][1]):
         rows = rows[1:]
-    return np.array([_floats(r, path, i + 1) for i, r in enumerate(rows)]).reshape(-1, 3)
+    return np.array([_floats(r, path, line) for line, r in rows]).reshape(-1, 3)
 
 
 def _is_numeric(row) -> bool:
@@ -80,9 +92,16 @@ def _read_markups_json(path: Path) -> np.ndarray:
     try:
         markups = json.loads(path.read_text())["markups"][0]
         system = markups.get("coordinateSystem", "LPS")
-        points = np.array([_floats(p["position"], path, i + 1) for i, p in enumerate(markups["controlPoints"])])
+        control_points = list(markups["controlPoints"])
     except (ValueError, KeyError, IndexError, TypeError):
         raise InputError(f"{path}: not a Slicer markups file with control points") from None
+    if system not in ("LPS", "RAS"):
+        raise InputError(f"{path}: coordinate system {system!r} is not supported; save the markups in LPS or RAS")
+    for number, point in enumerate(control_points, start=1):
+        if "position" not in point or point.get("positionStatus") == "undefined":
+            raise InputError(f"{path}: control point {number} ({point.get('label', 'no label')}) has no position; "
+                             "place it or delete it in Slicer")
+    points = np.array([_floats(p["position"], path, i) for i, p in enumerate(control_points, start=1)])
     return points.reshape(-1, 3) * (RAS_TO_LPS if system == "RAS" else 1.0)
 
 
@@ -101,10 +120,27 @@ def _read_fcsv(path: Path) -> np.ndarray:
     return np.array(points).reshape(-1, 3) * (RAS_TO_LPS if system == "RAS" else 1.0)
 
 
-def check_inside(points: np.ndarray, image: sitk.Image, name: str) -> None:
+def physical_points(points) -> np.ndarray:
+    """(N, 3) float64 physical points from x, y, z triples (a single flat triple is one point), or an InputError."""
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("points must be x, y, z triples of numbers (physical LPS coordinates in mm)") from None
+    if array.size == 0:
+        return array.reshape(0, 3)
+    if array.ndim > 2 or array.shape[-1] != 3:
+        raise InputError(f"points must be x, y, z triples (physical LPS coordinates in mm), got shape {array.shape}")
+    array = array.reshape(-1, 3)
+    if not np.isfinite(array).all():
+        raise InputError("points contain NaN or infinite coordinates; pass finite LPS coordinates in mm")
+    return array
+
+
+def check_inside(points: np.ndarray, image: sitk.Image, name: str, noun: str = "landmark") -> None:
     """Raise InputError if any point lies outside the image's extent."""
     size = np.asarray(image.GetSize())
     for i, p in enumerate(points):
         index = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in p)))
         if np.any(index < -0.5) or np.any(index > size - 0.5):
-            raise InputError(f"{name}: landmark {i + 1} at {tuple(np.round(p, 1))} mm lies outside the image")
+            raise InputError(f"{name}: {noun} {i + 1} at {millimetres(p)} lies outside the image; {noun}s are "
+                             "physical coordinates in mm (LPS, or RAS in Slicer markups)")

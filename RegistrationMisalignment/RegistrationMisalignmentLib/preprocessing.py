@@ -80,6 +80,9 @@ def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, transform: sitk.
     """Return the moving image (HU: its own pixel type or float32) and its field-of-view mask (UInt8) on the fixed grid.
 
     `transform` (fixed-to-moving, as ITK resampling and Slicer transform files use) is applied first."""
+    if transform is not None and transform.GetDimension() != 3:
+        raise InputError(f"the transform is {transform.GetDimension()}-D; pass the 3-D fixed-to-moving transform of "
+                         "the registration")
     moving = hu_image(moving)
     if transform is None and same_grid(fixed, moving):
         inside = sitk.Image(fixed.GetSize(), sitk.sitkUInt8) + 1
@@ -168,7 +171,19 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     fixed_hu = hu_image(fixed)
     fixed_torso = torso_mask(fixed_hu)
     return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso, inside,
-                           evaluation_mask(fixed_hu, mask, fixed_torso))
+                           within_field_of_view(evaluation_mask(fixed_hu, mask, fixed_torso), inside))
+
+
+def within_field_of_view(mask: sitk.Image, inside: sitk.Image) -> sitk.Image:
+    """The evaluation mask where the moving image has data (its field of view on the fixed grid), or an InputError
+    when nothing of it is left."""
+    if sitk.GetArrayViewFromImage(inside).all():
+        return mask
+    covered = sitk.And(mask, inside)
+    if not sitk.GetArrayViewFromImage(covered).any():
+        raise InputError("the moving image does not cover the region to evaluate (the lungs, or --mask) anywhere; "
+                         "check that it is the registered image of the same patient and region")
+    return covered
 
 
 def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int, device="cpu") -> PreparedPair:

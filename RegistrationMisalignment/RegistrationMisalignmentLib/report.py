@@ -17,7 +17,7 @@ WORST_WHEN_NONE_FLAGGED = 5
 THUMBNAIL_VIEWS = ("axial", "coronal", "sagittal")
 SUMMARY_COLUMNS = ("case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
                    "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "total_s", "device",
-                   "weights_sha256", "flagged")
+                   "weights_sha256", "flagged", "warnings")
 CLASSES = tuple(L.CLASS_NAMES[value] for value in L.CLASS_VALUES)
 WRONG = L.CLASS_NAMES[L.WRONG]
 
@@ -35,6 +35,7 @@ tr.flagged { background: #fde8d0; }
 tr.failed { background: #e4e4e4; color: #555; }
 .marker { font-weight: bold; color: #8a4b00; white-space: nowrap; }
 .error { font-family: monospace; white-space: pre-wrap; }
+.warning { color: #8a4b00; font-size: .9em; white-space: pre-wrap; }
 td img { height: 64px; }
 .placeholder { display: inline-block; min-width: 64px; padding: .5em; border: 1px dashed #999; color: #777; }
 .worst figure { display: inline-block; width: 256px; margin: 0 1em 1em 0; vertical-align: top; }
@@ -97,7 +98,7 @@ def summary_rows(records: list, flag_wrong_fraction: float) -> list:
         row.update(mask_ml=record.get("mask_ml"), mean_confidence=record.get("mean_confidence"),
                    total_s=(record.get("timings_s") or {}).get("total"), device=record.get("device"),
                    weights_sha256=(record.get("model") or {}).get("weights_sha256"),
-                   flagged=is_flagged(record, flag_wrong_fraction))
+                   flagged=is_flagged(record, flag_wrong_fraction), warnings=" | ".join(record.get("warnings") or []))
         rows.append({column: row[column] for column in SUMMARY_COLUMNS})
     return rows
 
@@ -152,7 +153,8 @@ def _status_cell(record: dict, flagged: bool) -> str:
         error = escape(str(record.get("error") or ""))
         return _cell(f'{status}<div class="error">{error}</div>', record.get("status"), "text")
     marker = f' <span class="marker">{FLAG_MARKER}</span>' if flagged else ""
-    return _cell(status + marker, record.get("status"), "text")
+    warnings = "".join(f'<div class="warning">warning: {escape(str(w))}</div>' for w in record.get("warnings") or [])
+    return _cell(status + marker + warnings, record.get("status"), "text")
 
 
 def _table_row(record: dict, out_dir: Path, flag_wrong_fraction: float) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, library_reason
 
 FIELD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -20,8 +20,7 @@ def read_transform(path) -> sitk.Transform:
             return _field_transform(path)
         return sitk.ReadTransform(str(path))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "unknown reason"
-        raise InputError(f"{path}: cannot be read as a transform ({reason}); pass an ITK transform file "
+        raise InputError(f"{path}: cannot be read as a transform ({library_reason(exc)}); pass an ITK transform file "
                          "(.tfm, .txt, .h5) or a displacement field image") from None
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from RegistrationMisalignmentLib.evaluation import pooled_by_family, pooled_by_residual, scores_by_family
 from RegistrationMisalignmentLib.metrics import (REFERENCE_NOISE_MM, RESIDUAL_BAND_EDGES_MM, accuracy_by_residual,
-                                                 residual_precision)
+                                                 classification_report, f1_text, residual_precision)
 
 
 def test_bands_count_accuracy_and_shares_with_upper_bounds_inclusive_like_the_classes():
@@ -65,3 +65,14 @@ def test_residual_precision_matches_a_model_that_is_the_noisy_reference_itself()
     truth = np.searchsorted([3.0, 6.0], residual, side="left")
     found = residual_precision(residual, float((noisy == truth).mean()))["equivalent_noise_mm"]
     assert found == pytest.approx(0.8, abs=0.03)
+
+
+def test_average_f1_leaves_out_classes_that_are_neither_true_nor_predicted():
+    perfect_correct_only = classification_report([[300, 0, 0], [0, 0, 0], [0, 0, 0]])
+    assert perfect_correct_only["accuracy"] == 1.0 and perfect_correct_only["average_f1"] == 1.0
+    assert [f1_text(c) for c in perfect_correct_only["per_class"].values()] == ["100.0 %", "-", "-"]
+    false_poor = classification_report([[297, 3, 0], [0, 0, 0], [0, 0, 0]])  # 'poor' predicted, never true: F1 0
+    assert false_poor["average_f1"] == pytest.approx((2 * 297 / (2 * 297 + 3) + 0.0) / 2)
+    assert [f1_text(c) for c in false_poor["per_class"].values()] == ["99.5 %", "0.0 %", "-"]
+    every_class = classification_report([[5, 1, 0], [1, 4, 1], [0, 2, 6]])
+    assert every_class["average_f1"] == pytest.approx(np.mean([c["f1"] for c in every_class["per_class"].values()]))

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .errors import InputError
 from .metrics import (accuracy_by_residual, band_name, classification_report, confusion_matrix,
-                      expected_calibration_error)
+                      expected_calibration_error, f1_text)
 
 SETUPS = ("affine", "bspline_poor", "bspline_tuned")
 
@@ -152,7 +152,7 @@ def _model_table(result: dict) -> str:
              "|---|---|---|---|" + "---|" * (len(names) + 1)]
     rows = dict(result["setups"], Total=result["total"])
     for name, r in rows.items():
-        f1 = " | ".join(f"{100 * r['per_class'][n]['f1']:.1f} %" for n in names)
+        f1 = " | ".join(f1_text(r["per_class"][n]) for n in names)
         lines.append(f"| {name} | {r['n']} | {100 * r['accuracy']:.1f} % | {100 * r['average_f1']:.1f} % | {f1} | "
                      f"{100 * r['expected_calibration_error']:.1f} % |")
     lines.append("")

@@ -18,22 +18,32 @@ def confusion_matrix(truth, predicted, n_classes: int = 3) -> np.ndarray:
 
 
 def classification_report(cm: np.ndarray) -> dict:
-    """Per-class precision, recall and F1, average F1 and accuracy from a 3-class confusion matrix."""
+    """Per-class precision, recall and F1, average F1 and accuracy from a 3-class confusion matrix.
+
+    The average F1 is over the classes that occur in the truth or the prediction (scikit-learn's macro average): a
+    class that is neither true nor predicted anywhere has no F1 (0 in `per_class`, shown as '-')."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
         recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    occurring = (cm.sum(0) + cm.sum(1)) > 0
     names = [CLASS_NAMES[v] for v in CLASS_VALUES[:len(cm)]]
     return {
         "n": int(cm.sum()),
         "accuracy": float(tp.sum() / cm.sum()) if cm.sum() else 0.0,
-        "average_f1": float(f1.mean()),
-        "per_class": {n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for n, p, r, f, s in zip(names, precision, recall, f1, cm.sum(1))},
+        "average_f1": float(f1[occurring].mean()) if occurring.any() else 0.0,
+        "per_class": {n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s),
+                          "predicted": int(q)}
+                      for n, p, r, f, s, q in zip(names, precision, recall, f1, cm.sum(1), cm.sum(0))},
         "confusion_matrix": cm.astype(int).tolist(),
     }
+
+
+def f1_text(entry: dict) -> str:
+    """A class's F1 from `classification_report` as a percentage, or '-' for a class neither true nor predicted."""
+    return "-" if entry["support"] == 0 and entry.get("predicted") == 0 else f"{100 * entry['f1']:.1f} %"
 
 
 def stratified_indices(truth, per_class: int, seed: int = 0) -> np.ndarray:

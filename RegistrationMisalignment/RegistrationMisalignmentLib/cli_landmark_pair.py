@@ -11,8 +11,9 @@ def _add_make_landmark_pair(sub) -> None:
     p = sub.add_parser("make-landmark-pair", help="build a landmark pair with known correspondences from one CT",
                        description="Warp a CT by a known synthetic field (fixed = warped CT, moving = CT) and place "
                                    "landmarks on lung structures of the fixed image; the moving landmarks follow the "
-                                   "field exactly. For running `evaluate` where no manually landmarked pair exists; "
-                                   "label results on such a pair as synthetic.")
+                                   "field exactly. Both images are written on a 1 mm grid in LPS orientation (the "
+                                   "CT is resampled first, as for training pairs). For running `evaluate` where no "
+                                   "manually landmarked pair exists; label results on such a pair as synthetic.")
     p.add_argument("--ct", required=True, help="chest CT (file or DICOM folder)")
     p.add_argument("--out", required=True, help="folder for fixed.nrrd, moving.nrrd and the landmark CSVs")
     p.add_argument("--points", type=int, default=300, help="number of landmarks (default 300)")

@@ -163,9 +163,12 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         self.timer.stop()
         job, self.job = self.job, None
         try:
+            from RegistrationMisalignmentLib.scene import status_text
             nodes = self.logic.finishBackground(job, self.jobFixedVolume, self.ui.probabilitiesCheckBox.checked)
             self.onOpacity(self.ui.opacitySlider.value)
-            self.showStatus(self.summaryText(nodes["summary"]))
+            for warning in nodes["summary"].get("warnings", []):
+                logging.warning(f"RegistrationMisalignment: {warning}")
+            self.showStatus(status_text(nodes["summary"]))
         except Exception as error:
             self.showError(error)
         self.updateButtons()
@@ -189,13 +192,6 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         node = slicer.mrmlScene.GetFirstNodeByName(output_names(fixed)["segmentation"])
         if node is not None and node.GetDisplayNode() is not None:
             node.GetDisplayNode().SetOpacity2DFill(value)
-
-    def summaryText(self, summary):
-        """mL and percentage of the evaluated region per class, and the map's mean confidence."""
-        text = "  ".join(f"{name}: {c['ml']:.0f} mL ({100 * c['fraction']:.0f} %)"
-                         for name, c in summary["classes"].items())
-        confidence = summary.get("mean_confidence")
-        return text if confidence is None else f"{text}  mean confidence: {100 * confidence:.0f} %"
 
     def showStatus(self, text):
         """Status line under the progress bar."""

@@ -92,6 +92,8 @@ def test_anisotropic_fixed_and_moving_on_another_grid(small_pair, tiny_predictor
     result = tiny_predictor.predict(thick, small_pair.moving)
     labels = sitk.GetArrayViewFromImage(result.labels)
     assert result.labels.GetSize() == thick.GetSize() and (labels > 0).sum() > 1000
+    assert len(result.summary["warnings"]) == 1 and "another grid" in result.summary["warnings"][0]
+    assert tiny_predictor.predict(small_pair.fixed, small_pair.moving).summary["warnings"] == []
     chosen = np.argwhere(labels > 0)[::97][:40]
     points = np.array([thick.TransformIndexToPhysicalPoint([int(i) for i in c[::-1]]) for c in chosen])
     classes, _ = tiny_predictor.predict_points(thick, small_pair.moving, points)

@@ -7,7 +7,8 @@ import vtk
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.scene import add_result_nodes, image_from_volume_node, moving_image, predict_nodes
+from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, moving_image, predict_nodes,
+                                              status_text)
 
 from conftest import volume_node as _volume
 
@@ -156,3 +157,16 @@ def test_a_segmentation_mask_limits_the_evaluated_region(scene, small_pair, tiny
                         predictor=tiny_predictor)
     labels = slicer.util.arrayFromVolume(out["labels"])
     assert np.array_equal(labels > 0, sitk.GetArrayViewFromImage(box) > 0)
+
+
+def test_the_status_after_a_prediction_shows_its_classes_confidence_and_warnings(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    coarse = sitk.Resample(small_pair.moving, [n // 2 for n in small_pair.moving.GetSize()], sitk.Transform(),
+                           sitk.sitkLinear, small_pair.moving.GetOrigin(), [2 * v for v in small_pair.moving.GetSpacing()],
+                           small_pair.moving.GetDirection(), -1024)
+    summary = predict_nodes(fixed, _volume(scene, coarse, "coarse moving"), predictor=tiny_predictor)["summary"]
+    lines = status_text(summary).splitlines()
+    assert lines[0].startswith("correct: ") and "mean confidence: " in lines[0]
+    assert lines[1:] == [f"Warning: {w}" for w in summary["warnings"]] and "another grid" in lines[1]
+    summary["warnings"] = []
+    assert status_text(summary).splitlines() == lines[:1]

@@ -12,7 +12,7 @@ import torch
 from . import labels as L
 from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
-from .errors import InputError
+from .errors import CapturedWarnings, InputError
 from .fixed_grid import MaskedProbabilities
 from .imageio import image_on_grid, paste
 from .landmarks import check_inside, physical_points
@@ -167,7 +167,8 @@ class MisalignmentPredictor:
         t0 = time.perf_counter()
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
-        prepared, tile = self.prepare(fixed, moving, mask, transform)
+        with CapturedWarnings() as warnings:
+            prepared, tile = self.prepare(fixed, moving, mask, transform)
         t1 = time.perf_counter()
         probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
                                                           lambda f: report(0.05 + 0.85 * f, "predicting"))
@@ -179,6 +180,7 @@ class MisalignmentPredictor:
         result.summary["timings_s"] = {"preprocessing": t1 - t0, "network": t2 - t1, "resampling": t3 - t2,
                                        "total": t3 - t0}
         result.summary["tile_size"] = tile
+        result.summary["warnings"] = list(warnings)
         report(1.0, "done")
         return result
 

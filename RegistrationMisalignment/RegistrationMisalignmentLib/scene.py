@@ -193,6 +193,16 @@ def _fill_table(table_node, summary: dict) -> None:
         table_node.AddColumn(array)
 
 
+def status_text(summary: dict) -> str:
+    """The module's status after a prediction: mL and percentage of the evaluated region per class, the map's mean
+    confidence, and one line per warning the prediction gave (a map to trust less)."""
+    text = "  ".join(f"{name}: {c['ml']:.0f} mL ({100 * c['fraction']:.0f} %)" for name, c in summary["classes"].items())
+    confidence = summary.get("mean_confidence")
+    if confidence is not None:
+        text += f"  mean confidence: {100 * confidence:.0f} %"
+    return "\n".join([text] + [f"Warning: {warning}" for warning in summary.get("warnings", [])])
+
+
 def show_overlay(fixed_node, segmentation_node) -> None:
     """Fixed volume as background of every slice view; the segmentation is displayed on top."""
     for composite in _nodes_by_class(fixed_node.GetScene(), "vtkMRMLSliceCompositeNode"):

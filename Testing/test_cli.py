@@ -226,25 +226,62 @@ def test_evaluate_synthetic_uncalibrated_ignores_temperature_and_class_bias(file
 @pytest.mark.parametrize("temperature_only", [False, True])
 def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tmp_path, capsys, temperature_only):
     from RegistrationMisalignmentLib.checkpoint import card_path, load_model
-    run, weights, ct = tmp_path / "run", tmp_path / "released.safetensors", str(files / "fixed.nrrd")
+    run, weights = tmp_path / "run", tmp_path / "released.safetensors"
+    ct, heldout = str(files / "moving.nii.gz"), str(files / "fixed.nrrd")  # two phantom CTs, one for training
     assert main(["train", "--ct", ct, "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1",
                  "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
                  "--out", str(run), "--json"]) == 0
     only = ["--temperature-only"] if temperature_only else []
-    assert main(["release", "--run", str(run), "--weights-out", str(weights), "--heldout-ct", ct, "--samples", "2",
-                 "--calibration-ct", ct, "--calibration-samples", "2", *only, "--json"]) == 0
+    assert main(["release", "--run", str(run), "--weights-out", str(weights), "--heldout-ct", heldout, "--samples",
+                 "2", "--calibration-ct", ct, "--calibration-samples", "2", *only, "--json"]) == 0
     capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["released.card.json", "released.md", "released.safetensors",
+                                                          "run"]
     card = json.loads(card_path(weights).read_text())
     config = load_model(weights).config  # also checks the sha256 against the card
     assert config.temperature == card["calibration"]["temperature"] == card["architecture"]["temperature"]
     assert list(config.class_bias) == card["calibration"]["class_bias"] == card["architecture"]["class_bias"]
     assert any(config.class_bias) != temperature_only
     markdown = weights.with_name("released.md").read_text()
+    assert f"- Training data: synthetic pairs from {ct}; all deformation families" in markdown  # no phantoms
+    assert "- Training command: not recorded" in markdown
     assert "## Calibration" in markdown and card["calibration"]["heldout_uncalibrated_command"] in markdown
     assert ("(b = 0)" in markdown) == temperature_only
     assert "Accuracy by true residual" in markdown and len(card["heldout_synthetic"]["by_residual"]["bands"]) == 9
     assert "| field family | voxels | accuracy |" in markdown and "zero" in card["heldout_synthetic"]["by_family"]
     assert "As a residual precision" in markdown and card["heldout_synthetic"]["residual_precision"]["reference"]
+
+
+def test_a_release_that_would_mislead_or_overwrite_is_refused_before_any_work(files, tmp_path, capsys):
+    run, ct, heldout = tmp_path / "run", str(files / "moving.nii.gz"), str(files / "fixed.nrrd")
+    assert main(["train", "--ct", ct, "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1",
+                 "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
+                 "--out", str(run), "--json"]) == 0
+    capsys.readouterr()
+    run_weights = (run / "weights.safetensors").read_bytes()
+    out = str(tmp_path / "r.safetensors")
+    cases = [(["--run", str(tmp_path / "nothing"), "--weights-out", out, "--heldout-ct", heldout], "not a training run"),
+             (["--run", str(run), "--weights-out", out, "--heldout-ct", ct], "is a training CT of this run"),
+             (["--run", str(run), "--weights-out", out, "--heldout-ct", heldout, "--calibration-ct", heldout],
+              "is the held-out CT"),
+             (["--run", str(run), "--weights-out", str(run / "weights.safetensors"), "--heldout-ct", heldout],
+              "is the run's own weights"),
+             (["--run", str(run), "--weights-out", str(tmp_path / "none" / "r.safetensors"), "--heldout-ct", heldout],
+              "does not exist"),
+             (["--run", str(run), "--weights-out", out, "--heldout-ct", heldout], "r.md: is a folder")]
+    for extra, message in cases:
+        if message.startswith("r.md"):
+            (tmp_path / "r.md").mkdir()  # the Markdown card could not be published beside the weights
+        assert main(["release", "--samples", "1", *extra]) == 2, extra
+        assert message in _error_line(capsys), extra
+    assert (run / "weights.safetensors").read_bytes() == run_weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "run"]
+    for extra, message in [(["--out", str(run / "weights.safetensors")], "is the weights being calibrated"),
+                           (["--out", str(tmp_path / "none" / "c.safetensors")], "does not exist"),
+                           (["--out", str(tmp_path / "c.pt")], "name the file .safetensors")]:
+        assert main(["calibrate", "--weights", str(run / "weights.safetensors"), "--ct", ct, *extra]) == 2, extra
+        assert message in _error_line(capsys), extra
+    assert (run / "weights.safetensors").read_bytes() == run_weights
 
 
 def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, capsys):
@@ -260,6 +297,30 @@ def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, cap
         assert main(argv) == 2, argv
         name, value = option.split()
         assert _error_line(capsys).endswith(f"{name} must be at least 1, got {value}"), argv
+
+
+def test_training_options_out_of_range_are_refused_before_any_work(files, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    zeros = sitk.Image([40, 40, 40], sitk.sitkInt16)
+    write_image(zeros, tmp_path / "zeros.nrrd")
+    base = ["train", "--phantoms", "1", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "run")]
+    cases = [(["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+             (["--validate-every", "0"], "--validate-every must be at least 1, got 0"),
+             (["--steps", "-1"], "--steps must be at least 1, got -1"),
+             (["--learning-rate", "-1"], "--learning-rate must be more than 0, got -1.0"),
+             (["--seed", "-1"], "--seed must be at least 0, got -1"),
+             (["--loader-workers", "-1"], "--loader-workers must be at least 0, got -1"),
+             (["--phantoms", "0"], "no training data: give --ct"),
+             (["--out", str(tmp_path / "a_file")], "is a file; give a run folder"),
+             (["--phantoms", "0", "--ct", str(tmp_path / "zeros.nrrd")], "no air-filled lungs found")]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        assert message in _error_line(capsys), extra
+    assert not (tmp_path / "run").exists()
+    assert main(["cache-sources", "--phantoms", "0", "--out", str(tmp_path / "s.npz")]) == 2
+    assert "nothing to cache" in _error_line(capsys)
+    assert main(["benchmark", "--blocks", "0", "--weights", str(files / "tiny.safetensors")]) == 2
+    assert "--blocks must be at least 1, got 0" in _error_line(capsys)
 
 
 def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weights(files, tmp_path, capsys):

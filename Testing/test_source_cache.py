@@ -1,4 +1,5 @@
 """cache-sources and train --sources: preprocess once, then train without SimpleITK (as on a GPU machine)."""
+import io
 import json
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def test_cached_sources_round_trip_and_train_without_simpleitk(tmp_path, capsys)
 
 def test_a_file_that_is_not_a_sources_file_is_refused(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    assert main(["train", "--sources", str(tmp_path / "bad.npz"), "--phantoms", "0", "--out", str(tmp_path / "r"),
-                 "--steps", "1", "--device", "cpu"]) == 2
-    assert "not a sources file" in capsys.readouterr().err
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, names=np.array("[]"), filler=np.arange(100000))
+    (tmp_path / "truncated.npz").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    for name in ("bad.npz", "truncated.npz"):
+        assert main(["train", "--sources", str(tmp_path / name), "--phantoms", "0", "--out", str(tmp_path / "r"),
+                     "--steps", "1", "--device", "cpu"]) == 2
+        error = capsys.readouterr().err
+        assert "not a complete sources file written by cache-sources" in error and "pickle" not in error, name

@@ -45,13 +45,19 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     assert 1000.0 < history[1]["seconds"] < 1000.0 + 300.0  # the clock goes on from the first session's time
 
 
-def test_resuming_with_another_architecture_is_refused_and_keeps_the_checkpoint(sources, tmp_path):
+def test_resuming_with_another_architecture_or_settings_is_refused_and_keeps_the_checkpoint(sources, tmp_path):
     from RegistrationMisalignmentLib.errors import InputError
     train(sources, MODEL, _config(2), tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
     before = (tmp_path / "run" / "training_state.pt").read_bytes()
-    for other in (ModelConfig(features=8, hidden=4), ModelConfig(features=4, hidden=4, architecture="multires_cnn")):
-        with pytest.raises(InputError, match="holds a run of another architecture"):
+    for other, message in ((ModelConfig(features=8, hidden=4), "features 4 \\(asked 8\\)"),
+                           (ModelConfig(features=4, hidden=4, architecture="multires_cnn"),
+                            "architecture hierarchical_lstm \\(asked multires_cnn\\)")):
+        with pytest.raises(InputError, match="holds a run started with " + message):
             train(sources, other, _config(4), tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
+    from dataclasses import replace
+    with pytest.raises(InputError, match="--batch-size 2 \\(asked 3\\), --learning-rate 0.001 \\(asked 0.01\\)"):
+        train(sources, MODEL, replace(_config(4), batch_size=3, learning_rate=1e-2), tmp_path / "run", device="cpu",
+              progress=False, log=lambda m: None)
     assert (tmp_path / "run" / "training_state.pt").read_bytes() == before
 
 
@@ -98,6 +104,10 @@ def test_loss_covers_every_step_and_ignores_unlabelled_voxels():
                                            rel=1e-5)
     targets[1][:] = -1
     assert float(hierarchy_loss(logits, targets)) == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-5)
+    for target in targets.values():
+        target[:] = -1  # no labelled voxel at any level (small batches outside the body): nothing to learn from
+    nothing = hierarchy_loss({lv: x.requires_grad_() for lv, x in logits.items()}, targets)
+    assert float(nothing) == 0.0 and not nothing.requires_grad
 
 
 def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_phantom, tmp_path):

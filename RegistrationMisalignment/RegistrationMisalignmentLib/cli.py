@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, close_bars, load_predictor, progress_bar, progress_lines,
-                         require_share, set_threads)
+                         require_at_least, require_at_least_one, require_positive, require_share, set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
@@ -58,6 +58,13 @@ def run_train(args) -> dict:
     from .source_cache import load_cached_sources
     from .training import TrainConfig, train
     require_share(density_change=args.density_change)
+    require_at_least_one(steps=args.steps, batch_size=args.batch_size, validate_every=args.validate_every)
+    require_at_least(0, seed=args.seed, phantoms=args.phantoms, loader_workers=args.loader_workers)
+    require_positive(learning_rate=args.learning_rate)
+    if not (args.ct or args.sources or args.phantoms):
+        raise InputError("no training data: give --ct (repeatable), --sources or --phantoms N")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file; give a run folder (new, or one to resume)")
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
@@ -108,6 +115,9 @@ def run_cache_sources(args) -> dict:
     from .source_cache import save_sources
     from .sources import load_sources
     check_output_path(args.out)
+    require_at_least(0, phantoms=args.phantoms)
+    if not (args.ct or args.phantoms):
+        raise InputError("nothing to cache: give --ct (repeatable) or --phantoms N")
     sources = load_sources(args.ct, range(args.phantoms))
     save_sources(sources, args.out)
     summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources}}

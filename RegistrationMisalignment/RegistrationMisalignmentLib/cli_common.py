@@ -31,12 +31,25 @@ def set_threads(threads: int) -> int:
     return count
 
 
+def require_at_least(minimum: int, **values) -> None:
+    """Raise a clear error for a whole-number option (given as option_name=value) below `minimum`."""
+    from .errors import InputError
+    for name, value in values.items():
+        if value < minimum:
+            raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
 def require_at_least_one(**counts) -> None:
     """Raise a clear error for a count option (given as option_name=value) below 1."""
+    require_at_least(1, **counts)
+
+
+def require_positive(**values) -> None:
+    """Raise a clear error for a real-valued option (given as option_name=value) that is not above 0 and finite."""
     from .errors import InputError
-    for name, value in counts.items():
-        if value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, value in values.items():
+        if not 0.0 < value < float("inf"):
+            raise InputError(f"--{name.replace('_', '-')} must be more than 0, got {value}")
 
 
 def require_share(**shares) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from .cli_common import (add_device, add_model_options, load_predictor, progress_bar, require_at_least_one,
-                         set_threads)
+from .cli_common import (add_device, add_model_options, load_predictor, progress_bar, require_at_least,
+                         require_at_least_one, set_threads)
 from .errors import InputError
 
 
@@ -32,6 +32,8 @@ def run_evaluate_synthetic(args) -> dict:
     from .imageio import read_image
     from .sources import source_from_image
     require_at_least_one(samples=args.samples)
+    seeds = sorted(set(args.seed or [0]), key=(args.seed or [0]).index)  # each seed once, in the order given
+    require_at_least(0, seed=min(seeds))
     set_threads(args.threads)
     source = source_from_image(str(args.ct), read_image(args.ct))
     weights = args.weights or released_weights_path()
@@ -42,7 +44,6 @@ def run_evaluate_synthetic(args) -> dict:
         if not 0 < args.temperature < float("inf"):
             raise InputError(f"--temperature must be positive, got {args.temperature}")
         model.config.temperature = args.temperature
-    seeds = args.seed or [0]
     results = [evaluate_synthetic(model, source, args.samples, seed=seed, device=resolve_device(args.device),
                                   progress=not args.json) for seed in seeds]
     for result in results:
@@ -106,9 +107,14 @@ def run_calibrate(args) -> dict:
     from .calibration import calibrate_weights
     from .checkpoint import card_path, released_weights_path
     from .devices import resolve_device
-    from .imageio import read_image
+    from .imageio import check_output_path, read_image, same_file
     from .sources import source_from_image
     require_at_least_one(samples=args.samples)
+    check_output_path(args.out)
+    if Path(args.out).suffix != ".safetensors":
+        raise InputError(f"--out {args.out}: name the file .safetensors")
+    if same_file(args.out, args.weights or released_weights_path()):
+        raise InputError(f"--out {args.out} is the weights being calibrated; write the calibrated copy elsewhere")
     if card_path(args.out).exists():
         raise InputError(f"{args.out}: a model card sits next to it and would no longer match; write elsewhere "
                          "or publish with `release --calibration-ct`")
@@ -207,6 +213,7 @@ def run_benchmark_command(args) -> dict:
         return run_memory_benchmark_command(args)
     if args.training:
         return run_training_benchmark_command(args)
+    require_at_least_one(blocks=args.blocks)
     result = run_benchmark(load_predictor(args), args.ct, args.blocks)
     if not args.json:
         s = result["seconds"]
@@ -238,7 +245,7 @@ def parse_size(text: str) -> list:
     except ValueError:
         size = []
     if len(size) != 3 or min(size) < 2:
-        raise InputError(f"--memory-size must be three voxel counts like 512,512,600, got {text!r}")
+        raise InputError(f"--memory-size must be three voxel counts of at least 2, like 512,512,600, got {text!r}")
     return size
 
 

@@ -198,7 +198,7 @@ def check_output_path(path) -> None:
     path = Path(path)
     _check_writable(path.parent)
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file name such as labels.nrrd")
+        raise InputError(f"{path}: is a folder; give a file name")
 
 
 def check_image_outputs(outputs: dict, inputs: dict) -> None:
@@ -214,12 +214,12 @@ def check_image_outputs(outputs: dict, inputs: dict) -> None:
     for i, (option, path) in enumerate(named):
         others = named[:i] + [(name, other) for name, other in inputs.items() if other]
         for other_option, other_path in others:
-            if _same_file(path, other_path):
+            if same_file(path, other_path):
                 raise InputError(f"{option} {path} is the same file as {other_option}; choose another output name "
                                  "(inputs are never overwritten)")
 
 
-def _same_file(a, b) -> bool:
+def same_file(a, b) -> bool:
     """Whether two paths name the same file (also through links), existing or not."""
     a, b = Path(a), Path(b)
     if a.exists() and b.exists():

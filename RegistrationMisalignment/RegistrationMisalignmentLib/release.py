@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -12,7 +14,7 @@ from .checkpoint import card_path, load_model, sha256_of
 from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
-from .imageio import read_image, write_bytes
+from .imageio import check_output_path, read_image, same_file, write_bytes
 from .landmark_evaluation import landmark_summary
 from .metrics import band_name
 from .sources import source_from_image
@@ -20,39 +22,76 @@ from .sources import source_from_image
 
 def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "", calibration_ct=None,
             calibration_samples: int = 48, temperature_only: bool = False) -> dict:
-    """Publish `run_dir`'s weights (calibrated on `calibration_ct` if given), evaluate, write the card."""
+    """Publish `run_dir`'s weights (calibrated on `calibration_ct` if given), evaluate, write the card; the weights,
+    card and Markdown appear together or not at all."""
     run_dir, weights_out = Path(run_dir), Path(weights_out)
-    state = torch.load(run_dir / "training_state.pt", map_location="cpu", weights_only=True)
+    state = _training_state(run_dir)
+    train = json.loads(state["train_config"])
+    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, train.get("ct_paths", []))
     history = json.loads(state["history"])
     run_weights = run_dir / "weights.safetensors"
     model = load_model(run_weights)
     source = source_from_image(Path(heldout_ct).name, read_image(heldout_ct))
-    calibration = None
-    if calibration_ct:
-        calibration = calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples,
-                                        source, samples, heldout_ct, temperature_only)
-    else:
-        shutil.copyfile(run_weights, weights_out)
-    heldout = evaluate_synthetic(model, source, samples, progress=True)
-    card = {
-        "name": weights_out.stem,
-        "weights": weights_out.name,
-        "sha256": sha256_of(weights_out),
-        "architecture": model.config.to_dict(),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "training": json.loads(state["train_config"]),
-        "training_steps": state["step"],
-        "training_seconds": history[-1]["seconds"] if history else None,
-        "training_machine": state.get("machine") or machine_description(),
-        "validation_history": history,
-        "heldout_synthetic": heldout,
-        "heldout_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} --samples {samples} "
-                           f"--weights {weights_out}",
-        "training_command": command,
-        "calibration": calibration,
-    }
-    write_card(weights_out, card)
+    staging = Path(tempfile.mkdtemp(prefix=f".{weights_out.stem}.release-", dir=weights_out.parent))
+    try:
+        staged = staging / weights_out.name
+        calibration = None
+        if calibration_ct:
+            calibration = calibrate_release(model, run_weights, staged, calibration_ct, calibration_samples,
+                                            source, samples, heldout_ct, weights_out, temperature_only)
+        else:
+            shutil.copyfile(run_weights, staged)
+        heldout = evaluate_synthetic(model, source, samples, progress=True)
+        card = {
+            "name": weights_out.stem,
+            "weights": weights_out.name,
+            "sha256": sha256_of(staged),
+            "architecture": model.config.to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "training": train,
+            "training_steps": state["step"],
+            "training_seconds": history[-1]["seconds"] if history else None,
+            "training_machine": state.get("machine") or machine_description(),
+            "validation_history": history,
+            "heldout_synthetic": heldout,
+            "heldout_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} --samples {samples} "
+                               f"--weights {weights_out}",
+            "training_command": command,
+            "calibration": calibration,
+        }
+        write_card(staged, card)
+        for name in (weights_out.name, card_path(weights_out).name, weights_out.with_suffix(".md").name):
+            os.replace(staging / name, weights_out.with_name(name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return card
+
+
+def _training_state(run_dir: Path) -> dict:
+    """The checkpoint of a training run folder, or an InputError saying what to give instead."""
+    path = run_dir / "training_state.pt"
+    if not path.is_file() or not (run_dir / "weights.safetensors").is_file():
+        raise InputError(f"{run_dir}: not a training run (no training_state.pt and weights.safetensors); give the "
+                         "--out folder of `train`")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct, training_cts) -> None:
+    """Raise InputError, before any work, for a release that would overwrite the run's weights, evaluate on a CT
+    the run trained on, or calibrate on the held-out CT."""
+    if weights_out.suffix != ".safetensors":
+        raise InputError(f"--weights-out {weights_out}: name the file .safetensors")
+    for path in (weights_out, card_path(weights_out), weights_out.with_suffix(".md")):  # the files published together
+        check_output_path(path)
+    if same_file(weights_out, run_dir / "weights.safetensors"):
+        raise InputError(f"--weights-out {weights_out} is the run's own weights; write the release elsewhere")
+    for training_ct in training_cts:
+        if same_file(heldout_ct, training_ct) or Path(heldout_ct).name == Path(training_ct).name:
+            raise InputError(f"--heldout-ct {heldout_ct} is a training CT of this run ({training_ct}); evaluate on a "
+                             "CT the run never saw")
+    if calibration_ct and (same_file(calibration_ct, heldout_ct) or Path(calibration_ct).name == Path(heldout_ct).name):
+        raise InputError(f"--calibration-ct {calibration_ct} is the held-out CT; calibrate on a training CT so that "
+                         "the held-out figures stay unseen")
 
 
 def write_card(weights, card: dict) -> None:
@@ -61,13 +100,14 @@ def write_card(weights, card: dict) -> None:
     write_bytes(markdown_card(card).encode(), Path(weights).with_name(card["name"] + ".md"))
 
 
-def calibrate_release(model, run_weights, weights_out, calibration_ct, calibration_samples: int, heldout_source,
-                      samples: int, heldout_ct, temperature_only: bool = False) -> dict:
-    """Held-out scores uncalibrated, then calibrate on `calibration_ct`, write the weights and calibrate `model`."""
+def calibrate_release(model, run_weights, staged_weights, calibration_ct, calibration_samples: int, heldout_source,
+                      samples: int, heldout_ct, weights_out, temperature_only: bool = False) -> dict:
+    """Held-out scores uncalibrated, then calibrate on `calibration_ct`, write the weights to `staged_weights` (to be
+    published as `weights_out`) and calibrate `model`."""
     model.config = model.config.uncalibrated()
     uncalibrated = evaluate_synthetic(model, heldout_source, samples, progress=True)
     fit = calibrate_weights(run_weights, source_from_image(Path(calibration_ct).name, read_image(calibration_ct)),
-                            weights_out, calibration_samples, progress=True, temperature_only=temperature_only)
+                            staged_weights, calibration_samples, progress=True, temperature_only=temperature_only)
     model.config.temperature, model.config.class_bias = fit["temperature"], tuple(fit["class_bias"])
     keys = ("n", "accuracy", "average_f1", "expected_calibration_error")
     only = " --temperature-only" if temperature_only else ""
@@ -101,12 +141,11 @@ def markdown_card(card: dict) -> str:
   in the step cell ({cell}), encoder depths {_depths(arch['encoder_depths'])} (S4/S2/S1),
   batch norm {arch['batch_norm']}, difference channel {arch['difference_channel']}. Per-patch (paper's way) input
   20^3 voxels at every level for an 8^3 output block.
-- Training data: synthetic pairs from {', '.join(train['ct_paths']) or 'no real CT'} and procedural phantoms (seeds
-  {train['phantom_seeds']}, drawn with probability {train['phantom_fraction']}); all deformation families\
+- Training data: synthetic pairs from {_training_sources(train)}; all deformation families\
 {_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
   {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.
-- Training command: `{card['training_command']}`
+- Training command: {f"`{card['training_command']}`" if card['training_command'] else "not recorded (release --training-command)"}
 - Last validation (synthetic, training sources, other seeds): accuracy {100 * last.get('accuracy', 0):.1f} %,
   average F1 {100 * last.get('average_f1', 0):.1f} %.
 
@@ -240,6 +279,16 @@ Reproduce (elastix registrations are deterministic):
 def _percent(value) -> str:
     """A fraction as a percentage, or a dash for cards written before the value existed."""
     return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _training_sources(train: dict) -> str:
+    """What a run's synthetic pairs were made from: real CTs, cached sources files and phantoms."""
+    parts = list(train.get("ct_paths", []))
+    parts += [f"the sources file {name} (cache-sources)" for name in train.get("source_files", [])]
+    if train.get("phantom_seeds"):
+        parts.append(f"procedural phantoms (seeds {train['phantom_seeds']}, drawn with probability "
+                     f"{train['phantom_fraction']})")
+    return " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else "".join(parts)
 
 
 def _density(train: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,5 +36,6 @@ def load_cached_sources(path) -> list:
             names = json.loads(str(data["names"]))
             return [source_from_arrays(name, data[f"hu_{i}"], data[f"torso_{i}"], data[f"lungs_{i}"])
                     for i, name in enumerate(names)]
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: not a sources file written by cache-sources ({exc})") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        raise InputError(f"{path}: not a complete sources file written by cache-sources; write it again with "
+                         "'registration-misalignment cache-sources'") from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
+from .errors import InputError
 from .imageio import read_image
 from .masks import lung_mask, torso_mask
 from .phantom import make_chest_phantom
@@ -38,7 +39,7 @@ def source_from_image(name: str, ct: sitk.Image, lungs: sitk.Image = None) -> So
     hu = sitk.GetArrayFromImage(sitk.Mask(ct, torso, outsideValue=AIR_HU))
     source = source_from_arrays(name, hu, sitk.GetArrayFromImage(torso), sitk.GetArrayFromImage(lungs))
     if len(source.lung_voxels) == 0:
-        raise ValueError(f"{name}: no lungs found; training sources must be chest CTs")
+        raise InputError(f"{name}: no air-filled lungs found; synthetic pairs are made from chest CTs in HU")
     return source
 
 

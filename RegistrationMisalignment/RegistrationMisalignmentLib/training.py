@@ -113,8 +113,8 @@ def training_batches(sources, config: ModelConfig, train: TrainConfig, first_ste
 
 
 def hierarchy_loss(logits: dict, targets: dict) -> torch.Tensor:
-    """Class-balanced cross-entropy summed over the steps of the hierarchy."""
-    total = 0.0
+    """Class-balanced cross-entropy summed over the steps of the hierarchy (a constant 0 when no voxel is labelled)."""
+    total = torch.zeros((), device=next(iter(logits.values())).device)
     for lv, out in logits.items():
         target = targets[lv]
         n_classes = out.shape[1]
@@ -165,6 +165,26 @@ def start_from_weights(model: MisalignmentNet, weights_path) -> None:
     model.load_state_dict(initial.state_dict())
 
 
+RESUMED_SETTINGS = ("batch_size", "out_size", "learning_rate", "seed", "density_change")  # --steps may grow
+
+
+def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_config: TrainConfig) -> None:
+    """Raise InputError, naming what differs, unless a stored run has the architecture and training settings asked
+    for (only the number of steps may change on resuming)."""
+    def plain(values: dict) -> dict:
+        return json.loads(json.dumps(values))  # as stored: lists for tuples, text for dictionary keys
+    stored_model = plain(ModelConfig(**json.loads(state["model_config"])).to_dict())
+    asked_model = plain(model_config.to_dict())
+    stored_train, asked_train = json.loads(state["train_config"]), plain(asdict(train_config))
+    differing = [f"{key} {stored_model.get(key)} (asked {asked_model[key]})" for key in asked_model
+                 if stored_model.get(key) != asked_model[key]]
+    differing += [f"--{key.replace('_', '-')} {stored_train.get(key)} (asked {asked_train[key]})"
+                  for key in RESUMED_SETTINGS if key in stored_train and stored_train[key] != asked_train[key]]
+    if differing:
+        raise InputError(f"{out_dir} holds a run started with {', '.join(differing)}; resume it with the options it "
+                         "was started with, or train in a new --out folder")
+
+
 def learning_rate(train: TrainConfig, step: int) -> float:
     """Linear warm-up over 50 steps, then cosine decay to 5 % of the peak."""
     if step < 50:
@@ -190,9 +210,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     step, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
-        if ModelConfig(**json.loads(state["model_config"])) != model_config:
-            raise InputError(f"{out_dir} holds a run of another architecture; resume it with the options it was "
-                             "started with, or train in a new --out folder")
+        check_same_run(out_dir, state, model_config, train_config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], json.loads(state["history"])
@@ -211,9 +229,10 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(train_config, step)
         loss = hierarchy_loss(model(in_convolution_layout(inputs)), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if loss.requires_grad:  # a batch without a labelled voxel (possible in small batches) teaches nothing
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         step += 1
         bar.update(1)
         if progress:  # reading the loss waits for the device: only when someone watches

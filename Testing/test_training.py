@@ -79,7 +79,7 @@ def test_a_gpu_loader_device_without_a_gpu_is_refused_before_any_work(sources, t
     from dataclasses import replace
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = replace(_config(2), loader_workers=1, loader_device="cuda")
-    with pytest.raises(InputError, match="no CUDA GPU is available"):
+    with pytest.raises(InputError, match="--loader-device cuda: no CUDA GPU is available here; leave it out"):
         train(sources, MODEL, config, tmp_path / "run", device="cpu", progress=False, log=lambda m: None)
     assert not (tmp_path / "run" / "training_state.pt").exists()
 

@@ -86,7 +86,8 @@ def load_model(path=None, map_location="cpu") -> MisalignmentNet:
     """Load weights (default: the released model), verifying the sha256 in the model card; never runs code."""
     path = Path(path) if path is not None else released_weights_path()
     if not path.is_file():
-        raise InputError(f"{path}: weights file not found; pass --weights PATH or reinstall the package")
+        advice = "reinstall the package" if path == released_weights_path() else "check the path of the weights file"
+        raise InputError(f"{path}: weights file not found; {advice}")
     expected = expected_sha256(path)
     if expected is not None and sha256_of(path) != expected:
         raise InputError(f"{path}: sha256 does not match its model card; the file is corrupt or was changed")

@@ -247,7 +247,8 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         close_bars()
-        print("error: interrupted; nothing half-written was left behind", file=sys.stderr)
+        resume = "; the same command resumes from the last checkpoint" if args.command in ("train", "ablation") else ""
+        print(f"error: interrupted; nothing half-written was left behind{resume}", file=sys.stderr)
         return 130
     status = result.pop("exit_status", 0) if isinstance(result, dict) else 0
     if getattr(args, "json", False) and result is not None:

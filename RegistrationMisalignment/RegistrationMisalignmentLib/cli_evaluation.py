@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from .cli_common import (add_device, add_model_options, load_predictor, progress_bar, require_at_least,
                          require_at_least_one, set_threads)
@@ -239,13 +240,18 @@ def run_benchmark_command(args) -> dict:
 
 
 def parse_size(text: str) -> list:
-    """Three positive voxel counts from 'X,Y,Z'."""
+    """Three voxel counts from 'X,Y,Z', at least 2 each, whose pair fits in the memory available."""
+    from .imageio import BYTES_PER_VOXEL, available_memory_bytes
     try:
         size = [int(n) for n in text.split(",")]
     except ValueError:
         size = []
     if len(size) != 3 or min(size) < 2:
         raise InputError(f"--memory-size must be three voxel counts of at least 2, like 512,512,600, got {text!r}")
+    needed, available = 2 * BYTES_PER_VOXEL * math.prod(size), available_memory_bytes()  # the pair and the map
+    if needed > available:
+        raise InputError(f"--memory-size {text}: needs about {needed / 2 ** 30:.0f} GiB of memory but "
+                         f"{available / 2 ** 30:.0f} GiB is available; choose a smaller size")
     return size
 
 

@@ -146,6 +146,13 @@ def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfi
     os.replace(tmp, path)
 
 
+def write_history(path: Path, history: list) -> None:
+    """Write the validation history as JSON atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, path)
+
+
 def fine_tuning_config(weights_path, **requested) -> ModelConfig:
     """The architecture of the weights to fine-tune (uncalibrated), checking any `requested` option agrees."""
     initial = load_model(weights_path).config
@@ -199,7 +206,9 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     check_output_size(train_config.out_size)
     device = resolve_device(device)
     if train_config.loader_workers > 0:
-        resolve_device(train_config.loader_device)  # an unavailable loader device is refused before any work
+        if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work
+            raise InputError("--loader-device cuda: no CUDA GPU is available here; leave it out to synthesise on the "
+                             "CPU")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "training_state.pt"
@@ -246,8 +255,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                 f"avg F1 {metrics['average_f1']:.3f}")
             save_state(state_path, model, optimizer, step, model_config, train_config, history)
             export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-            with open(out_dir / "history.json", "w") as handle:
-                json.dump(history, handle, indent=1)
+            write_history(out_dir / "history.json", history)
     bar.close()
     final = validate(model, validation)
     sha = export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})

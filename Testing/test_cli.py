@@ -338,7 +338,7 @@ def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weigh
     assert json.loads(state["train_config"])["density_change"] == 0.5
     weights = tmp_path / "released.safetensors"
     assert main(["release", "--run", str(tmp_path / "run"), "--weights-out", str(weights), "--heldout-ct",
-                 str(files / "fixed.nrrd"), "--samples", "1", "--json"]) == 0
+                 str(files / "moving.nii.gz"), "--samples", "1", "--json"]) == 0
     card = weights.with_name("released.md").read_text()
     assert "in 50 % of the pairs one image's lungs have another breathing state's density" in card
     assert f"Fine-tuned from `{start.resolve()}` (sha256 `{sha256_of(start)}`)" in card

@@ -35,7 +35,7 @@ def synthetic_pair(ct: sitk.Image, lungs: sitk.Image = None, family: str = "sing
 def known_field_pair(ct: sitk.Image, lungs: sitk.Image = None, family: str = "single_frequency",
                      max_mm: float = 12.0, seed: int = 0) -> tuple:
     """The synthetic pair and its field (3, D, H, W; zyx components in mm on the 1 mm LPS grid of the pair)."""
-    source = source_from_image("demo", ct, lungs)
+    source = source_from_image("the CT", ct, lungs)
     gen = torch.Generator().manual_seed(seed)
     field = make_field(family, source.hu, source.torso, source.lungs, 0, source.lung_z_range, gen, max_mm)
     fixed_hu = warp(source.hu[None], field, 0)[0]

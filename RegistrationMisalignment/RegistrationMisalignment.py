@@ -97,6 +97,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.job = None
+        self.deviceNote = ""
         self.jobFixedVolume = None  # the outputs go on the fixed volume the job started with
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MILLISECONDS)
@@ -134,9 +135,9 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         if not self.logic.installDependencies(lambda text: slicer.util.confirmOkCancelDisplay(text)):
             self.showStatus("Python packages are missing; prediction not started.")
             return
+        import torch
         device = DEVICES[self.ui.deviceComboBox.currentIndex]
-        if device == "gpu" and self.logic.usableDevice(device) == "cpu":
-            self.showStatus("No usable GPU: running on the CPU (slower).")
+        self.deviceNote = "" if device == "cpu" or torch.cuda.is_available() else "No usable GPU: on the CPU. "
         fixedVolume = self.ui.fixedSelector.currentNode()
         try:
             self.job = self.logic.startBackground(
@@ -147,6 +148,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self.showError(error)
             return
         self.jobFixedVolume = fixedVolume
+        self.jobProbabilities = self.ui.probabilitiesCheckBox.checked  # as asked at Apply, not at the end
         self.ui.progressBar.value = 0
         self.timer.start()
         self.updateButtons()
@@ -154,7 +156,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
     def onProgress(self, fraction, message):
         """Show progress reported by the child process."""
         self.ui.progressBar.value = int(100 * fraction)
-        self.showStatus(message)
+        self.showStatus(self.deviceNote + message)
 
     def onPoll(self):
         """Collect progress; when the child is done, create the output nodes."""
@@ -164,9 +166,9 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         job, self.job = self.job, None
         try:
             from RegistrationMisalignmentLib.scene import status_text
-            nodes = self.logic.finishBackground(job, self.jobFixedVolume, self.ui.probabilitiesCheckBox.checked)
-            self.onOpacity(self.ui.opacitySlider.value)
-            for warning in nodes["summary"].get("warnings", []):
+            nodes = self.logic.finishBackground(job, self.jobFixedVolume, self.jobProbabilities)
+            nodes["segmentation"].GetDisplayNode().SetOpacity2DFill(self.ui.opacitySlider.value)
+            for warning in nodes["summary"].get("warnings") or []:
                 logging.warning(f"RegistrationMisalignment: {warning}")
             self.showStatus(status_text(nodes["summary"]))
         except Exception as error:
@@ -179,6 +181,7 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
             self.timer.stop()
             self.job.cancel()
             self.job = None
+            self.ui.progressBar.value = 0
             self.showStatus("Cancelled.")
         if hasattr(self, "ui"):
             self.updateButtons()
@@ -188,8 +191,8 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
         fixed = self.ui.fixedSelector.currentNode()
         if fixed is None:
             return
-        from RegistrationMisalignmentLib.scene import output_names
-        node = slicer.mrmlScene.GetFirstNodeByName(output_names(fixed)["segmentation"])
+        from RegistrationMisalignmentLib.scene import output_segmentation
+        node = output_segmentation(fixed)
         if node is not None and node.GetDisplayNode() is not None:
             node.GetDisplayNode().SetOpacity2DFill(value)
 

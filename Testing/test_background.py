@@ -29,6 +29,17 @@ def test_child_process_gives_the_in_process_result_and_reports_progress(small_pa
     assert result.summary["classes"] == expected.summary["classes"]
     assert seen and seen[-1] == 1.0 and seen == sorted(seen)
     assert not job.folder.exists()
+    with pytest.raises(InputError, match="already taken"):
+        job.result()
+
+
+def test_a_child_that_cannot_start_is_one_line_and_leaves_no_files(small_pair, weights, tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(InputError, match="could not be started"):
+        BackgroundPrediction(small_pair.fixed, small_pair.moving, weights=weights, device="cpu",
+                             python=str(tmp_path / "no-such-python"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cancel_stops_the_child_and_removes_its_files(small_pair, weights):

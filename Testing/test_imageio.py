@@ -136,3 +136,11 @@ def test_user_mask_overrides_the_automatic_lung_mask_and_empty_masks_are_rejecte
     auto = to_fixed_grid(ct, ct).mask
     overlap = (sitk.GetArrayViewFromImage(auto) & sitk.GetArrayViewFromImage(lungs)).sum()
     assert overlap / sitk.GetArrayViewFromImage(lungs).sum() > 0.9
+
+
+def test_a_fixed_image_without_a_body_is_refused(small_phantom):
+    ct, _ = small_phantom
+    air = sitk.Image(ct.GetSize(), sitk.sitkInt16) - 1000
+    air.CopyInformation(ct)
+    with pytest.raises(InputError, match="no body found in the fixed image"):
+        to_fixed_grid(air, ct)

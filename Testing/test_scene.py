@@ -7,8 +7,8 @@ import vtk
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, moving_image, predict_nodes,
-                                              status_text)
+from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, mask_image, moving_image,
+                                              output_segmentation, predict_nodes, status_text)
 
 from conftest import volume_node as _volume
 
@@ -170,3 +170,73 @@ def test_the_status_after_a_prediction_shows_its_classes_confidence_and_warnings
     assert lines[1:] == [f"Warning: {w}" for w in summary["warnings"]] and "another grid" in lines[1]
     summary["warnings"] = []
     assert status_text(summary).splitlines() == lines[:1]
+    summary["warnings"] = None
+    assert status_text(summary).splitlines() == lines[:1]
+
+
+def _shift_transform(scene, name, x_mm):
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, x_mm)
+    transform.SetMatrixTransformToParent(matrix)
+    return transform
+
+
+def test_a_moving_volume_under_its_registration_transform_is_evaluated_where_it_shows(scene, small_pair,
+                                                                                     tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    shifted = sitk.Image(small_pair.moving)
+    shifted.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) + (8.0, 0.0, 0.0)))  # 8 mm off in LPS x
+    moving = _volume(scene, shifted, "moving")
+    undo = _shift_transform(scene, "registration", 8.0)  # RAS +x is LPS -x: back onto the fixed volume
+    moving.SetAndObserveTransformNodeID(undo.GetID())
+    expected = sitk.GetArrayFromImage(tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels)
+    for chosen in (None, undo):  # under the transform; or that transform also chosen in the module
+        labels = slicer.util.arrayFromVolume(predict_nodes(fixed, moving, transform_node=chosen,
+                                                           predictor=tiny_predictor)["labels"])
+        assert np.array_equal(labels, expected)
+    with pytest.raises(InputError, match="is under the transform 'registration' but 'other' was chosen"):
+        predict_nodes(fixed, moving, transform_node=_shift_transform(scene, "other", 1.0), predictor=tiny_predictor)
+    fixed.SetAndObserveTransformNodeID(undo.GetID())
+    with pytest.raises(InputError, match="the fixed volume 'fixed' is under a transform; harden it"):
+        predict_nodes(fixed, moving, predictor=tiny_predictor)
+
+
+def test_outputs_belong_to_their_fixed_volume_and_stale_uncertainty_volumes_go(scene, small_pair, tiny_predictor):
+    first = _volume(scene, small_pair.fixed, "CT")
+    second = _volume(scene, small_pair.fixed, "CT")  # two series of one name, as DICOM often gives
+    users_own = _volume(scene, small_pair.fixed, "CT misalignment", label=True)
+    before = slicer.util.arrayFromVolume(users_own).copy()
+    moving = _volume(scene, small_pair.moving, "moving")
+    a = predict_nodes(first, moving, predictor=tiny_predictor, probabilities=True)
+    b = predict_nodes(second, moving, predictor=tiny_predictor)
+    assert len({a["labels"].GetID(), b["labels"].GetID(), users_own.GetID()}) == 3
+    assert np.array_equal(slicer.util.arrayFromVolume(users_own), before)
+    again = predict_nodes(first, moving, predictor=tiny_predictor)  # now without probabilities
+    assert again["labels"].GetID() == a["labels"].GetID()
+    assert scene.GetNodeByID(a["confidence"].GetID()) is None
+    assert scene.GetNodeByID(a["probability_wrong"].GetID()) is None
+    assert output_segmentation(first).GetID() == again["segmentation"].GetID()
+    assert output_segmentation(second).GetID() == b["segmentation"].GetID()
+
+
+def test_segmentation_masks_use_every_segment_and_leave_no_helper_nodes(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    moving = _volume(scene, small_pair.moving, "moving")
+    box = sitk.Image(small_pair.fixed.GetSize(), sitk.sitkUInt8)
+    box.CopyInformation(small_pair.fixed)
+    box[30:40, 30:45, 40:60] = 1
+    box[40:50, 30:45, 40:60] = 2
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "two boxes")
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(_volume(scene, box, "boxes", label=True),
+                                                                           segmentation)
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.GetDisplayNode().SetSegmentVisibility(segmentation.GetSegmentation().GetNthSegmentID(1), False)
+    ids = _node_ids(scene)
+    mask = sitk.GetArrayFromImage(mask_image(segmentation, fixed))
+    assert _node_ids(scene) == ids
+    assert np.array_equal(mask > 0, sitk.GetArrayViewFromImage(box) > 0)  # the hidden segment too
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    with pytest.raises(InputError, match="'empty' has no segments"):
+        predict_nodes(fixed, moving, mask_node=empty, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids | {empty.GetID()}

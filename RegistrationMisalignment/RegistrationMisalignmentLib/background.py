@@ -49,8 +49,13 @@ class BackgroundPrediction:
             command.append("--amp")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
-                                        errors="replace", env=env)  # not the locale's: Slicer may set "C"
+        try:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            encoding="utf-8", errors="replace", env=env)  # not the locale's: Slicer may set "C"
+        except OSError as exc:
+            self.cleanup()
+            raise InputError(f"the prediction process could not be started ({exc.strerror or exc}): {command[0]}") \
+                from None
         self._readers = [threading.Thread(target=self._read, args=(self.process.stderr, self._lines), daemon=True),
                          threading.Thread(target=self._collect, daemon=True)]
         for reader in self._readers:
@@ -101,6 +106,8 @@ class BackgroundPrediction:
         try:
             if self.cancelled:
                 raise InputError("prediction was cancelled")
+            if not self.folder.is_dir():
+                raise InputError("the result of this prediction was already taken; run it again for another copy")
             if self.process.returncode != 0:
                 errors = [e for e in self._errors if e.startswith("error: ")] or self._errors[-1:] or ["unknown"]
                 raise InputError(errors[-1].replace("error: ", "", 1))

@@ -104,6 +104,9 @@ def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
         lungs = automatic_lung_mask(fixed, torso)
         if sitk.GetArrayViewFromImage(lungs).any():
             return lungs
+        if not sitk.GetArrayViewFromImage(torso).any():
+            raise InputError("no body found in the fixed image (nothing above -500 HU); check that it is a CT in "
+                             "Hounsfield units, or pass a mask of the region to evaluate")
         log.warning("no lungs found automatically: evaluating the whole torso; pass --mask to choose the region")
         return torso
     check_volume(mask, "mask")

@@ -1,6 +1,8 @@
 """Slicer scene side (no Qt): MRML volume nodes <-> SimpleITK images, prediction outputs as nodes, display."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import SimpleITK as sitk
 import slicer
@@ -15,6 +17,7 @@ OVERLAY_OPACITY = 0.5
 CONFIDENCE_TABLE_NAME = "RegistrationMisalignment confidence"
 CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 0.144))  # viridis: unsure -> sure
 CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
+FIXED_VOLUME_ATTRIBUTE = "RegistrationMisalignment.FixedVolumeID"  # on output nodes: whose results they hold
 
 
 def output_names(fixed_node) -> dict:
@@ -51,37 +54,73 @@ def update_volume_node(node, image: sitk.Image) -> None:
     node.SetIJKToRASDirectionMatrix(directions)
 
 
+def fixed_image(fixed_node) -> sitk.Image:
+    """The fixed image; a fixed volume under a transform is refused (the map is made on the fixed volume's grid)."""
+    if fixed_node.GetParentTransformNode() is not None:
+        raise InputError(f"the fixed volume {fixed_node.GetName()!r} is under a transform; harden it (Data module: "
+                         "right-click, Harden transform) or take it out of the transform, then press Apply")
+    return image_from_volume_node(fixed_node)
+
+
 def moving_image(moving_node, transform_node=None) -> sitk.Image:
-    """The moving image, with `transform_node` hardened on a temporary copy (the user's node is untouched)."""
+    """The moving image where the registration puts it: `transform_node`, or else the transform the volume is under,
+    hardened on a temporary copy (the user's node is untouched)."""
+    parent = moving_node.GetParentTransformNode()
+    if transform_node is not None and parent is not None and parent.GetID() != transform_node.GetID():
+        raise InputError(f"the moving volume {moving_node.GetName()!r} is under the transform {parent.GetName()!r} but "
+                         f"{transform_node.GetName()!r} was chosen; choose that transform or none, or harden it first")
+    return image_in_world(moving_node, transform_node or parent)
+
+
+def image_in_world(node, transform_node=None) -> sitk.Image:
+    """A volume node's image with `transform_node` (if any) hardened on a temporary copy; the node is not changed."""
     if transform_node is None:
-        return image_from_volume_node(moving_node)
-    scene = moving_node.GetScene()
-    copy = scene.AddNewNodeByClass(moving_node.GetClassName(), scene.GenerateUniqueName("misalignment moving"))
-    try:
-        copy.Copy(moving_node)
+        return image_from_volume_node(node)
+    scene = node.GetScene()
+    with temporary_nodes(scene):
+        copy = scene.AddNewNodeByClass(node.GetClassName(), scene.GenerateUniqueName("misalignment input"))
+        copy.Copy(node)
         image_data = vtk.vtkImageData()
-        image_data.DeepCopy(moving_node.GetImageData())
+        image_data.DeepCopy(node.GetImageData())
         copy.SetAndObserveImageData(image_data)
         copy.SetAndObserveTransformNodeID(transform_node.GetID())
         slicer.vtkSlicerTransformLogic().hardenTransform(copy)
         return image_from_volume_node(copy)
+
+
+@contextmanager
+def temporary_nodes(scene):
+    """Remove every node added to the scene while the block runs (copies, exports and the display and colour nodes
+    that come with them)."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
     finally:
-        scene.RemoveNode(copy)
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
 
 
 def mask_image(mask_node, fixed_node):
-    """The mask as a SimpleITK image: a label map volume, or a segmentation exported on the fixed grid."""
+    """The mask as a SimpleITK image: a label map volume (with the transform it is under), or all segments of a
+    segmentation (hidden ones too) exported on the fixed grid."""
     if mask_node is None:
         return None
     if not mask_node.IsA("vtkMRMLSegmentationNode"):
-        return image_from_volume_node(mask_node)
+        return image_in_world(mask_node, mask_node.GetParentTransformNode())
+    segment_ids = vtk.vtkStringArray()
+    mask_node.GetSegmentation().GetSegmentIDs(segment_ids)
+    if segment_ids.GetNumberOfValues() == 0:
+        raise InputError(f"the mask segmentation {mask_node.GetName()!r} has no segments; add one or choose no mask")
     scene = fixed_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("misalignment mask"))
-    try:
-        slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(mask_node, labelmap, fixed_node)
+    with temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("misalignment mask"))
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(mask_node, segment_ids, labelmap,
+                                                                                      fixed_node):
+            raise InputError(f"the mask segmentation {mask_node.GetName()!r} could not be exported onto the fixed "
+                             "volume; check that its segments overlap it")
         return image_from_volume_node(labelmap)
-    finally:
-        scene.RemoveNode(labelmap)
 
 
 def _node(scene, class_name: str, name: str, created: list):
@@ -92,6 +131,31 @@ def _node(scene, class_name: str, name: str, created: list):
     node = scene.AddNewNodeByClass(class_name, name)
     created.append(node)
     return node
+
+
+def _output_node(scene, class_name: str, name: str, fixed_node, created: list):
+    """The output node of this fixed volume called `name` (tagged with the volume's ID, so that another volume's
+    results or a user's node of the same name are never overwritten), or a new one (recorded in `created`)."""
+    node = _tagged_node(scene, class_name, name, fixed_node)
+    if node is None:
+        node = scene.AddNewNodeByClass(class_name, name)
+        node.SetAttribute(FIXED_VOLUME_ATTRIBUTE, fixed_node.GetID())
+        created.append(node)
+    return node
+
+
+def _tagged_node(scene, class_name: str, name: str, fixed_node):
+    """The node of `class_name` called `name` that holds results of `fixed_node`, or None."""
+    for node in _nodes_by_class(scene, class_name):
+        if node.GetName() == name and node.GetAttribute(FIXED_VOLUME_ATTRIBUTE) == fixed_node.GetID():
+            return node
+    return None
+
+
+def output_segmentation(fixed_node):
+    """The segmentation of the latest results for this fixed volume, or None (what the opacity slider acts on)."""
+    return _tagged_node(fixed_node.GetScene(), "vtkMRMLSegmentationNode", output_names(fixed_node)["segmentation"],
+                        fixed_node)
 
 
 def _nodes_by_class(scene, class_name: str) -> list:
@@ -200,7 +264,7 @@ def status_text(summary: dict) -> str:
     confidence = summary.get("mean_confidence")
     if confidence is not None:
         text += f"  mean confidence: {100 * confidence:.0f} %"
-    return "\n".join([text] + [f"Warning: {warning}" for warning in summary.get("warnings", [])])
+    return "\n".join([text] + [f"Warning: {warning}" for warning in summary.get("warnings") or []])
 
 
 def show_overlay(fixed_node, segmentation_node) -> None:
@@ -216,7 +280,7 @@ def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, 
     if predictor is None:
         from .inference import MisalignmentPredictor
         predictor = MisalignmentPredictor.load()
-    fixed = image_from_volume_node(fixed_node)
+    fixed = fixed_image(fixed_node)
     result = predictor.predict(fixed, moving_image(moving_node, transform_node), mask=mask_image(mask_node, fixed_node),
                                progress=progress)
     return add_result_nodes(fixed_node, result, probabilities)
@@ -226,7 +290,7 @@ def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=Non
                      progress=None, amp: bool = False):
     """Start predicting in a child process (inputs copied to files); finish with add_result_nodes(job.result())."""
     from .background import BackgroundPrediction
-    return BackgroundPrediction(image_from_volume_node(fixed_node), moving_image(moving_node, transform_node),
+    return BackgroundPrediction(fixed_image(fixed_node), moving_image(moving_node, transform_node),
                                 mask_image(mask_node, fixed_node), weights=weights, device=device, progress=progress,
                                 amp=amp)
 
@@ -241,24 +305,30 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
     created = []
     try:
         colors = class_color_table(scene, created)
-        labels = _node(scene, "vtkMRMLLabelMapVolumeNode", names["labels"], created)
+        labels = _output_node(scene, "vtkMRMLLabelMapVolumeNode", names["labels"], fixed_node, created)
         _fill_labelmap(labels, result.labels, colors)
-        segmentation = _node(scene, "vtkMRMLSegmentationNode", names["segmentation"], created)
+        segmentation = _output_node(scene, "vtkMRMLSegmentationNode", names["segmentation"], fixed_node, created)
         _fill_segmentation(segmentation, labels, fixed_node)
-        table = _node(scene, "vtkMRMLTableNode", names["table"], created)
+        table = _output_node(scene, "vtkMRMLTableNode", names["table"], fixed_node, created)
         _fill_table(table, result.summary)
         nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table}
+        uncertainty = [f"probability_{L.CLASS_NAMES[value]}" for value in L.CLASS_VALUES] + ["confidence"]
         if probabilities and result.probabilities is not None:
-            for i, value in enumerate(L.CLASS_VALUES):
-                key = f"probability_{L.CLASS_NAMES[value]}"
-                nodes[key] = _node(scene, "vtkMRMLScalarVolumeNode", names[key], created)
+            for i, key in enumerate(uncertainty[:-1]):
+                nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node, created)
                 update_volume_node(nodes[key], sitk.VectorIndexSelectionCast(result.probabilities, i))
-            nodes["confidence"] = _node(scene, "vtkMRMLScalarVolumeNode", names["confidence"], created)
+            nodes["confidence"] = _output_node(scene, "vtkMRMLScalarVolumeNode", names["confidence"], fixed_node,
+                                               created)
             _fill_confidence(nodes["confidence"], result, confidence_color_table(scene, created))
         show_overlay(fixed_node, segmentation)
     except BaseException:
         for node in created:
             scene.RemoveNode(node)
         raise
+    if "confidence" not in nodes:  # an earlier run's uncertainty volumes would no longer match this map
+        for key in uncertainty:
+            stale = _tagged_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node)
+            if stale is not None:
+                scene.RemoveNode(stale)
     nodes["summary"] = result.summary
     return nodes

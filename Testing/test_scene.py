@@ -172,6 +172,9 @@ def test_the_status_after_a_prediction_shows_its_classes_confidence_and_warnings
     assert status_text(summary).splitlines() == lines[:1]
     summary["warnings"] = None
     assert status_text(summary).splitlines() == lines[:1]
+    summary["classes"] = {"correct": {"ml": 995.6, "fraction": 0.9956}, "poor": {"ml": 4.0, "fraction": 0.004},
+                          "wrong": {"ml": 0.4, "fraction": 0.0004}}
+    assert status_text(summary).startswith("correct: 996 mL (99.6 %)  poor: 4.0 mL (0.4 %)  wrong: 0.4 mL (< 0.1 %)")
 
 
 def _shift_transform(scene, name, x_mm):

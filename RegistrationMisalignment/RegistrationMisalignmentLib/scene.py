@@ -260,11 +260,24 @@ def _fill_table(table_node, summary: dict) -> None:
 def status_text(summary: dict) -> str:
     """The module's status after a prediction: mL and percentage of the evaluated region per class, the map's mean
     confidence, and one line per warning the prediction gave (a map to trust less)."""
-    text = "  ".join(f"{name}: {c['ml']:.0f} mL ({100 * c['fraction']:.0f} %)" for name, c in summary["classes"].items())
+    text = "  ".join(f"{name}: {_millilitres(c['ml'])} mL ({_percent(c['fraction'])} %)"
+                     for name, c in summary["classes"].items())
     confidence = summary.get("mean_confidence")
     if confidence is not None:
         text += f"  mean confidence: {100 * confidence:.0f} %"
     return "\n".join([text] + [f"Warning: {warning}" for warning in summary.get("warnings") or []])
+
+
+def _millilitres(ml: float) -> str:
+    """A volume with one decimal below 10 mL (a small region marked wrong must not read as 0)."""
+    return f"{ml:.1f}" if ml < 10 else f"{ml:.0f}"
+
+
+def _percent(fraction: float) -> str:
+    """A share in percent with one decimal below 1 % and above 99 % (0.4 % is not 0, 99.6 % is not 100)."""
+    if 0 < fraction < 0.001:
+        return "< 0.1"
+    return f"{100 * fraction:.1f}" if 0 < fraction < 0.01 or 0.99 < fraction < 1 else f"{100 * fraction:.0f}"
 
 
 def show_overlay(fixed_node, segmentation_node) -> None:

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
+import vtk
 
 from RegistrationMisalignmentLib.background import BackgroundPrediction
 from RegistrationMisalignmentLib.errors import InputError
@@ -59,13 +61,21 @@ def test_child_errors_come_back_as_one_line(small_pair, weights):
     assert "\n" not in str(err.value)
 
 
-def test_background_run_on_scene_nodes(scene, small_pair, weights):
+def test_background_run_on_scene_nodes(scene, small_pair, tiny_predictor, weights):
     fixed = volume_node(scene, small_pair.fixed, "fixed")
-    moving = volume_node(scene, small_pair.moving, "moving")
-    job = start_prediction(fixed, moving, weights=weights, device="cpu")
+    shifted = sitk.Image(small_pair.moving)
+    shifted.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) + (6.0, 0.0, 0.0)))
+    moving = volume_node(scene, shifted, "moving")
+    undo = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 6.0)  # RAS +x undoes the LPS +x shift
+    undo.SetMatrixTransformToParent(matrix)
+    job = start_prediction(fixed, moving, transform_node=undo, weights=weights, device="cpu")  # through a file
     nodes = add_result_nodes(fixed, job.result(), probabilities=True)
     assert nodes["labels"].GetName() == "fixed misalignment"
     assert nodes["table"].GetNumberOfRows() == 3 and "probability_wrong" in nodes
+    expected = tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels
+    assert np.array_equal(slicer.util.arrayFromVolume(nodes["labels"]), sitk.GetArrayViewFromImage(expected))
 
 
 def test_mixed_precision_checkbox_reaches_the_child(scene, small_pair, weights):

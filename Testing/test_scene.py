@@ -4,10 +4,11 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
+from vtk.util import numpy_support
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, mask_image, moving_image,
+from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, mask_image, moving_input,
                                               output_segmentation, predict_nodes, status_text)
 
 from conftest import volume_node as _volume
@@ -129,20 +130,30 @@ def test_a_fixed_volume_removed_while_predicting_adds_nothing(scene, small_pair,
     assert _node_ids(scene) == ids
 
 
-def test_transform_is_hardened_on_a_copy_only(scene, small_pair):
+def test_a_linear_transform_goes_to_the_engine_and_another_is_hardened_on_a_copy(scene, small_pair):
     moving = _volume(scene, small_pair.moving, "moving")
-    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
-    matrix = vtk.vtkMatrix4x4()
-    matrix.SetElement(0, 3, 10.0)  # 10 mm towards patient right... in RAS: +x = left? R = +x
-    transform.SetMatrixTransformToParent(matrix)
+    transform = _shift_transform(scene, "shift", 10.0)  # RAS +x: the volume shows 10 mm further left
+    ids, before = _node_ids(scene), _snapshot(moving)
+    image, fixed_to_moving = moving_input(moving, transform)
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(small_pair.moving))
+    assert np.allclose(fixed_to_moving.TransformPoint((1.0, 2.0, 3.0)), (11.0, 2.0, 3.0))  # LPS x = -RAS x
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "grid")
+    field = vtk.vtkImageData()
+    field.SetDimensions(4, 4, 4)
+    field.SetSpacing(100.0, 100.0, 100.0)
+    field.SetOrigin(-150.0, -150.0, -150.0)
+    field.AllocateScalars(vtk.VTK_DOUBLE, 3)
+    numpy_support.vtk_to_numpy(field.GetPointData().GetScalars())[:] = (5.0, 0.0, 0.0)
+    grid_transform = slicer.vtkOrientedGridTransform()
+    grid_transform.SetDisplacementGridData(field)
+    grid.SetAndObserveTransformFromParent(grid_transform)
     ids = _node_ids(scene)
-    before = _snapshot(moving)
-    hardened = moving_image(moving, transform)
+    hardened, none = moving_input(moving, grid)
+    assert none is None and hardened.GetSize() == small_pair.moving.GetSize()
+    assert not np.allclose(hardened.GetOrigin(), small_pair.moving.GetOrigin())  # the copy was moved by the grid
     assert _node_ids(scene) == ids
     after = _snapshot(moving)
     assert np.array_equal(before[0], after[0]) and before[1:] == after[1:]
-    shift = np.asarray(hardened.GetOrigin()) - np.asarray(small_pair.moving.GetOrigin())
-    assert np.allclose(shift, (-10.0, 0.0, 0.0))  # RAS +x is LPS -x
 
 
 def test_a_segmentation_mask_limits_the_evaluated_region(scene, small_pair, tiny_predictor):
@@ -195,9 +206,9 @@ def test_a_moving_volume_under_its_registration_transform_is_evaluated_where_it_
     moving.SetAndObserveTransformNodeID(undo.GetID())
     expected = sitk.GetArrayFromImage(tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels)
     for chosen in (None, undo):  # under the transform; or that transform also chosen in the module
-        labels = slicer.util.arrayFromVolume(predict_nodes(fixed, moving, transform_node=chosen,
-                                                           predictor=tiny_predictor)["labels"])
-        assert np.array_equal(labels, expected)
+        out = predict_nodes(fixed, moving, transform_node=chosen, predictor=tiny_predictor)
+        assert np.array_equal(slicer.util.arrayFromVolume(out["labels"]), expected)
+        assert out["summary"]["warnings"] == []  # a linear transform reaches the engine: no "another grid"
     with pytest.raises(InputError, match="is under the transform 'registration' but 'other' was chosen"):
         predict_nodes(fixed, moving, transform_node=_shift_transform(scene, "other", 1.0), predictor=tiny_predictor)
     fixed.SetAndObserveTransformNodeID(undo.GetID())

@@ -27,7 +27,8 @@ class BackgroundPrediction:
     """Runs `predict` on a pair in a child process; call poll() periodically, cancel() to stop."""
 
     def __init__(self, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image = None, weights=None,
-                 device: str = "auto", progress=None, python: str = None, amp: bool = False):
+                 device: str = "auto", progress=None, python: str = None, amp: bool = False,
+                 transform: sitk.Transform = None):
         self.progress = progress or (lambda fraction, message: None)
         self.folder = Path(tempfile.mkdtemp(prefix="registration-misalignment-"))
         self._lines = queue.Queue()
@@ -43,6 +44,9 @@ class BackgroundPrediction:
                    str(self.folder / "probabilities.nrrd"), "--device", device, "--json", "--progress-lines"]
         if mask is not None:
             command += ["--mask", str(self.folder / "mask.nrrd")]
+        if transform is not None:
+            sitk.WriteTransform(transform, str(self.folder / "transform.tfm"))
+            command += ["--transform", str(self.folder / "transform.tfm")]
         if weights is not None:
             command += ["--weights", str(weights)]
         if amp:

@@ -62,14 +62,33 @@ def fixed_image(fixed_node) -> sitk.Image:
     return image_from_volume_node(fixed_node)
 
 
-def moving_image(moving_node, transform_node=None) -> sitk.Image:
-    """The moving image where the registration puts it: `transform_node`, or else the transform the volume is under,
-    hardened on a temporary copy (the user's node is untouched)."""
+def moving_input(moving_node, transform_node=None) -> tuple:
+    """The moving image and the fixed-to-moving transform (LPS) that put it where the registration does:
+    `transform_node`, or else the transform the volume is under. A linear one is passed on as an ITK affine transform
+    (the image stays as stored); any other is hardened on a temporary copy (transform None). The user's node is
+    untouched."""
     parent = moving_node.GetParentTransformNode()
     if transform_node is not None and parent is not None and parent.GetID() != transform_node.GetID():
         raise InputError(f"the moving volume {moving_node.GetName()!r} is under the transform {parent.GetName()!r} but "
                          f"{transform_node.GetName()!r} was chosen; choose that transform or none, or harden it first")
-    return image_in_world(moving_node, transform_node or parent)
+    chosen = transform_node or parent
+    if chosen is not None and chosen.IsLinear():
+        return image_from_volume_node(moving_node), fixed_to_moving(chosen)
+    return image_in_world(moving_node, chosen), None
+
+
+def fixed_to_moving(transform_node) -> sitk.AffineTransform:
+    """The ITK (LPS) transform from fixed (world) points to the stored moving volume's points, for a linear transform
+    node that maps the moving volume into the world."""
+    to_world = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformToWorld(to_world)
+    matrix = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
+    lps = flip @ np.linalg.inv(matrix) @ flip
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(lps[:3, :3].ravel()))
+    transform.SetTranslation(tuple(lps[:3, 3]))
+    return transform
 
 
 def image_in_world(node, transform_node=None) -> sitk.Image:
@@ -293,9 +312,9 @@ def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, 
     if predictor is None:
         from .inference import MisalignmentPredictor
         predictor = MisalignmentPredictor.load()
-    fixed = fixed_image(fixed_node)
-    result = predictor.predict(fixed, moving_image(moving_node, transform_node), mask=mask_image(mask_node, fixed_node),
-                               progress=progress)
+    moving, transform = moving_input(moving_node, transform_node)
+    result = predictor.predict(fixed_image(fixed_node), moving, mask=mask_image(mask_node, fixed_node),
+                               progress=progress, transform=transform)
     return add_result_nodes(fixed_node, result, probabilities)
 
 
@@ -303,9 +322,9 @@ def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=Non
                      progress=None, amp: bool = False):
     """Start predicting in a child process (inputs copied to files); finish with add_result_nodes(job.result())."""
     from .background import BackgroundPrediction
-    return BackgroundPrediction(fixed_image(fixed_node), moving_image(moving_node, transform_node),
-                                mask_image(mask_node, fixed_node), weights=weights, device=device, progress=progress,
-                                amp=amp)
+    moving, transform = moving_input(moving_node, transform_node)
+    return BackgroundPrediction(fixed_image(fixed_node), moving, mask_image(mask_node, fixed_node), weights=weights,
+                                device=device, progress=progress, amp=amp, transform=transform)
 
 
 def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:

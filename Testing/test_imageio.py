@@ -144,3 +144,11 @@ def test_a_fixed_image_without_a_body_is_refused(small_phantom):
     air.CopyInformation(ct)
     with pytest.raises(InputError, match="no body found in the fixed image"):
         to_fixed_grid(air, ct)
+
+
+def test_library_messages_lose_itk_memory_addresses():
+    from RegistrationMisalignmentLib.errors import library_reason
+    error = RuntimeError("Exception thrown in SimpleITK ReadTransform\nITK ERROR: TxtTransformIOTemplate(0x55b5c5ad06b0): "
+                         "Tags must be delimited by :")
+    assert library_reason(error) == "ITK ERROR: TxtTransformIOTemplate: Tags must be delimited by :"
+    assert library_reason(RuntimeError("")) == "unknown reason"

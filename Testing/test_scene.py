@@ -254,3 +254,19 @@ def test_segmentation_masks_use_every_segment_and_leave_no_helper_nodes(scene, s
     with pytest.raises(InputError, match="'empty' has no segments"):
         predict_nodes(fixed, moving, mask_node=empty, predictor=tiny_predictor)
     assert _node_ids(scene) == ids | {empty.GetID()}
+
+
+def test_a_run_that_fails_while_making_its_images_leaves_the_earlier_results_whole(scene, small_pair, tiny_predictor,
+                                                                                   monkeypatch):
+    from RegistrationMisalignmentLib import scene as scene_logic
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    first = predict_nodes(fixed, _volume(scene, small_pair.moving, "moving"), predictor=tiny_predictor,
+                          probabilities=True)
+    before = {key: slicer.util.arrayFromVolume(first[key]).copy() for key in ("labels", "confidence")}
+    other = tiny_predictor.predict(small_pair.fixed, small_pair.fixed)  # another map: the images alone
+    monkeypatch.setattr(scene_logic, "confidence_image", lambda result: (_ for _ in ()).throw(MemoryError()))
+    ids = _node_ids(scene)
+    with pytest.raises(MemoryError):
+        add_result_nodes(fixed, other, probabilities=True)
+    assert _node_ids(scene) == ids
+    assert all(np.array_equal(slicer.util.arrayFromVolume(first[key]), before[key]) for key in before)

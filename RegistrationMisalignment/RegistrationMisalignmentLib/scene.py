@@ -213,9 +213,8 @@ def confidence_image(result) -> sitk.Image:
     return image
 
 
-def _fill_confidence(node, result, colors) -> None:
-    """Put the confidence image in a volume node coloured from 1/3 (unsure) to 1 (sure)."""
-    update_volume_node(node, confidence_image(result))
+def _color_confidence(node, colors) -> None:
+    """Display a confidence volume coloured from 1/3 (unsure) to 1 (sure)."""
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
@@ -328,12 +327,19 @@ def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=Non
 
 
 def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
-    """Create or update the output nodes from a prediction result; on failure, remove what was created."""
+    """Create or update the output nodes from a prediction result; on failure, remove what was created. The images
+    are all made before any node is touched, so that a failure there (e.g. out of memory) leaves earlier results
+    whole."""
     scene = fixed_node.GetScene()
     if scene is None:
         raise InputError(f"the fixed volume {fixed_node.GetName()!r} was removed from the scene while predicting; "
                          "nothing was added: load it again and press Apply")
     names = output_names(fixed_node)
+    uncertainty = [f"probability_{L.CLASS_NAMES[value]}" for value in L.CLASS_VALUES] + ["confidence"]
+    images = {}
+    if probabilities and result.probabilities is not None:
+        images = {key: sitk.VectorIndexSelectionCast(result.probabilities, i) for i, key in enumerate(uncertainty[:-1])}
+        images["confidence"] = confidence_image(result)
     created = []
     try:
         colors = class_color_table(scene, created)
@@ -344,14 +350,11 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
         table = _output_node(scene, "vtkMRMLTableNode", names["table"], fixed_node, created)
         _fill_table(table, result.summary)
         nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table}
-        uncertainty = [f"probability_{L.CLASS_NAMES[value]}" for value in L.CLASS_VALUES] + ["confidence"]
-        if probabilities and result.probabilities is not None:
-            for i, key in enumerate(uncertainty[:-1]):
-                nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node, created)
-                update_volume_node(nodes[key], sitk.VectorIndexSelectionCast(result.probabilities, i))
-            nodes["confidence"] = _output_node(scene, "vtkMRMLScalarVolumeNode", names["confidence"], fixed_node,
-                                               created)
-            _fill_confidence(nodes["confidence"], result, confidence_color_table(scene, created))
+        for key, image in images.items():
+            nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node, created)
+            update_volume_node(nodes[key], image)
+        if images:
+            _color_confidence(nodes["confidence"], confidence_color_table(scene, created))
         show_overlay(fixed_node, segmentation)
     except BaseException:
         for node in created:

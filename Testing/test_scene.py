@@ -232,6 +232,8 @@ def test_outputs_belong_to_their_fixed_volume_and_stale_uncertainty_volumes_go(s
     assert scene.GetNodeByID(a["probability_wrong"].GetID()) is None
     assert output_segmentation(first).GetID() == again["segmentation"].GetID()
     assert output_segmentation(second).GetID() == b["segmentation"].GetID()
+    assert again["segmentation"].GetDisplayNode().GetVisibility()  # only the latest volume's map is shown
+    assert not b["segmentation"].GetDisplayNode().GetVisibility()
 
 
 def test_segmentation_masks_use_every_segment_and_leave_no_helper_nodes(scene, small_pair, tiny_predictor):

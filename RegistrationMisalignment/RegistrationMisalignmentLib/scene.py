@@ -299,9 +299,15 @@ def _percent(fraction: float) -> str:
 
 
 def show_overlay(fixed_node, segmentation_node) -> None:
-    """Fixed volume as background of every slice view; the segmentation is displayed on top."""
-    for composite in _nodes_by_class(fixed_node.GetScene(), "vtkMRMLSliceCompositeNode"):
+    """Fixed volume as background of every slice view; the segmentation is displayed on top, and the maps of other
+    fixed volumes are hidden (they would lie over this volume)."""
+    scene = fixed_node.GetScene()
+    for composite in _nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetBackgroundVolumeID(fixed_node.GetID())
+    for other in _nodes_by_class(scene, "vtkMRMLSegmentationNode"):
+        owner = other.GetAttribute(FIXED_VOLUME_ATTRIBUTE)
+        if owner and owner != fixed_node.GetID() and other.GetDisplayNode() is not None:
+            other.GetDisplayNode().SetVisibility(False)
     segmentation_node.GetDisplayNode().SetVisibility(True)
 
 

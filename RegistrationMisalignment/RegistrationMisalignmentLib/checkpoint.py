@@ -16,6 +16,9 @@ from .model import MisalignmentNet, ModelConfig
 RELEASED_NAME = "misalignment_multires.safetensors"
 WEIGHTS_ENV = "REGISTRATION_MISALIGNMENT_WEIGHTS"
 
+WEIGHTS_SUFFIXES = (".safetensors",)
+WEIGHTS_FORMAT_HINT = "name the file .safetensors"
+
 
 def released_weights_path() -> Path:
     """The released weights: $REGISTRATION_MISALIGNMENT_WEIGHTS, the source tree, or the installed data folder."""

@@ -146,11 +146,13 @@ def _add_predict(sub) -> None:
 
 def run_predict(args) -> dict:
     """Predict a pair and write the label map (and probabilities) atomically, all or none."""
-    from .imageio import check_image_outputs, read_image, write_images
+    from .imageio import IMAGE_FORMAT_HINT, IMAGE_OUTPUT_SUFFIXES, check_output_files, read_image, write_images
     from .transforms import read_transform
-    check_image_outputs({"--output": args.output, "--probabilities": args.probabilities},
-                        {"--fixed": args.fixed, "--moving": args.moving, "--mask": args.mask,
-                         "--transform": args.transform, "--weights": args.weights})
+    check_output_files({"--output": args.output, "--probabilities": args.probabilities},
+                       {f"the same file as {option}": path for option, path in (
+                           ("--fixed", args.fixed), ("--moving", args.moving), ("--mask", args.mask),
+                           ("--transform", args.transform), ("--weights", args.weights))},
+                       IMAGE_OUTPUT_SUFFIXES, IMAGE_FORMAT_HINT)
     with CapturedWarnings() as warnings:
         fixed, moving = read_image(args.fixed), read_image(args.moving)
         mask = read_image(args.mask) if args.mask else None

@@ -106,16 +106,13 @@ def run_calibrate(args) -> dict:
     """Fit the temperature and write the calibrated weights."""
     from pathlib import Path
     from .calibration import calibrate_weights
-    from .checkpoint import card_path, released_weights_path
+    from .checkpoint import WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, released_weights_path
     from .devices import resolve_device
-    from .imageio import check_output_path, read_image, same_file
+    from .imageio import check_output_files, read_image
     from .sources import source_from_image
     require_at_least_one(samples=args.samples)
-    check_output_path(args.out)
-    if Path(args.out).suffix != ".safetensors":
-        raise InputError(f"--out {args.out}: name the file .safetensors")
-    if same_file(args.out, args.weights or released_weights_path()):
-        raise InputError(f"--out {args.out} is the weights being calibrated; write the calibrated copy elsewhere")
+    check_output_files({"--out": args.out}, {"the weights being calibrated": args.weights or released_weights_path()},
+                       WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
     if card_path(args.out).exists():
         raise InputError(f"{args.out}: a model card sits next to it and would no longer match; write elsewhere "
                          "or publish with `release --calibration-ct`")

@@ -22,6 +22,7 @@ BYTES_PER_VOXEL = 24
 # Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
 # the temporary file can be renamed into place).
 IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
+IMAGE_FORMAT_HINT = "not a file format for a 3-D map; end the name with .nrrd, .nii.gz, .nii or .mha"
 
 
 def read_image(path) -> sitk.Image:
@@ -201,22 +202,22 @@ def check_output_path(path) -> None:
         raise InputError(f"{path}: is a folder; give a file name")
 
 
-def check_image_outputs(outputs: dict, inputs: dict) -> None:
-    """Raise InputError unless each output image (option -> path; None = not asked for) is a writable file in a
-    single-file 3-D format, none is the same file as another output or as an input (option -> path)."""
+def check_output_files(outputs: dict, inputs: dict, suffixes: tuple, format_hint: str) -> None:
+    """Raise InputError unless each output (option -> path; None = not asked for) is a writable file whose name ends
+    with one of `suffixes` (else `format_hint` says what to do), and none is the same file as another output or as an
+    input (given as 'what it is' -> path, e.g. 'the same file as --fixed')."""
     given = {option: path for option, path in outputs.items() if path}
     for option, path in given.items():
         check_output_path(path)
-        if not str(path).lower().endswith(IMAGE_OUTPUT_SUFFIXES):
-            raise InputError(f"{option} {path}: not a file format for a 3-D map; end the name with "
-                             f"{', '.join(IMAGE_OUTPUT_SUFFIXES[:-1])} or {IMAGE_OUTPUT_SUFFIXES[-1]}")
+        if not str(path).lower().endswith(suffixes):
+            raise InputError(f"{option} {path}: {format_hint}")
     named = list(given.items())
     for i, (option, path) in enumerate(named):
-        others = named[:i] + [(name, other) for name, other in inputs.items() if other]
-        for other_option, other_path in others:
-            if same_file(path, other_path):
-                raise InputError(f"{option} {path} is the same file as {other_option}; choose another output name "
-                                 "(inputs are never overwritten)")
+        others = [(f"the same file as {name}", other) for name, other in named[:i]] + list(inputs.items())
+        for what, other_path in others:
+            if other_path and same_file(path, other_path):
+                raise InputError(f"{option} {path} is {what}; choose another output name (inputs are never "
+                                 "overwritten)")
 
 
 def same_file(a, b) -> bool:

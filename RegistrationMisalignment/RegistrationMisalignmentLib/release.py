@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from .calibration import calibrate_weights
-from .checkpoint import card_path, load_model, sha256_of
+from .checkpoint import WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, load_model, sha256_of
 from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
-from .imageio import check_output_path, read_image, same_file, write_bytes
+from .imageio import check_output_files, check_output_path, read_image, same_file, write_bytes
 from .landmark_evaluation import landmark_summary
 from .metrics import band_name
 from .sources import source_from_image
@@ -79,19 +79,23 @@ def _training_state(run_dir: Path) -> dict:
 def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct, training_cts) -> None:
     """Raise InputError, before any work, for a release that would overwrite the run's weights, evaluate on a CT
     the run trained on, or calibrate on the held-out CT."""
-    if weights_out.suffix != ".safetensors":
-        raise InputError(f"--weights-out {weights_out}: name the file .safetensors")
-    for path in (weights_out, card_path(weights_out), weights_out.with_suffix(".md")):  # the files published together
+    check_output_files({"--weights-out": weights_out}, {"the run's own weights": run_dir / "weights.safetensors"},
+                       WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
+    for path in (card_path(weights_out), weights_out.with_suffix(".md")):  # published with the weights
         check_output_path(path)
-    if same_file(weights_out, run_dir / "weights.safetensors"):
-        raise InputError(f"--weights-out {weights_out} is the run's own weights; write the release elsewhere")
     for training_ct in training_cts:
-        if same_file(heldout_ct, training_ct) or Path(heldout_ct).name == Path(training_ct).name:
+        if _same_ct(heldout_ct, training_ct):
             raise InputError(f"--heldout-ct {heldout_ct} is a training CT of this run ({training_ct}); evaluate on a "
                              "CT the run never saw")
-    if calibration_ct and (same_file(calibration_ct, heldout_ct) or Path(calibration_ct).name == Path(heldout_ct).name):
+    if calibration_ct and _same_ct(calibration_ct, heldout_ct):
         raise InputError(f"--calibration-ct {calibration_ct} is the held-out CT; calibrate on a training CT so that "
                          "the held-out figures stay unseen")
+
+
+def _same_ct(a, b) -> bool:
+    """Whether two CT paths are one file, or carry the same file name (paths stored in a run may be relative to
+    another working folder)."""
+    return same_file(a, b) or Path(a).name == Path(b).name
 
 
 def write_card(weights, card: dict) -> None:

@@ -366,7 +366,7 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
         for node in created:
             scene.RemoveNode(node)
         raise
-    if "confidence" not in nodes:  # an earlier run's uncertainty volumes would no longer match this map
+    if not images:  # an earlier run's uncertainty volumes would no longer match this map
         for key in uncertainty:
             stale = _tagged_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node)
             if stale is not None:

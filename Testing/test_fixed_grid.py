@@ -1,5 +1,6 @@
 """S1 probabilities back on the fixed grid: the one-axis-at-a-time interpolation equals SimpleITK's linear resampling."""
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -58,3 +59,29 @@ def test_slabs_split_a_large_box_without_changing_it(monkeypatch):
     parts = list(MaskedProbabilities(probs, np.array([2, 3, 8]), mask_box, [5, 6, 4], grid).slabs())
     assert [z for z, _, _ in parts] == [0, 5, 10, 15]
     assert np.array_equal(np.concatenate([p for _, p, _ in parts]), whole[0])
+
+
+def test_labels_are_the_arg_max_inside_the_mask_with_ties_to_the_first_class(monkeypatch):
+    from RegistrationMisalignmentLib import fixed_grid
+    fixed = _fixed_grid()
+    rng = np.random.default_rng(1)
+    probs = torch.from_numpy(rng.integers(0, 3, (3, 64, 28, 24)).astype(np.float32) / 2)  # many equal values
+    mask = (rng.random((18, 22, 20)) > 0.3).astype(np.uint8)
+    mask_box = sitk.GetImageFromArray(mask)
+    index = [5, 6, 4]
+    grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+    monkeypatch.setattr(fixed_grid, "SLAB_VOXELS", 20 * 22 * 5)  # several slabs
+    masked = MaskedProbabilities(probs, np.array([2, 3, 8]), mask_box, index, grid)
+    labels, counts, confidence_sum = masked.labels()
+    interpolated = np.concatenate([p for _, p, _ in masked.slabs()])
+    inside = mask > 0
+    tied = (interpolated == interpolated.max(-1, keepdims=True)).sum(-1) > 1
+    assert tied[inside].sum() > 100
+    expected = np.where(inside, interpolated.argmax(-1) + 1, 0)
+    whole = sitk.GetArrayViewFromImage(labels)
+    assert labels.GetSize() == fixed.GetSize()
+    assert np.array_equal(whole[4:22, 6:28, 5:25], expected)
+    assert whole.sum() == expected.sum()  # nothing outside the box
+    assert np.array_equal(counts[1:], np.bincount(expected[inside], minlength=4)[1:])
+    assert counts[0] == inside.size - inside.sum()
+    assert confidence_sum == pytest.approx(float(interpolated.max(-1)[inside].sum(dtype=np.float64)), rel=1e-12)

@@ -168,3 +168,34 @@ def test_masks_of_a_finer_ct_are_made_at_1_mm_and_agree_with_masks_made_at_full_
     lungs = automatic_lung_mask(fine, torso)
     assert lungs.GetSize() == fine.GetSize()
     assert _dice(lungs, fill_hilum_(lung_mask(fine, torso))) > 0.95
+
+
+@pytest.fixture
+def sitk_threads():
+    """Set SimpleITK's thread count (which bounds the mask threads) for one test, restored afterwards."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    yield sitk.ProcessObject.SetGlobalDefaultNumberOfThreads
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
+def test_masks_made_in_several_threads_equal_masks_made_in_one(case, sitk_threads):
+    from RegistrationMisalignmentLib.mask_threads import mask_threads
+    sitk_threads(1)
+    assert mask_threads() == 1
+    torso = torso_mask(case["ct"])
+    lungs = lung_mask(case["ct"], torso)
+    sitk_threads(16)
+    assert mask_threads() == 4
+    for serial, threaded in ((torso, torso_mask(case["ct"])), (lungs, lung_mask(case["ct"], torso))):
+        assert np.array_equal(sitk.GetArrayViewFromImage(serial), sitk.GetArrayViewFromImage(threaded))
+
+
+def test_moving_torso_made_beside_the_fixed_masks_equals_the_serial_one(small_pair, sitk_threads):
+    from RegistrationMisalignmentLib.preprocessing import to_fixed_grid
+    pairs = []
+    for threads in (1, 4):
+        sitk_threads(threads)
+        pairs.append(to_fixed_grid(small_pair.fixed, small_pair.moving))
+    for name in ("fixed_torso", "moving_torso", "mask"):
+        serial, threaded = (sitk.GetArrayViewFromImage(getattr(pair, name)) for pair in pairs)
+        assert serial.any() and np.array_equal(serial, threaded), name

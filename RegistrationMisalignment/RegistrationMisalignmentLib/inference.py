@@ -14,7 +14,6 @@ from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
 from .errors import CapturedWarnings, InputError
 from .fixed_grid import MaskedProbabilities
-from .imageio import image_on_grid, paste
 from .landmarks import check_inside, physical_points
 from .masks import bounding_box
 from .model import MisalignmentNet, check_output_size, input_size
@@ -290,14 +289,7 @@ class MisalignmentPredictor:
         grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
         masked = MaskedProbabilities(torch.as_tensor(probs_s1), prepared.crop_start + prepared.region_start,
                                      sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
-        labels = image_on_grid(grid, sitk.sitkUInt8)
-        counts = np.zeros(4, dtype=np.int64)
-        confidence_sum = 0.0
-        for z, probs, inside in masked.slabs():
-            slab = np.where(inside, probs.argmax(-1) + L.CORRECT, L.NOT_EVALUATED).astype(np.uint8)
-            counts += np.bincount(slab.ravel(), minlength=4)
-            confidence_sum += float(probs.max(-1)[inside].sum(dtype=np.float64))
-            paste(labels, sitk.GetImageFromArray(slab), index[:2] + [index[2] + z])
+        labels, counts, confidence_sum = masked.labels()
         return PredictionResult(labels, masked.on_fixed_grid, self._summary(counts, confidence_sum, fixed))
 
     def _summary(self, counts: np.ndarray, confidence_sum: float, fixed: sitk.Image) -> dict:

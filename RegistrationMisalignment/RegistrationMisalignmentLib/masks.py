@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .imageio import grid_over_same_extent, image_on_grid, paste
+from .mask_threads import map_in_threads
 from .morphology import ball_close, ball_dilate, ball_erode
 from .pyramid import AIR_HU
 
@@ -24,7 +25,7 @@ SPLIT_SPACING_MM = 2.0
 CLOSING_RADIUS_MM = 3.0
 HILUM_RADIUS_MM = 10.0  # notches of the lung surface narrower than twice this (hilar vessels) are filled
 HILUM_SPACING_MM = 2.0  # grid of that closing
-SLAB_SLICES = 32  # axial slices labelled at once: bounds the memory of per-slice components
+SLAB_SLICES = 32  # axial slices labelled at once (per thread): bounds the memory of per-slice components
 MASK_SPACING_MM = 1.0  # finer images get their torso and evaluation masks made on a grid this coarse (the map's own)
 
 
@@ -163,10 +164,13 @@ def _selected_slice_components(mask: np.ndarray, hu: np.ndarray, axis: int, sele
     """Voxels of the 2-D components of axial slices that `select(labels, counts, means)` picks, a slab at a time."""
     selected = np.zeros(mask.shape, dtype=bool)
     slabs = [np.moveaxis(array, axis, 0) for array in (mask, hu, selected)]
-    for start in range(0, slabs[0].shape[0], SLAB_SLICES):
+
+    def select_in_slab(start: int) -> None:
         part = slice(start, start + SLAB_SLICES)
         labels, counts, means = _slice_components(slabs[0][part], slabs[1][part], 0)
         slabs[2][part] = select(labels, counts, means)[labels]
+
+    map_in_threads(select_in_slab, range(0, slabs[0].shape[0], SLAB_SLICES))
     return selected
 
 
@@ -327,13 +331,17 @@ def _close_and_fill(mask: sitk.Image, axis: int) -> sitk.Image:
 def _separate_and_fill(ct: sitk.Image, lungs: sitk.Image, axis: int) -> sitk.Image:
     """Split the lungs along a watershed line, close and fill each lung in its region, drop small fragments."""
     regions = _lung_regions(ct, lungs)
-    result = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
-    result.CopyInformation(ct)
-    for label in range(1, _max_label(regions) + 1):
+
+    def lung_closed_in_region(label: int) -> Optional[sitk.Image]:
         region = regions == label
         lung = (lungs > 0) & region
-        if _max_label(lung) > 0:
-            result = result | (_close_and_fill(lung, axis) & region)
+        return _close_and_fill(lung, axis) & region if _max_label(lung) > 0 else None
+
+    result = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
+    result.CopyInformation(ct)
+    for closed in map_in_threads(lung_closed_in_region, range(1, _max_label(regions) + 1)):
+        if closed is not None:
+            result = result | closed
     fragments = sitk.RelabelComponent(sitk.ConnectedComponent(result), _voxels_in_ml(ct, MIN_LUNG_ML))
     return fragments > 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from .errors import InputError
 from .imageio import check_volume
 from .input_checks import warn_about_unusual_inputs
+from .mask_threads import start_beside
 from .masks import automatic_lung_mask, bounding_box, torso_mask
 from .pyramid import AIR_HU, normalise_channels_
 from .separable import resample_onto_s1_, samples_along_axis
@@ -161,7 +163,8 @@ class PairOnFixedGrid:
 
 
 def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> PairOnFixedGrid:
-    """Check the pair, put the moving image on the fixed grid (through `transform` if given), resolve the mask."""
+    """Check the pair, put the moving image on the fixed grid (through `transform` if given), resolve the mask; the
+    moving image's torso mask is made in a second thread while the fixed image's masks are made, when threads allow."""
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
     warn_about_unusual_inputs(fixed, moving)
@@ -170,11 +173,12 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
-    moving_torso = torso_mask(moving_hu)
-    fixed_hu = hu_image(fixed)
-    fixed_torso = torso_mask(fixed_hu)
-    return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso, inside,
-                           within_field_of_view(evaluation_mask(fixed_hu, mask, fixed_torso), inside))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        moving_torso = start_beside(pool, torso_mask, moving_hu)
+        fixed_hu = hu_image(fixed)
+        fixed_torso = torso_mask(fixed_hu)
+        mask = within_field_of_view(evaluation_mask(fixed_hu, mask, fixed_torso), inside)
+        return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, mask)
 
 
 def within_field_of_view(mask: sitk.Image, inside: sitk.Image) -> sitk.Image:

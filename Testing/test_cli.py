@@ -308,6 +308,7 @@ def test_training_options_out_of_range_are_refused_before_any_work(files, tmp_pa
              (["--validate-every", "0"], "--validate-every must be at least 1, got 0"),
              (["--steps", "-1"], "--steps must be at least 1, got -1"),
              (["--learning-rate", "-1"], "--learning-rate must be more than 0, got -1.0"),
+             (["--time-limit", "0"], "--time-limit must be more than 0, got 0.0"),
              (["--seed", "-1"], "--seed must be at least 0, got -1"),
              (["--loader-workers", "-1"], "--loader-workers must be at least 0, got -1"),
              (["--phantoms", "0"], "no training data: give --ct"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import device_train  # noqa: E402
 from device_train import cpu_workers_step_seconds, feeding_options  # noqa: E402
 
 
@@ -29,3 +30,20 @@ def test_the_environment_forces_one_way(monkeypatch):
     assert feeding_options(torch.device("cuda"), 16) == [(6, "cuda")]
     monkeypatch.delenv("LOADER_DEVICE")
     assert feeding_options(torch.device("cuda"), 16) == [(6, "cpu")]
+
+
+def test_the_probe_times_steps_only_after_the_batches_the_workers_queued_at_start(monkeypatch, tmp_path):
+    runs = []
+
+    def fake_train(sources, model_config, config, folder, device, progress):
+        runs.append(config)
+        seconds = {config.validate_every: 100.0, config.steps: 110.0}  # history at both validations
+        return {"history": [{"step": s, "seconds": t} for s, t in sorted(seconds.items())]}
+
+    monkeypatch.setattr(device_train, "train", fake_train)
+    monkeypatch.setattr(device_train.shutil, "rmtree", lambda folder: None)
+    base = dict(batch_size=16, out_size=32, learning_rate=2e-3, density_change=0.0)
+    for workers, untimed in ((0, 20), (8, 20 + 8 * device_train.LOADER_PREFETCH)):
+        seconds = device_train.probe_step_seconds([], None, base, (workers, "cuda"), "cuda", tmp_path)
+        assert runs[-1].validate_every == untimed and runs[-1].steps == untimed + 20
+        assert seconds == pytest.approx(10.0 / 20)

@@ -180,8 +180,8 @@ def sitk_threads():
 
 def test_masks_made_in_several_threads_equal_masks_made_in_one(case, sitk_threads):
     from RegistrationMisalignmentLib.mask_threads import mask_threads
-    sitk_threads(1)
-    assert mask_threads() == 1
+    sitk_threads(3)
+    assert mask_threads() == 1  # on few cores SimpleITK's own threads keep them busy
     torso = torso_mask(case["ct"])
     lungs = lung_mask(case["ct"], torso)
     sitk_threads(16)

@@ -45,6 +45,23 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     assert 1000.0 < history[1]["seconds"] < 1000.0 + 300.0  # the clock goes on from the first session's time
 
 
+def test_a_time_limit_stops_with_a_checkpoint_and_rerunning_finishes_the_same_run(sources, tmp_path):
+    straight = train(sources, MODEL, _config(4), tmp_path / "straight", device="cpu", progress=False,
+                     log=lambda m: None)
+    messages = []
+    stopped = train(sources, MODEL, _config(4), tmp_path / "run", device="cpu", progress=False,
+                    log=messages.append, time_limit_s=0.0)
+    assert stopped["steps"] == 1 and not stopped["finished"] and straight["finished"]
+    assert any("time limit reached at step 1 of 4" in m and "resumes" in m for m in messages)
+    assert [h["step"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] == [1]
+    resumed = train(sources, MODEL, _config(4), tmp_path / "run", device="cpu", progress=False,
+                    log=lambda m: None, time_limit_s=3600.0)
+    assert resumed["steps"] == 4 and resumed["finished"]
+    a = load_model(tmp_path / "straight" / "weights.safetensors").state_dict()
+    b = load_model(tmp_path / "run" / "weights.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resuming_with_another_architecture_or_settings_is_refused_and_keeps_the_checkpoint(sources, tmp_path):
     from RegistrationMisalignmentLib.errors import InputError
     train(sources, MODEL, _config(2), tmp_path / "run", device="cpu", progress=False, log=lambda m: None)

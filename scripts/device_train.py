@@ -1,4 +1,5 @@
-"""One training run sized to a short GPU lease: probe the speed, train as many steps as fit, save run and figures.
+"""One training run sized to a short GPU lease: probe the speed, train as many steps as fit (stopping at the
+budget should the probe be off), save run and figures.
 
 Needs only PyTorch, numpy, safetensors and tqdm (no SimpleITK): the sources come from `cache-sources`.
     registration-misalignment cache-sources --ct ../shared/data/thorax_philips_00.nii.gz --phantoms 2 \\
@@ -23,9 +24,9 @@ from RegistrationMisalignmentLib.devices import machine_description, resolve_dev
 from RegistrationMisalignmentLib.model import ModelConfig  # noqa: E402
 from RegistrationMisalignmentLib.source_cache import load_cached_sources  # noqa: E402
 from RegistrationMisalignmentLib.synthesis import synthetic_pairs_per_second  # noqa: E402
-from RegistrationMisalignmentLib.training import TrainConfig, train  # noqa: E402
+from RegistrationMisalignmentLib.training import LOADER_PREFETCH, TrainConfig, train  # noqa: E402
 
-PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader processes)
+PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader processes) and the workers' queue
 
 
 def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: int = 16) -> float:
@@ -34,13 +35,15 @@ def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: i
 
 
 def probe_step_seconds(sources, model_config: ModelConfig, base: dict, feeding: tuple, device, folder: Path) -> float:
-    """Steady seconds per training step when batches come from `feeding` (loader workers, loader device)."""
+    """Steady seconds per training step when batches come from `feeding` (loader workers, loader device): timed
+    after the batches the workers queued during start-up are used up, else they would flatter the workers."""
     workers, loader_device = feeding
-    config = TrainConfig(steps=PROBE_STEPS, validate_every=PROBE_STEPS // 2, validation_samples=4,
+    untimed = PROBE_STEPS // 2 + workers * LOADER_PREFETCH
+    config = TrainConfig(steps=untimed + PROBE_STEPS // 2, validate_every=untimed, validation_samples=4,
                          **{**base, "loader_workers": workers, "loader_device": loader_device})
     history = train(sources, model_config, config, folder, device, progress=False)["history"]
     shutil.rmtree(folder)
-    return (history[-1]["seconds"] - history[-2]["seconds"]) / (PROBE_STEPS - PROBE_STEPS // 2)
+    return (history[-1]["seconds"] - history[-2]["seconds"]) / (PROBE_STEPS // 2)
 
 
 def cpu_workers_step_seconds(in_process_step_s: float, batch_on_device_s: float, batch_per_cpu_process_s: float,
@@ -107,10 +110,12 @@ def main() -> None:
                "seconds_per_step_by_feeding": {described(feeding): v for feeding, v in step_s.items()},
                "expected_seconds_per_step": expected_s, "date": time.strftime("%Y-%m-%d")}
     (out / "device_training.json").write_text(json.dumps(figures, indent=1))  # kept should training be cut off
+    left = budget_s - (time.perf_counter() - started)
     result = train(sources, model_config, TrainConfig(steps=steps, validate_every=max(100, steps // 20), **base),
-                   out / "run", device, progress=False)
+                   out / "run", device, progress=False, time_limit_s=0.9 * left)  # should the estimate be off
     seconds = result["history"][-1]["seconds"]
-    figures.update(training_seconds=seconds, training_samples_per_second=steps * base["batch_size"] / seconds,
+    figures.update(steps_trained=result["steps"], training_seconds=seconds,
+                   training_samples_per_second=result["steps"] * base["batch_size"] / seconds,
                    final_validation=result["validation"])
     (out / "device_training.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps({k: v for k, v in figures.items() if k != "final_validation"}, indent=1))

@@ -38,6 +38,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out-size", type=int, default=32, help="S1 output tile edge per sample (multiple of 8)")
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes, with the checkpoint saved (rerunning resumes); for a "
+                        "scheduler's time slot or a GPU lease")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--density-change", type=float, default=0.0,
                    help="share of training pairs (0-1) in which one image's lungs get the density of another "
@@ -61,6 +64,8 @@ def run_train(args) -> dict:
     require_at_least_one(steps=args.steps, batch_size=args.batch_size, validate_every=args.validate_every)
     require_at_least(0, seed=args.seed, phantoms=args.phantoms, loader_workers=args.loader_workers)
     require_positive(learning_rate=args.learning_rate)
+    if args.time_limit is not None:
+        require_positive(time_limit=args.time_limit)
     if not (args.ct or args.sources or args.phantoms):
         raise InputError("no training data: give --ct (repeatable), --sources or --phantoms N")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -80,7 +85,8 @@ def run_train(args) -> dict:
         from .sources import load_sources  # SimpleITK is needed only here
         sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log)
+    result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log,
+                   time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     return {k: v for k, v in result.items() if k != "history"}
 
 

@@ -63,7 +63,7 @@ class MaskedProbabilities:
         """Yield (z index in the box, probabilities (z, y, x, 3) that are 0 outside the mask, mask) slab by slab, in
         host memory."""
         for z, probs, inside in self.interpolated_slabs():
-            probs = torch.where(inside, probs, 0.0).permute(1, 2, 3, 0).contiguous().cpu().numpy()
+            probs = probs.masked_fill_(~inside, 0.0).permute(1, 2, 3, 0).contiguous().cpu().numpy()  # its own copy
             yield z, probs, inside.cpu().numpy()
 
     def labels(self) -> tuple:

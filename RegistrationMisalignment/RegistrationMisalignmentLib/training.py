@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from .synthesis import IGNORE, collate, make_sample
 
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
+LOADER_PREFETCH = 4  # batches each loader worker prepares ahead
 
 
 @dataclass
@@ -102,7 +104,7 @@ def training_batches(sources, config: ModelConfig, train: TrainConfig, first_ste
     loader_device = resolve_device(train.loader_device)
     loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train, loader_device, to_host=True),
                                          batch_size=None, sampler=range(first_step, train.steps),
-                                         num_workers=train.loader_workers, prefetch_factor=4,
+                                         num_workers=train.loader_workers, prefetch_factor=LOADER_PREFETCH,
                                          pin_memory=device.type == "cuda", worker_init_fn=_start_worker,
                                          # spawned, not forked: CUDA cannot start in a forked process, and a fork
                                          # of a process with torch threads running can deadlock
@@ -201,8 +203,11 @@ def learning_rate(train: TrainConfig, step: int) -> float:
 
 
 def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, out_dir, device="auto",
-          progress: bool = True, log=print) -> dict:
-    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights."""
+          progress: bool = True, log=print, time_limit_s: Optional[float] = None) -> dict:
+    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights.
+
+    With `time_limit_s`, training stops after the first step that ends past that many seconds of this call, with the
+    checkpoint saved there (rerunning resumes)."""
     check_output_size(train_config.out_size)
     device = resolve_device(device)
     if train_config.loader_workers > 0:
@@ -233,6 +238,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                               base_seed=VALIDATION_SEED + train_config.seed)
     bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # resumed: time keeps counting
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     model.train()
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
@@ -246,7 +252,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         bar.update(1)
         if progress:  # reading the loss waits for the device: only when someone watches
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % train_config.validate_every == 0 or step == train_config.steps:
+        out_of_time = deadline is not None and time.perf_counter() >= deadline and step < train_config.steps
+        if step % train_config.validate_every == 0 or step == train_config.steps or out_of_time:
             metrics = validate(model, validation)
             history.append({"step": step, "loss": loss.item(), "accuracy": metrics["accuracy"],
                             "average_f1": metrics["average_f1"],
@@ -256,8 +263,12 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
             save_state(state_path, model, optimizer, step, model_config, train_config, history)
             export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
             write_history(out_dir / "history.json", history)
+        if out_of_time:
+            log(f"time limit reached at step {step} of {train_config.steps}: checkpoint saved; the same command "
+                "resumes")
+            break
     bar.close()
     final = validate(model, validation)
     sha = export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-    return {"validation": final, "sha256": sha, "steps": step, "history": history, "device": str(device),
-            "machine": machine_description()}
+    return {"validation": final, "sha256": sha, "steps": step, "finished": step >= train_config.steps,
+            "history": history, "device": str(device), "machine": machine_description()}

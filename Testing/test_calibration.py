@@ -78,6 +78,18 @@ def test_class_bias_fit_lowers_the_nll_and_the_model_reproduces_it(tiny_model, s
     assert refit["accuracy_before"] == pytest.approx(fit["accuracy"])
 
 
+def test_a_fit_on_few_pairs_warns_and_one_on_enough_does_not(tiny_model, source, caplog, monkeypatch):
+    from RegistrationMisalignmentLib import calibration
+    with caplog.at_level("WARNING", logger="RegistrationMisalignment"):
+        calibrate(copy.deepcopy(tiny_model), source, samples=4, out_size=8)
+    assert "calibrating on only 4 synthetic pairs" in caplog.text and "48 (the default) or more" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(calibration, "FEW_SAMPLES", 4)
+    with caplog.at_level("WARNING", logger="RegistrationMisalignment"):
+        calibrate(copy.deepcopy(tiny_model), source, samples=4, out_size=8)
+    assert "synthetic pairs" not in caplog.text
+
+
 def test_fitted_temperature_lowers_the_nll_and_keeps_the_classes(tiny_model, source):
     model = copy.deepcopy(tiny_model)
     fit = calibrate(model, source, samples=4, out_size=8, temperature_only=True)

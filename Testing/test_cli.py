@@ -189,6 +189,8 @@ def test_evaluate_synthetic_reports_each_seed_and_their_mean(files, capsys):
     assert main([*common, "--seed", "1"]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert alone["all_lung_voxels"]["accuracy"] == accuracies[1]  # reproducible by seed
+    assert alone["seeds"] == [1] and alone["per_seed"][0]["all_lung_voxels"] == alone["all_lung_voxels"]
+    assert alone["mean"]["all_lung_voxels"]["accuracy"] == accuracies[1]  # the same keys as for several seeds
     assert alone["weights_sha256"] == both["weights_sha256"]
     voxels = sum(b["n"] for b in alone["by_residual"]["bands"])
     assert voxels == alone["all_lung_voxels"]["n"] and len(both["mean"]["by_residual"]["bands"]) == 9

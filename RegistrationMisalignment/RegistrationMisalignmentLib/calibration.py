@@ -1,6 +1,7 @@
 """Calibration on synthetic pairs from a training CT: temperature and class biases fitted by minimum NLL."""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -12,6 +13,9 @@ from .errors import InputError
 from .evaluation import softmax, synthetic_lung_logits
 from .metrics import expected_calibration_error
 from .model import MisalignmentNet
+
+log = logging.getLogger("RegistrationMisalignment")
+FEW_SAMPLES = 16  # below this the fit follows the few tiles drawn rather than the model
 
 # Seeds CALIBRATION_SEED + i: apart from training (seed * 10^7 + i), validation (~10^16) and held-out evaluation
 # (2 * 10^9 + seed * 10^6 + i) seeds.
@@ -71,6 +75,9 @@ def fit_scale_and_bias(logits, truth) -> tuple:
 def calibrate(model: MisalignmentNet, source, samples: int = 48, out_size: int = 32, device="cpu",
               progress: bool = False, temperature_only: bool = False) -> dict:
     """Fit and set the model's temperature and class biases (or only T) on synthetic pairs from a training CT."""
+    if samples < FEW_SAMPLES:
+        log.warning(f"calibrating on only {samples} synthetic pairs: the temperature and class biases may fit those "
+                    "tiles rather than the model; use 48 (the default) or more")
     voxels = synthetic_lung_logits(model, source, samples, out_size, CALIBRATION_SEED, device, progress)
     truth, logits = voxels.truth, voxels.logits
     if len(truth) == 0:

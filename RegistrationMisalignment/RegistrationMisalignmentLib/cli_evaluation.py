@@ -49,13 +49,13 @@ def run_evaluate_synthetic(args) -> dict:
                                   progress=not args.json) for seed in seeds]
     for result in results:
         _print_synthetic_scores(f"seed {result['seed']} ", result, args.json)
-    if len(results) == 1:
-        return {**results[0], "weights_sha256": sha256_of(weights)}
     mean = mean_over_seeds(results)
-    _print_synthetic_scores(f"mean of {len(seeds)} seeds ", mean, args.json)
-    return {"source": source.name, "samples": args.samples, "seeds": seeds, "temperature": model.config.temperature,
-            "class_bias": list(model.config.class_bias), "mean": mean, "per_seed": results,
-            "weights_sha256": sha256_of(weights)}
+    if len(results) > 1:
+        _print_synthetic_scores(f"mean of {len(seeds)} seeds ", mean, args.json)
+    summary = {"source": source.name, "samples": args.samples, "seeds": seeds, "temperature": model.config.temperature,
+               "class_bias": list(model.config.class_bias), "mean": mean, "per_seed": results,
+               "weights_sha256": sha256_of(weights)}
+    return {**results[0], **summary} if len(results) == 1 else summary  # one seed: its figures at the top too
 
 
 def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:

@@ -47,7 +47,8 @@ def synthetic_lung_logits(model: MisalignmentNet, source, samples: int, out_size
     """The labelled lung voxels of `samples` synthetic tiles (families in turn, seeds from `first_seed`)."""
     model = model.to(device).eval()
     parts = []
-    for i in tqdm(range(samples), disable=not progress, desc="synthetic pairs", unit="pair"):
+    # disable=None: no bar when stderr is not a terminal
+    for i in tqdm(range(samples), disable=not progress or None, desc="synthetic pairs", unit="pair"):
         family = i % len(FAMILIES)
         sample = make_sample(source, model.config, out_size, seed=first_seed + i, device=device,
                              family=FAMILIES[family])

@@ -236,7 +236,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         sources = [source.to(device) for source in sources]
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
                               base_seed=VALIDATION_SEED + train_config.seed)
-    bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="training", unit="step")
+    bar = tqdm(total=train_config.steps, initial=step, disable=not progress or None, desc="training",
+               unit="step")  # None: no bar when stderr is not a terminal (logs get the validation lines)
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # resumed: time keeps counting
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     model.train()
@@ -250,7 +251,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
             optimizer.step()
         step += 1
         bar.update(1)
-        if progress:  # reading the loss waits for the device: only when someone watches
+        if not bar.disable:  # reading the loss waits for the device: only when someone watches
             bar.set_postfix(loss=f"{loss.item():.3f}")
         out_of_time = deadline is not None and time.perf_counter() >= deadline and step < train_config.steps
         if step % train_config.validate_every == 0 or step == train_config.steps or out_of_time:

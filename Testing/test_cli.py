@@ -414,6 +414,18 @@ def test_predict_applies_a_transform_file_and_reports_warnings_in_its_json(files
     assert len(warnings) == 1 and "another grid" in warnings[0]
 
 
+def test_a_misused_option_is_one_line_naming_it_and_the_help(capsys):
+    for argv, problem in ((["predict", "--fixed", "a", "--moving", "b", "--output", "c.nrrd", "--device", "tpu"],
+                           "argument --device: invalid choice: 'tpu'"),
+                          (["predict", "--fixed", "a"], "the following arguments are required: --moving, --output"),
+                          (["predct"], "invalid choice: 'predct'")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert problem in err and err.strip().endswith("--help)"), err
+
+
 def test_no_command_prints_the_help(capsys):
     assert main([]) == 2
     assert "usage:" in capsys.readouterr().err

@@ -7,8 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli_common import (add_device, add_model_options, close_bars, load_predictor, progress_bar, progress_lines,
-                         require_at_least, require_at_least_one, require_positive, require_share, set_threads)
+from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor, progress_bar,
+                         progress_lines, require_at_least, require_at_least_one, require_positive, require_share,
+                         set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
@@ -225,7 +226,7 @@ COMMANDS = dict({"demo": (_add_demo, run_demo_command), "predict": (_add_predict
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="registration-misalignment",
+    parser = OneLineErrorParser(prog="registration-misalignment",
                                      description="Show where a chest-CT registration is wrong: a dense map of "
                                                  "correct (<= 3 mm), poor (3-6 mm] and wrong (> 6 mm) regions.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -7,6 +7,14 @@ import sys
 OPEN_BARS = []
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the problem and where the help is, not the whole usage."""
+
+    def error(self, message: str):
+        """Print `PROG: error: MESSAGE (see PROG --help)` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     """Add the --device option."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"],

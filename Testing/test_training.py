@@ -127,7 +127,7 @@ def test_loss_covers_every_step_and_ignores_unlabelled_voxels():
     assert float(nothing) == 0.0 and not nothing.requires_grad
 
 
-def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_phantom, tmp_path):
+def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_phantom, tmp_path, monkeypatch):
     from RegistrationMisalignmentLib.ablation import run_ablation
     from RegistrationMisalignmentLib.imageio import write_image
     ct, _ = small_phantom
@@ -141,6 +141,18 @@ def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_pha
     assert params["single_cnn"] < params["multires_cnn"] < params["hierarchical_lstm"]
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in params)
+    from RegistrationMisalignmentLib import ablation
+    evaluated = []
+    real = ablation.evaluate_synthetic
+    monkeypatch.setattr(ablation, "evaluate_synthetic", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+    messages = []
+    again = run_ablation(config, tmp_path / "heldout.nrrd", tmp_path / "ablation", samples=2, base=MODEL,
+                         device="cpu", log=messages.append)
+    assert not evaluated and again["results"] == summary["results"]  # finished: nothing trained or evaluated again
+    assert sum("reusing its held-out evaluation" in m for m in messages) == 3
+    run_ablation(config, tmp_path / "heldout.nrrd", tmp_path / "ablation", samples=3, base=MODEL, device="cpu",
+                 log=lambda m: None)
+    assert len(evaluated) == 3  # another sample count: evaluated afresh
 
 
 def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):

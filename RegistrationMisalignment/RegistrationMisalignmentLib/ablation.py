@@ -5,9 +5,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from . import __version__
 from .evaluation import evaluate_synthetic
 from .imageio import read_image, write_bytes
-from .checkpoint import load_model
+from .checkpoint import load_model, sha256_of
 from .model import ARCHITECTURES, ModelConfig
 from .sources import load_sources, source_from_image
 from .training import TrainConfig, train
@@ -30,7 +31,7 @@ def run_ablation(train_config: TrainConfig, heldout_ct, out_dir, samples: int = 
         results[architecture] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "training_seconds": trained["history"][-1]["seconds"] if trained["history"] else None,
-            "heldout": evaluate_synthetic(model, heldout, samples),
+            "heldout": heldout_evaluation(model, run, heldout, samples, log),
         }
         log(f"{architecture}: {results[architecture]['heldout']['class_stratified_points']['average_f1']:.3f}")
     summary = {"train_config": train_config.__dict__, "heldout_ct": str(heldout_ct), "samples": samples,
@@ -38,6 +39,23 @@ def run_ablation(train_config: TrainConfig, heldout_ct, out_dir, samples: int = 
     write_bytes(json.dumps(summary, indent=1).encode(), out_dir / "ablation.json")
     write_bytes(ablation_markdown(summary).encode(), out_dir / "ablation.md")
     return summary
+
+
+def heldout_evaluation(model, run: Path, heldout, samples: int, log) -> dict:
+    """`evaluate_synthetic` of the run's weights on the held-out source, reused from `run/heldout.json` when it was
+    made for the same weights, held-out CT, sample count and package version (a finished ablation reruns in
+    seconds)."""
+    key = {"weights_sha256": sha256_of(run / "weights.safetensors"), "heldout": heldout.name, "samples": samples,
+           "version": __version__}
+    stored = run / "heldout.json"
+    if stored.exists():
+        previous = json.loads(stored.read_text())
+        if previous.get("key") == key:
+            log(f"{run.name}: reusing its held-out evaluation ({stored})")
+            return previous["result"]
+    result = evaluate_synthetic(model, heldout, samples)
+    write_bytes(json.dumps({"key": key, "result": result}, indent=1).encode(), stored)
+    return result
 
 
 def ablation_markdown(summary: dict) -> str:

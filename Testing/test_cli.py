@@ -130,12 +130,14 @@ def test_benchmark_compares_dense_with_per_patch_with_identical_results(files, c
     assert min(parts) > 0 and sum(parts) == pytest.approx(seconds["preprocessing_checks_masks_resample"])
 
 
-def test_benchmark_with_amp_compares_the_mixed_precision_map_with_float32(files, capsys, small_benchmark_phantom):
+def test_benchmark_with_amp_compares_the_mixed_precision_map_with_float32(files, capsys, caplog,
+                                                                          small_benchmark_phantom):
     code = main(["benchmark", "--weights", str(files / "tiny.safetensors"), "--device", "cpu", "--blocks", "4",
                  "--max-memory", "0.2", "--amp"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "bfloat16 autocast vs float32" in printed and "same class at" in printed
+    assert "--blocks 4: fewer blocks than one per-patch batch (16)" in caplog.text
 
 
 def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(files, capsys, small_benchmark_phantom):

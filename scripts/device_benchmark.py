@@ -10,10 +10,13 @@ The device has no SimpleITK; its wheel, packed with xz (28 MB), and the referenc
     cp ../shared/data/thorax_nsclc_r01-001.nii.gz carry/gpu/
     mkdir -p /tmp/site && tar -C /tmp/site -xJf carry/gpu/simpleitk.tar.xz &&
         PYTHONPATH=/tmp/site OUT=$OUT python3 scripts/device_benchmark.py            # there, carry=["carry/gpu"]
-Settings: CT (default carry/gpu/thorax_nsclc_r01-001.nii.gz; "phantom" for the demo phantom), DEVICE, BLOCKS.
+Then `predict` in FRESH_RUNS (default 3) fresh processes, the time one command sees.
+Settings: CT (default carry/gpu/thorax_nsclc_r01-001.nii.gz; "phantom" for the demo phantom), DEVICE, BLOCKS,
+FRESH_RUNS.
 """
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +24,9 @@ from device_env import setting
 
 import torch  # noqa: E402
 
-from RegistrationMisalignmentLib.benchmark import run_benchmark, run_training_benchmark  # noqa: E402
+from RegistrationMisalignmentLib.benchmark import predict_peak_rss, run_benchmark, run_training_benchmark  # noqa: E402
+from RegistrationMisalignmentLib.demo import synthetic_pair  # noqa: E402
+from RegistrationMisalignmentLib.imageio import read_image, write_image  # noqa: E402
 from RegistrationMisalignmentLib.devices import synchronize  # noqa: E402
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor, network_precision  # noqa: E402
 from RegistrationMisalignmentLib.model import input_size  # noqa: E402
@@ -71,6 +76,23 @@ def pairs_per_second_from_host_source(predictor: MisalignmentPredictor, count: i
                                       predictor.device, count)
 
 
+def fresh_predictions(ct, device: str, runs: int) -> list:
+    """`registration-misalignment predict` on the benchmark's synthetic pair, each run in a fresh process, as one
+    command or Slicer's background run sees it: its own timings, peak memory and the child's wall time."""
+    image, lungs = (read_image(ct), None) if ct else make_chest_phantom(0)
+    pair = synthetic_pair(image, lungs, "single_frequency", 12.0, 0)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / name for name in ("fixed.mha", "moving.mha")]
+        for image, path in zip((pair.fixed, pair.moving), paths):
+            write_image(image, path, compress=False)
+        for _ in range(runs):
+            start = time.perf_counter()
+            run = predict_peak_rss(*paths, folder, ["--device", device])
+            rows.append({**run, "process_wall_seconds": time.perf_counter() - start})
+    return rows
+
+
 def main() -> None:
     """Benchmark the released model in float32 and in mixed precision, then training throughput; write
     device_benchmark.json under $OUT after each part."""
@@ -96,6 +118,10 @@ def main() -> None:
               f"over per-patch; against the CPU over one tile: "
               f"{results[name].get('max_probability_difference_vs_cpu_one_tile', 'not compared')}", flush=True)
         save()
+    results["fresh_predict"] = fresh_predictions(ct, device, setting("FRESH_RUNS", 3))
+    print(json.dumps([{k: v for k, v in run.items() if k != "mask_voxels"} for run in results["fresh_predict"]]),
+          flush=True)
+    save()
     predictor = MisalignmentPredictor.load(device=device)
     if predictor.device.type == "cuda":
         results["layouts"] = layout_variants(predictor)

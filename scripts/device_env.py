@@ -1,9 +1,12 @@
-"""Shared by the device scripts: the repository's engine on the import path and typed environment settings."""
+"""Shared by the device scripts: the repository's engine on the import path (of child processes too) and typed
+environment settings."""
 import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment"))
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
+sys.path.insert(0, PACKAGE_ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))  # children too
 
 
 def setting(name: str, default):

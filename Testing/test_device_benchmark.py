@@ -1,0 +1,15 @@
+"""The GPU benchmark script's fresh-process part: `predict` run as one command would run it, timings read back."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import device_benchmark  # noqa: E402
+
+
+def test_fresh_predictions_run_predict_in_a_child_process_each_and_report_its_timings():
+    rows = device_benchmark.fresh_predictions(None, "cpu", 2)  # the demo phantom
+    assert len(rows) == 2
+    for row in rows:
+        seconds = row["seconds"]
+        assert 0 < seconds["network"] < seconds["total"] < row["process_wall_seconds"]
+        assert row["peak_rss_bytes"] > 0 and row["mask_voxels"] > 0

@@ -199,3 +199,11 @@ def test_moving_torso_made_beside_the_fixed_masks_equals_the_serial_one(small_pa
     for name in ("fixed_torso", "moving_torso", "mask"):
         serial, threaded = (sitk.GetArrayViewFromImage(getattr(pair, name)) for pair in pairs)
         assert serial.any() and np.array_equal(serial, threaded), name
+
+
+def test_warnings_of_the_fixed_masks_reach_the_summary_when_masks_run_in_threads(tiny_model, sitk_threads):
+    from RegistrationMisalignmentLib.inference import MisalignmentPredictor
+    sitk_threads(4)
+    ct = sitk.Image([40, 40, 40], sitk.sitkInt16) + 40  # soft tissue only: a torso without lungs
+    result = MisalignmentPredictor(tiny_model, device="cpu").predict(ct, ct)
+    assert any("no lungs found" in w for w in result.summary["warnings"])

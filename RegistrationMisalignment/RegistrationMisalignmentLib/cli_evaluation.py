@@ -9,8 +9,6 @@ from .cli_common import (add_device, add_model_options, load_predictor, progress
                          require_at_least_one, set_threads)
 from .errors import InputError
 
-FEW_BLOCKS = 16  # the per-patch evaluation's batch of blocks
-
 
 def _add_evaluate_synthetic(sub) -> None:
     """Register the `evaluate-synthetic` command."""
@@ -215,10 +213,11 @@ def run_benchmark_command(args) -> dict:
     if args.training:
         return run_training_benchmark_command(args)
     require_at_least_one(blocks=args.blocks)
-    if args.blocks < FEW_BLOCKS:
+    from .inference import PER_PATCH_BATCH
+    if args.blocks < PER_PATCH_BATCH:
         logging.getLogger("RegistrationMisalignment").warning(
-            f"--blocks {args.blocks}: fewer blocks than one per-patch batch ({FEW_BLOCKS}), so each block carries a "
-            "batch's fixed costs and the speed-up over per-patch is overstated; use 64 (the default)")
+            f"--blocks {args.blocks}: fewer blocks than one per-patch batch ({PER_PATCH_BATCH}), so each block carries "
+            "a batch's fixed costs and the speed-up over per-patch is overstated; use 64 (the default)")
     result = run_benchmark(load_predictor(args), args.ct, args.blocks)
     if not args.json:
         s = result["seconds"]

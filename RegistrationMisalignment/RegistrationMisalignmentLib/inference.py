@@ -27,6 +27,7 @@ MAX_TILE = 128
 MAX_TILE_CUDA = 256  # a GPU pays per tile launched, not per voxel: fewer, larger tiles
 CUDA_MEMORY_SHARE = 0.5  # of the GPU memory free at the start of a prediction, for the tiles' activations
 MIN_TILE = 8
+PER_PATCH_BATCH = 16  # blocks evaluated together the per-patch way
 
 
 class PredictionResult:
@@ -341,7 +342,8 @@ class MisalignmentPredictor:
                 result[i] = array[idx[2], idx[1], idx[0]] > 0
         return result
 
-    def interpolate_blocks(self, prepared: PreparedPair, local_xyz: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    def interpolate_blocks(self, prepared: PreparedPair, local_xyz: np.ndarray,
+                           batch_size: int = PER_PATCH_BATCH) -> np.ndarray:
         """Trilinear probabilities at region-local S1 points, evaluating only the 8^3 blocks they touch."""
         base = np.floor(local_xyz).astype(int)
         frac = local_xyz - base
@@ -357,7 +359,8 @@ class MisalignmentPredictor:
             result += weight[:, None] * vals
         return result
 
-    def block_probabilities(self, prepared: PreparedPair, blocks_xyz, batch_size: int = 16, pyramid=None) -> dict:
+    def block_probabilities(self, prepared: PreparedPair, blocks_xyz, batch_size: int = PER_PATCH_BATCH,
+                            pyramid=None) -> dict:
         """Per-block evaluation: one input patch per level for each 8^3 output block (xyz block index)."""
         pyramid = pyramid or build_pyramid(prepared.volume)
         start = prepared.region_start

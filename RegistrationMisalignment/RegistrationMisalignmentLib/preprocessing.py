@@ -173,7 +173,7 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the fixed masks stay on this thread: its warnings are captured
         moving_torso = start_beside(pool, torso_mask, moving_hu)
         fixed_hu = hu_image(fixed)
         fixed_torso = torso_mask(fixed_hu)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.devices import in_convolution_layout
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.inference import (MisalignmentPredictor, occupied_tiles, smaller_tile,
-                                                   sub_tiles)
+from RegistrationMisalignmentLib.inference import (MisalignmentPredictor, OutputBox, boxes_over, occupied_tiles,
+                                                   smaller_tile, sub_boxes)
 from RegistrationMisalignmentLib.model import input_size
 from RegistrationMisalignmentLib.morphology import box_dilate
 from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, to_fixed_grid
@@ -150,14 +150,37 @@ def test_a_gpu_without_room_for_the_1mm_volume_gets_it_from_host_memory(small_pa
     assert torch.equal(prepared.volume, expected)
 
 
-def test_sub_tiles_cover_a_tile_with_starts_on_the_pyramid_grid():
-    for tile, size in ((72, 32), (40, 16), (24, 8), (32, 32)):
-        covered = np.zeros((tile,) * 3, dtype=bool)
-        for corner in sub_tiles(np.zeros(3, dtype=int), tile, size):
-            assert np.all(corner % 8 == 0) and np.all(corner + size <= tile)
-            covered[tuple(slice(int(c), int(c) + size) for c in corner)] = True
-        assert covered.all()
+def test_sub_boxes_cover_a_box_once_with_corners_on_the_pyramid_grid():
+    for size, limit in (((72, 72, 72), 32), ((40, 16, 24), 16), ((24, 8, 64), 8), ((32, 32, 32), 32)):
+        covered = np.zeros(size, dtype=int)
+        for piece in sub_boxes(OutputBox(np.zeros(3, dtype=int), size), limit):
+            assert np.all(piece.corner % 8 == 0) and max(piece.size) <= limit and all(n % 8 == 0 for n in piece.size)
+            covered[tuple(slice(int(c), int(c) + n) for c, n in zip(piece.corner, piece.size))] += 1
+        assert np.all(covered == 1)
     assert [smaller_tile(t) for t in (128, 72, 24, 16, 8)] == [64, 32, 8, 8, 8]
+
+
+def test_boxes_are_tiles_shrunk_to_the_blocks_of_their_needed_voxels():
+    needed = np.zeros((48, 48, 24), dtype=bool)
+    needed[3, 30, 5] = needed[17, 40, 20] = True  # in the tile at (0, 24, 0): blocks 0-2, 3-5 (of 8 voxels), 0-2
+    needed[40, 2:4, 9] = True  # in the tile at (24, 0, 0)
+    boxes = boxes_over(needed, 24)
+    assert [(b.corner.tolist(), b.size) for b in boxes] == [([0, 24, 0], (24, 24, 24)), ([40, 0, 8], (8, 8, 8))]
+    needed[3, 30, 5] = False
+    assert [(b.corner.tolist(), b.size) for b in boxes_over(needed, 24)][0] == ([16, 40, 16], (8, 8, 8))
+
+
+def test_a_box_gives_the_probabilities_of_the_tile_around_it(small_pair, tiny_predictor):
+    """The network reads each axis on its own: the probabilities of a box equal those of the same voxels computed
+    as part of a whole tile (float32 summation order aside)."""
+    from RegistrationMisalignmentLib.pyramid import build_pyramid
+    prepared, tile = tiny_predictor.prepare(small_pair.fixed, small_pair.moving)
+    pyramid = build_pyramid(prepared.volume)
+    start = prepared.region_start[::-1]
+    whole = tiny_predictor.tile_probabilities(pyramid, start, tile)
+    part = tiny_predictor.tile_probabilities(pyramid, start + np.array([8, 0, 8]), (8, tile, tile - 8))
+    assert part.shape == (3, 8, tile, tile - 8)
+    assert torch.allclose(part, whole[:, 8:16, :, 8:], atol=1e-5)
 
 
 def test_probabilities_are_built_only_when_asked_for(small_pair, tiny_predictor):
@@ -208,19 +231,18 @@ def test_tiles_touching_the_mask_are_those_a_max_pooling_finds():
     assert 0 < occupied_tiles(box_dilate(mask, 2), 8).sum() < tiles.numel()
 
 
-def test_the_difference_to_the_cpu_is_read_over_the_right_tile(small_pair, tiny_predictor):
-    """The GPU benchmark's check against the CPU: 0 for the CPU's own map, the change when that tile is altered."""
+def test_the_difference_to_the_cpu_is_read_over_the_right_box(small_pair, tiny_predictor):
+    """The GPU benchmark's check against the CPU: 0 for the CPU's own map, the change when that box is altered."""
     from RegistrationMisalignmentLib.benchmark import difference_to_cpu
     from RegistrationMisalignmentLib.pyramid import build_pyramid
     prepared, tile = tiny_predictor.prepare(small_pair.fixed, small_pair.moving)
     pyramid = build_pyramid(prepared.volume)
     probs = tiny_predictor.dense_probabilities(prepared, tile, pyramid=pyramid)
-    corner = tiny_predictor.tiles_touching_mask(prepared, tile)[-1]
-    start = tuple(int(s) for s in prepared.region_start[::-1] + corner)
-    assert difference_to_cpu(tiny_predictor, pyramid, start, corner, tile, probs) <= 1e-6
-    z, y, x = corner
-    probs[1, z + tile - 1, y, x + 3] += 0.25
-    assert difference_to_cpu(tiny_predictor, pyramid, start, corner, tile, probs) == pytest.approx(0.25, abs=1e-5)
+    box = tiny_predictor.boxes_touching_mask(prepared, tile)[-1]
+    assert difference_to_cpu(tiny_predictor, prepared, pyramid, box, probs) <= 1e-6
+    z, y, x = box.corner
+    probs[1, z + box.size[0] - 1, y, x + 3] += 0.25
+    assert difference_to_cpu(tiny_predictor, prepared, pyramid, box, probs) == pytest.approx(0.25, abs=1e-5)
 
 
 def test_voxels_without_moving_data_are_not_evaluated(small_pair, tiny_predictor):

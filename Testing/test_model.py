@@ -1,8 +1,9 @@
 """Network shapes, the ablations and the aligned pyramid geometry."""
 import pytest
 import torch
+import torch.nn.functional as F
 
-from RegistrationMisalignmentLib.model import ARCHITECTURES, MisalignmentNet, ModelConfig, input_size
+from RegistrationMisalignmentLib.model import ARCHITECTURES, Conv3d, MisalignmentNet, ModelConfig, input_size
 from RegistrationMisalignmentLib.pyramid import build_pyramid, context_margin, tile_inputs
 
 
@@ -90,3 +91,38 @@ def test_tiles_are_centred_on_the_same_physical_point():
         assert abs(float(value) - centre_s1) < 0.6, lv
     with pytest.raises(ValueError, match="multiple of 4"):
         tile_inputs(pyramid, config, (margin + 2,) * 3, 8)
+
+
+def test_cpu_inference_convolves_a_single_small_volume_with_onednn(monkeypatch):
+    """PyTorch's own choice for one volume with N x C x D x H <= 20480 is its slow reference convolution; inference
+    goes to oneDNN with the same result, while training and autocast keep PyTorch's choice."""
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(args[0].shape) or onednn(*args))
+    conv = Conv3d(4, 12, 3)
+    x = torch.randn(1, 4, 20, 20, 20)
+    with torch.no_grad():
+        got = conv(x)
+    assert calls == [x.shape]
+    assert torch.allclose(got, F.conv3d(x, conv.weight, conv.bias), atol=1e-5)
+    assert conv(x).requires_grad  # training
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_reads_each_axis_on_its_own(architecture):
+    """A box's output: the edges of the box, the same values as the cube that holds it (its centre slab)."""
+    net = MisalignmentNet(ModelConfig(architecture=architecture, features=4, hidden=4)).eval()
+    torch.manual_seed(0)
+    cube = {lv: torch.randn(1, 3, *(input_size(net.config, lv, 24),) * 3) for lv in net.config.levels}
+    box = {}
+    for lv, x in cube.items():  # the middle 8 of 24 output voxels along z: 8 S1 voxels in from each side
+        inner = input_size(net.config, lv, 8)
+        start = (x.shape[2] - inner) // 2
+        box[lv] = x[:, :, start:start + inner]
+    with torch.no_grad():
+        whole, part = net(cube)[1], net(box)[1]
+    assert part.shape[2:] == (8, 24, 24)
+    assert torch.allclose(part, whole[:, :, 8:16], atol=1e-5)

@@ -19,11 +19,11 @@ from .demo import synthetic_pair
 from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description, synchronize
 from .errors import InputError
 from .imageio import grid_over_same_extent, image_on_grid, read_image, write_image
-from .inference import MisalignmentPredictor
-from .model import MisalignmentNet, check_output_size
+from .inference import MisalignmentPredictor, occupied_tiles
+from .model import INPUT_CHANNELS, MisalignmentNet, check_output_size, input_size
 from .phantom import make_chest_phantom
 from .preprocessing import BLOCK, to_fixed_grid
-from .pyramid import AIR_HU, batch_tiles, build_pyramid
+from .pyramid import AIR_HU, build_pyramid
 from .sources import source_from_image
 from .synthesis import collate, make_sample, synthetic_pairs_per_second
 from .training import TrainConfig, hierarchy_loss
@@ -45,25 +45,23 @@ def reset_peak_rss() -> None:
         pass
 
 
-def conv_flops_per_output_voxel(predictor: MisalignmentPredictor, pyramid: dict, tile: int, start) -> float:
-    """FLOPs (2 x multiply-adds) of all convolutions for one tile, divided by its output voxels."""
+def conv_flops(model: MisalignmentNet, edges_zyx) -> float:
+    """FLOPs (2 x multiply-adds) of all convolutions of one forward pass over an output box of these edges (counted
+    on the meta device: shapes only, nothing computed)."""
     total = [0.0]
 
     def count(module, inputs, output):
         kernel = np.prod(module.kernel_size)
         total[0] += 2.0 * output.numel() * kernel * module.in_channels / module.groups
 
-    convs = [m for m in predictor.model.modules() if isinstance(m, nn.Conv3d)]
-    hooks = [m.register_forward_hook(count) for m in convs]
-    try:
-        batch = {lv: x.to(predictor.device) for lv, x in batch_tiles(pyramid, predictor.model.config, [start],
-                                                                      tile).items()}
-        with torch.no_grad():
-            predictor.model(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total[0] / tile ** 3
+    meta = copy.deepcopy(model).to("meta")
+    for conv in (m for m in meta.modules() if isinstance(m, nn.Conv3d)):
+        conv.register_forward_hook(count)
+    inputs = {lv: torch.empty((1, INPUT_CHANNELS) + tuple(input_size(model.config, lv, n) for n in edges_zyx),
+                              device="meta") for lv in model.config.levels}
+    with torch.no_grad():
+        meta(inputs)
+    return total[0]
 
 
 def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -102,39 +100,40 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     t3 = time.perf_counter()
     result = predictor.result_on_fixed_grid(prepared, probs)  # as `predict` does it: where the network left them
     t4 = time.perf_counter()
-    tiles = predictor.tiles_touching_mask(prepared, tile)
+    boxes = predictor.boxes_touching_mask(prepared, tile)
     tile_selection_s = time.perf_counter() - t4
     probs = probs.cpu().numpy()
-    computed_voxels = len(tiles) * tile ** 3
-    per_patch = _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks, seed)
-    start = tuple(int(s) for s in prepared.region_start[::-1] + tiles[0])
-    flops_per_voxel = conv_flops_per_output_voxel(predictor, pyramid, tile, start)
+    computed_voxels = sum(int(np.prod(box.size)) for box in boxes)
+    needed_blocks = int(occupied_tiles(predictor.needed_voxels(prepared), BLOCK).sum())
+    per_patch = _per_patch_sample(predictor, prepared, pyramid, probs, boxes, blocks, seed)
+    flops = sum(conv_flops(predictor.model, box.size) for box in boxes)
     dense_s = t3 - t2
-    per_patch_total_s = per_patch["seconds_per_block"] * computed_voxels / BLOCK ** 3
-    achieved = flops_per_voxel * computed_voxels / dense_s
+    per_patch_total_s = per_patch["seconds_per_block"] * needed_blocks
+    achieved = flops / dense_s
     reference = matmul_flops_per_second(predictor.device)
     amp = {"amp_vs_float32": _amp_against_float32(predictor, prepared, pyramid, tile, probs)} if predictor.amp else {}
     if predictor.device.type != "cpu" and not predictor.amp:
-        amp["max_probability_difference_vs_cpu_one_tile"] = difference_to_cpu(predictor, pyramid, start, tiles[0],
-                                                                              tile, probs)
+        amp["max_probability_difference_vs_cpu_one_tile"] = difference_to_cpu(predictor, prepared, pyramid,
+                                                                              boxes[0], probs)
     return {**amp, "precision": predictor.precision,
         "case": str(ct_path) if ct_path else f"phantom seed {seed}",
         "image_size": list(pair.fixed.GetSize()), "image_spacing": list(pair.fixed.GetSpacing()),
-        "mask_voxels": result.summary["mask_voxels"], "tile_size": tile, "tiles": len(tiles),
-        "computed_output_voxels": computed_voxels,
+        "mask_voxels": result.summary["mask_voxels"], "tile_size": tile, "tiles": len(boxes),
+        "computed_output_voxels": computed_voxels, "tile_output_voxels": len(boxes) * tile ** 3,
+        "per_patch_blocks_for_the_map": needed_blocks,
         "device": str(predictor.device), "machine": machine_description(), "torch_threads": torch.get_num_threads(),
         "seconds": {"read": read_s, "preprocessing_checks_masks_resample": t1 - t0,
                     "checks_and_masks_within_preprocessing": masks_s,
                     "resampling_to_1mm_within_preprocessing": t1 - t0 - masks_s, "pyramid": t2 - t1,
                     "dense_network": dense_s, "choosing_tiles_within_dense_network": tile_selection_s,
                     "resample_to_fixed_grid": t4 - t3,
-                    "end_to_end_without_read": (t4 - t0), "per_patch_estimated_whole_volume": per_patch_total_s},
+                    "end_to_end_without_read": (t4 - t0), "per_patch_estimated_for_the_map": per_patch_total_s},
         "dense_voxels_per_second": computed_voxels / dense_s,
         "per_patch_voxels_per_second": BLOCK ** 3 / per_patch["seconds_per_block"],
         "speedup_dense_over_per_patch": per_patch_total_s / dense_s,
         "max_probability_difference_dense_vs_per_patch": per_patch["max_difference"],
         "per_patch_blocks_sampled": per_patch["blocks"],
-        "flops_per_output_voxel": flops_per_voxel, "achieved_flops_per_second": achieved,
+        "flops_per_output_voxel": flops / computed_voxels, "achieved_flops_per_second": achieved,
         "matmul_reference_flops_per_second": reference, "fraction_of_matmul_reference": achieved / reference,
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if predictor.device.type == "cuda" else None,
@@ -154,21 +153,23 @@ def _amp_against_float32(predictor: MisalignmentPredictor, prepared, pyramid, ti
             "label_agreement": float((reference.argmax(0) == probs.argmax(0))[computed].mean())}
 
 
-def difference_to_cpu(predictor: MisalignmentPredictor, pyramid: dict, start, corner, tile: int, probs) -> float:
-    """Largest difference between the device's dense probabilities and the CPU's (float32) over one tile."""
+def difference_to_cpu(predictor: MisalignmentPredictor, prepared, pyramid: dict, box, probs) -> float:
+    """Largest difference between the device's dense probabilities and the CPU's (float32) over one output box."""
     cpu = MisalignmentPredictor(copy.deepcopy(predictor.model), "cpu")
-    on_cpu = cpu.tile_probabilities(pyramid, start, tile).numpy()
-    z, y, x = (int(c) for c in corner)
-    return float(np.abs(on_cpu - probs[:, z:z + tile, y:y + tile, x:x + tile]).max())
+    start = prepared.region_start[::-1] + box.corner
+    on_cpu = cpu.tile_probabilities(pyramid, start, box.size).numpy()
+    region = tuple(slice(int(c), int(c) + n) for c, n in zip(box.corner, box.size))
+    return float(np.abs(on_cpu - probs[(slice(None),) + region]).max())
 
 
-def _per_patch_sample(predictor, prepared, pyramid, probs, tiles, tile, blocks: int, seed: int) -> dict:
-    """Time per-patch evaluation of random 8^3 blocks inside computed tiles; compare with the dense result."""
+def _per_patch_sample(predictor, prepared, pyramid, probs, boxes, blocks: int, seed: int) -> dict:
+    """Time per-patch evaluation of random 8^3 blocks inside computed boxes; compare with the dense result."""
     rng = np.random.default_rng(seed)
-    per_tile = tile // BLOCK
+    available = sum(int(np.prod(box.size)) // BLOCK ** 3 for box in boxes)
     chosen = set()
-    while len(chosen) < min(blocks, len(tiles) * per_tile ** 3):
-        corner = tiles[rng.integers(len(tiles))] // BLOCK + rng.integers(0, per_tile, 3)
+    while len(chosen) < min(blocks, available):
+        box = boxes[rng.integers(len(boxes))]
+        corner = box.corner // BLOCK + rng.integers(0, np.asarray(box.size) // BLOCK)
         chosen.add(tuple(int(c) for c in corner[::-1]))  # xyz block index
     chosen = sorted(chosen)
     t0 = time.perf_counter()

@@ -227,7 +227,9 @@ def run_benchmark_command(args) -> dict:
               f"{s['resampling_to_1mm_within_preprocessing']:.1f} s, pyramid {s['pyramid']:.1f} s), dense network "
               f"{s['dense_network']:.1f} s, back to fixed grid {s['resample_to_fixed_grid']:.1f} s, "
               f"end to end {s['end_to_end_without_read']:.1f} s (+ read {s['read']:.1f} s)")
-        print(f"  per-patch (estimated) {s['per_patch_estimated_whole_volume']:.1f} s: dense is "
+        print(f"  per-patch (estimated, {result['per_patch_blocks_for_the_map']} blocks of 8^3) "
+              f"{s['per_patch_estimated_for_the_map']:.1f} s: dense ({result['tiles']} boxes in tiles of "
+              f"{result['tile_size']}^3) is "
               f"{result['speedup_dense_over_per_patch']:.1f}x faster, max probability difference "
               f"{result['max_probability_difference_dense_vs_per_patch']:.2e}")
         print(f"  {result['flops_per_output_voxel'] / 1e3:.0f} kFLOP per voxel, "

@@ -28,6 +28,22 @@ def in_convolution_layout(tensors: dict) -> dict:
     return {level: x.contiguous(memory_format=CONVOLUTION_LAYOUT) for level, x in tensors.items()}
 
 
+def onednn_inference(x: torch.Tensor) -> bool:
+    """Whether to convolve `x` with oneDNN directly: float32 inference (no gradients, no autocast) on a CPU where
+    PyTorch has oneDNN. PyTorch's own choice sends one volume whose N x C x D x H is at most 20480 to its reference
+    convolution, up to 16x slower (BENCHMARKS.md); batches of two or more already go to oneDNN."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not _cpu_autocast() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (its query changed in torch 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
 def default_threads() -> int:
     """Physical CPU cores this process may run on (its affinity set, SMT siblings counted once)."""
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,10 +59,34 @@ def smaller_tile(tile: int) -> int:
     return max(MIN_TILE, tile // 2 // 8 * 8)
 
 
-def sub_tiles(corner: np.ndarray, tile: int, size: int) -> list:
-    """Corners of sub-tiles of edge `size` that cover a tile (the last one per axis shifted back inside it)."""
-    starts = [sorted({*range(0, tile - size, size), tile - size}) for _ in range(3)]
-    return [corner + np.asarray(offset) for offset in np.array(np.meshgrid(*starts, indexing="ij")).reshape(3, -1).T]
+class OutputBox(NamedTuple):
+    """A box of the dense map computed in one forward pass: corner and edges (zyx, region voxels, multiples of 8)."""
+
+    corner: np.ndarray
+    size: tuple
+
+
+def sub_boxes(box: OutputBox, limit: int) -> list:
+    """Boxes with edges of at most `limit` (a multiple of 8) that cover a box without overlapping."""
+    pieces = [[(start, min(limit, n - start)) for start in range(0, n, limit)] for n in box.size]
+    return [OutputBox(box.corner + np.array([start for start, _ in parts]), tuple(n for _, n in parts))
+            for parts in itertools.product(*pieces)]
+
+
+def boxes_over(needed: np.ndarray, tile: int) -> list:
+    """The tiles of edge `tile` (from index 0) that hold needed voxels, each shrunk to the blocks of 8 around its
+    needed voxels: where the mask fills a tile only in part, less is computed, with the same results."""
+    boxes = []
+    for index in np.argwhere(occupied_tiles(needed, tile)):
+        corner = index * tile
+        part = needed[tuple(slice(c, c + tile) for c in corner)]
+        low, high = [], []
+        for axis in range(3):
+            along = np.flatnonzero(part.any(axis=tuple(other for other in range(3) if other != axis)))
+            low.append(along[0] // BLOCK * BLOCK)
+            high.append(-(-(along[-1] + 1) // BLOCK) * BLOCK)
+        boxes.append(OutputBox(corner + np.array(low), tuple(int(h - l) for h, l in zip(high, low))))
+    return boxes
 
 
 @contextlib.contextmanager
@@ -223,13 +249,13 @@ class MisalignmentPredictor:
         pyramid = pyramid or build_pyramid(prepared.volume)
         size = tuple(int(n) for n in prepared.region_size[::-1])
         start = prepared.region_start[::-1]
-        needed = self.tiles_touching_mask(prepared, tile)
+        boxes = self.boxes_touching_mask(prepared, tile)
         pyramid, probs = self._working_set(pyramid, size)
         limit = tile
-        for i, corner in enumerate(needed):
-            limit = self._fill_tile(probs, pyramid, start, corner, tile, limit)
-            if progress:  # on CUDA: tiles queued, not yet finished
-                progress((i + 1) / len(needed))
+        for i, box in enumerate(boxes):
+            limit = self._fill_box(probs, pyramid, start, box, limit)
+            if progress:  # on CUDA: boxes queued, not yet finished
+                progress((i + 1) / len(boxes))
         return probs
 
     def _working_set(self, pyramid: dict, size: tuple) -> tuple:
@@ -245,13 +271,14 @@ class MisalignmentPredictor:
             torch.cuda.empty_cache()  # outside the handler, so that a partial upload is released
         return {lv: v.cpu() for lv, v in pyramid.items()}, torch.zeros((3,) + size, dtype=torch.float32)
 
-    def _fill_tile(self, probs: torch.Tensor, pyramid: dict, start, corner, tile: int, limit: int) -> int:
-        """Write one tile's probabilities in sub-tiles of edge `limit` (halved on out-of-memory); return the edge."""
+    def _fill_box(self, probs: torch.Tensor, pyramid: dict, start, box: OutputBox, limit: int) -> int:
+        """Write one box's probabilities in pieces of edge `limit` at most (halved on out-of-memory); return the
+        edge."""
         while True:
             try:
-                for sub in sub_tiles(corner, tile, limit):
-                    sl = tuple(slice(int(c), int(c) + limit) for c in sub)
-                    probs[(slice(None),) + sl] = self.tile_probabilities(pyramid, start + sub, limit)
+                for piece in sub_boxes(box, limit):
+                    sl = tuple(slice(int(c), int(c) + n) for c, n in zip(piece.corner, piece.size))
+                    probs[(slice(None),) + sl] = self.tile_probabilities(pyramid, start + piece.corner, piece.size)
                 return limit
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
@@ -264,20 +291,23 @@ class MisalignmentPredictor:
                 torch.cuda.empty_cache()
             limit = smaller_tile(limit)
 
-    def tile_probabilities(self, pyramid: dict, corner, tile: int) -> torch.Tensor:
-        """Softmax probabilities (3, t, t, t) of the output tile at a pyramid S1 corner (zyx), on the device; no
-        synchronisation with the host."""
-        batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], tile), self.device)
+    def tile_probabilities(self, pyramid: dict, corner, size) -> torch.Tensor:
+        """Softmax probabilities (3, d, h, w) of the output box of edge `size` (one, or zyx) at a pyramid S1 corner
+        (zyx), on the device; no synchronisation with the host."""
+        batch = _to_device(batch_tiles(pyramid, self.model.config, [corner], size), self.device)
         with torch.no_grad(), network_precision(self.device, self.amp):
             return torch.softmax(self.model(batch)[1].float(), 1)[0]
 
-    def tiles_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
-        """Corners (zyx, region voxels) of the tiles that contain evaluated voxels or their interpolation
+    def needed_voxels(self, prepared: PreparedPair) -> np.ndarray:
+        """The region's voxels (zyx, boolean) whose probabilities the map needs: the mask and its interpolation
         neighbours (2 voxels around)."""
         ref = prepared.s1_grid(prepared.region_start, prepared.region_size)
         s1_mask = sitk.Resample(prepared.mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        occupied = occupied_tiles(box_dilate(sitk.GetArrayViewFromImage(s1_mask) > 0, 2), tile)
-        return [np.asarray(c) * tile for c in np.argwhere(occupied).tolist()]
+        return box_dilate(sitk.GetArrayViewFromImage(s1_mask) > 0, 2)
+
+    def boxes_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
+        """The output boxes the dense map computes: tiles that hold needed voxels, shrunk around them."""
+        return boxes_over(self.needed_voxels(prepared), tile)
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1) -> PredictionResult:
         """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .devices import onednn_inference
 from .errors import InputError
 from .labels import COARSE_THRESHOLDS_MM
 
@@ -73,17 +74,33 @@ def check_output_size(out_size: int) -> None:
         raise InputError(f"output tile size must be a positive multiple of 8, got {out_size}; pass e.g. --out-size 32")
 
 
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop the three spatial dimensions of a (N, C, D, H, W) tensor symmetrically to `size`."""
-    margin = (x.shape[-1] - size) // 2
-    if margin == 0:
+def edges_zyx(size) -> tuple:
+    """Three edges (zyx) from one edge of a cube or from three edges."""
+    return tuple(int(n) for n in size) if hasattr(size, "__len__") else (int(size),) * 3
+
+
+def center_crop(x: torch.Tensor, size) -> torch.Tensor:
+    """Crop the three spatial dimensions of a (N, C, D, H, W) tensor symmetrically to `size` (zyx, or one edge)."""
+    sizes = edges_zyx(size)
+    if tuple(x.shape[2:]) == sizes:
         return x
-    return x[..., margin:margin + size, margin:margin + size, margin:margin + size]
+    return x[(Ellipsis,) + tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(x.shape[2:], sizes))]
 
 
-def upsample_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-neighbour x2 upsampling followed by a centred crop to `size`."""
+def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Nearest-neighbour x2 upsampling followed by a centred crop to `size` (zyx, or one edge)."""
     return center_crop(F.interpolate(x, scale_factor=2, mode="nearest"), size)
+
+
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d, convolving with oneDNN in float32 inference on the CPU whatever the volume's shape
+    (`devices.onednn_inference`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if onednn_inference(x):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
+        return super().forward(x)
 
 
 class Encoder(nn.Sequential):
@@ -92,7 +109,7 @@ class Encoder(nn.Sequential):
     def __init__(self, in_channels: int, features: int, depth: int, batch_norm: bool):
         layers = []
         for i in range(depth):
-            layers.append(nn.Conv3d(in_channels if i == 0 else features, features, 3, bias=not batch_norm))
+            layers.append(Conv3d(in_channels if i == 0 else features, features, 3, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm3d(features))
             layers.append(nn.ReLU(inplace=True))
@@ -105,7 +122,7 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, in_channels: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.gates = nn.Conv3d(in_channels + hidden, 4 * hidden, 3)
+        self.gates = Conv3d(in_channels + hidden, 4 * hidden, 3)
 
     def forward(self, x, state):
         """Return the new (hidden, cell) state; `state` is None at the first step."""
@@ -117,7 +134,7 @@ class ConvLSTMCell(nn.Module):
         i, f, o, g = self.gates(torch.cat([x, h_prev], 1)).chunk(4, 1)
         cell = torch.sigmoid(i) * torch.tanh(g)
         if c_prev is not None:
-            cell = cell + torch.sigmoid(f) * center_crop(c_prev, cell.shape[-1])
+            cell = cell + torch.sigmoid(f) * center_crop(c_prev, cell.shape[2:])
         return torch.sigmoid(o) * torch.tanh(cell), cell
 
 
@@ -127,7 +144,7 @@ class FusionCell(nn.Module):
     def __init__(self, in_channels: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.conv = nn.Conv3d(in_channels + hidden, hidden, 3)
+        self.conv = Conv3d(in_channels + hidden, hidden, 3)
 
     def forward(self, x, state):
         """Return (features, None); `state` is None at the first step."""
@@ -148,11 +165,12 @@ class MisalignmentNet(nn.Module):
         cell_type = ConvLSTMCell if config.architecture == "hierarchical_lstm" else FusionCell
         self.cell = cell_type(config.features, config.hidden)
         self.heads = nn.ModuleDict(
-            {str(lv): nn.Conv3d(config.hidden, len(COARSE_THRESHOLDS_MM[lv]) + 1, 1) for lv in levels})
+            {str(lv): Conv3d(config.hidden, len(COARSE_THRESHOLDS_MM[lv]) + 1, 1) for lv in levels})
         self._bias_tensor = (None, None)  # (key, tensor): the class bias copied once per device, dtype and value
 
     def forward(self, inputs: dict) -> dict:
-        """Map {level: (N, 3, s, s, s) patch} to {level: (N, classes, o, o, o) logits}, coarse first (calibrated)."""
+        """Map {level: (N, 3, d, h, w) patch} to {level: (N, classes, o_d, o_h, o_w) logits}, coarse first (calibrated);
+        each axis on its own, so a tile need not be a cube."""
         state = None
         logits = {}
         for lv in self.config.levels:
@@ -161,7 +179,7 @@ class MisalignmentNet(nn.Module):
                 x = torch.cat([x, x[:, :1] - x[:, 1:2]], 1)
             x = self.encoders[str(lv)](x)
             if state is not None:
-                state = tuple(None if s is None else upsample_to(s, x.shape[-1]) for s in state)
+                state = tuple(None if s is None else upsample_to(s, x.shape[2:]) for s in state)
             state = self.cell(x, state)
             logits[lv] = self.heads[str(lv)](state[0]) / self.config.temperature
         if any(self.config.class_bias):

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .model import ModelConfig, input_size
+from .model import ModelConfig, edges_zyx, input_size
 
 HU_MIN, HU_MAX = -1024.0, 1500.0
 AIR_HU = -1024.0
@@ -79,23 +79,25 @@ def context_margin(config: ModelConfig, out_size: int) -> int:
     return int(math.ceil((need + BORDER_S1) / 8.0) * 8)
 
 
-def tile_inputs(pyramid: dict, config: ModelConfig, start, out_size: int) -> dict:
-    """Cut the per-level input patches of the S1 output tile starting at `start` (pyramid S1 index, multiples of 4)."""
+def tile_inputs(pyramid: dict, config: ModelConfig, start, out_size) -> dict:
+    """Cut the per-level input patches of the S1 output tile starting at `start` (pyramid S1 index, multiples of 4)
+    with edge `out_size` (one edge, or zyx edges: a box)."""
     if any(int(s) % 4 for s in start):
         raise ValueError(f"tile start must be a multiple of 4 S1 voxels, got {tuple(start)}")
+    edges = edges_zyx(out_size)
     patches = {}
     for lv in config.levels:
-        size = input_size(config, lv, out_size)
-        lo = [(int(s) + out_size // 2) // lv - size // 2 for s in start]
+        sizes = [input_size(config, lv, n) for n in edges]
+        lo = [(int(s) + n // 2) // lv - size // 2 for s, n, size in zip(start, edges, sizes)]
         vol = pyramid[lv]
-        if min(lo) < 0 or any(l + size > n for l, n in zip(lo, vol.shape[1:])):
+        if min(lo) < 0 or any(l + size > n for l, size, n in zip(lo, sizes, vol.shape[1:])):
             raise ValueError("tile context reaches outside the prepared volume; enlarge the context margin")
-        patches[lv] = vol[:, lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size]
+        patches[lv] = vol[(slice(None),) + tuple(slice(l, l + size) for l, size in zip(lo, sizes))]
     return patches
 
 
-def batch_tiles(pyramid: dict, config: ModelConfig, starts, out_size: int) -> dict:
-    """Stack the input patches of several tiles into a batch {level: (N, 3, s, s, s)}."""
+def batch_tiles(pyramid: dict, config: ModelConfig, starts, out_size) -> dict:
+    """Stack the input patches of several tiles of one edge (or zyx edges) into a batch {level: (N, 3, d, h, w)}."""
     tiles = [tile_inputs(pyramid, config, s, out_size) for s in starts]
     return {lv: torch.stack([t[lv] for t in tiles]) for lv in config.levels}
 

@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from RegistrationMisalignmentLib import synthesis
-from RegistrationMisalignmentLib.model import ModelConfig
+from RegistrationMisalignmentLib.model import ModelConfig, hidden_size
 from RegistrationMisalignmentLib.sources import source_from_image
+from RegistrationMisalignmentLib.labels import COARSE_THRESHOLDS_MM
 from RegistrationMisalignmentLib.synthesis import (BREATHING_RATIO_RANGE, BREATHING_RATIO_VARIATION, FAMILIES, IGNORE,
-                                                   breathing_density, make_field, make_sample,
-                                                   parenchyma_density_ratio, sponge, thick_slices, vector_norm, warp)
+                                                   breathing_density, collate, level_targets, make_batch, make_field,
+                                                   make_sample, make_samples, parenchyma_density_ratio, sponge,
+                                                   thick_slices, vector_norm, warp)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,56 @@ def test_samples_are_reproducible_by_seed(source):
         assert torch.equal(a.inputs[lv], b.inputs[lv])
         assert torch.equal(a.targets[lv], b.targets[lv])
     assert not torch.equal(a.inputs[1], c.inputs[1])
+
+
+def test_samples_made_together_are_those_made_one_by_one_bit_for_bit(source, small_phantom):
+    """Batched synthesis (what training uses) draws each sample from its own seed in the same order: every field
+    family, density change, thick slices and cropped fields of view, from two sources."""
+    ct, lungs = small_phantom
+    other = source_from_image("phantom-flipped", sitk_flipped(ct), sitk_flipped(lungs))
+    specs = [((source, other)[i % 2], 40 + i) for i in range(10)]
+    together = make_samples(specs, CONFIG, 16, density_change=0.7)
+    alone = [make_sample(src, CONFIG, 16, seed, density_change=0.7) for src, seed in specs]
+    assert {s.family for s in alone} == set(FAMILIES)
+    for a, b in zip(together, alone):
+        assert a.family == b.family and torch.equal(a.lungs, b.lungs) and torch.equal(a.residual_mm, b.residual_mm)
+        for lv in CONFIG.levels:
+            assert torch.equal(a.inputs[lv], b.inputs[lv]) and torch.equal(a.targets[lv], b.targets[lv])
+    inputs, targets = make_batch(specs[:4], CONFIG, 16, density_change=0.7)
+    expected_inputs, expected_targets = collate(alone[:4])
+    for lv in CONFIG.levels:
+        assert inputs[lv].is_contiguous() and torch.equal(inputs[lv], expected_inputs[lv])
+        assert torch.equal(targets[lv], expected_targets[lv])
+
+
+def sitk_flipped(image):
+    """The image mirrored left-right (a second, different source)."""
+    import SimpleITK as sitk
+    return sitk.Flip(image, [True, False, False])
+
+
+def test_targets_count_the_thresholds_below_the_residual_as_bucketize_does():
+    config = ModelConfig(features=4, hidden=4)
+    full = 4 * hidden_size(4, 8)  # the S4 output's span for an 8^3 tile
+    magnitude = torch.rand(2, full, full, full) * 10.0
+    lo1 = (full - 8) // 2
+    magnitude[0, lo1, lo1, lo1:lo1 + 4] = torch.tensor([3.0, 6.0, 0.0, 3.0001])  # on a threshold: the lower class
+    targets = level_targets(magnitude, torch.ones_like(magnitude), config, 8)
+    for lv in config.levels:
+        span = lv * hidden_size(lv, 8)
+        lo = (full - span) // 2
+        crop = (slice(None),) + (slice(lo, lo + span),) * 3
+        pooled = torch.nn.functional.avg_pool3d(magnitude[crop][:, None], lv)[:, 0] if lv > 1 else magnitude[crop]
+        expected = torch.bucketize(pooled.contiguous(), torch.tensor(COARSE_THRESHOLDS_MM[lv]), right=False)
+        assert torch.equal(targets[lv], expected)
+    assert targets[1][0, 0, 0, :4].tolist() == [0, 1, 0, 1]
+
+
+def test_a_mixed_frequency_field_without_seeds_is_zero_not_amplified_noise():
+    hu = torch.full((16, 16, 16), -800.0)
+    hu[:, :, 8:] = 40.0  # an edge, but outside the (empty) lungs: no seed regions
+    field = synthesis.mixed_frequency_field(hu, torch.zeros_like(hu), torch.Generator().manual_seed(0), 10.0)
+    assert field.shape == (3, 16, 16, 16) and not field.any()
 
 
 def test_warp_by_a_constant_shift_moves_the_image():

@@ -29,9 +29,11 @@ from RegistrationMisalignmentLib.training import LOADER_PREFETCH, TrainConfig, t
 PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader processes) and the workers' queue
 
 
-def synthesis_rate(sources, config: ModelConfig, out_size: int, device, count: int = 16) -> float:
-    """Synthetic training pairs generated per second on `device` (the sources moved there first, as training does)."""
-    return synthetic_pairs_per_second([source.to(device) for source in sources], config, out_size, device, count)
+def synthesis_rate(sources, config: ModelConfig, out_size: int, device, batch: int, count: int = 16) -> float:
+    """Synthetic training pairs generated per second on `device`, `batch` at a time (the sources moved there first,
+    as training does)."""
+    return synthetic_pairs_per_second([source.to(device) for source in sources], config, out_size, device, count,
+                                      batch=batch)
 
 
 def probe_step_seconds(sources, model_config: ModelConfig, base: dict, feeding: tuple, device, folder: Path) -> float:
@@ -83,10 +85,11 @@ def main() -> None:
                 learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
                 source_files=["carry/train_sources.npz"], phantom_seeds=[])
     started = time.perf_counter()
-    pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device)
+    pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device, base["batch_size"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    pairs_per_s_cpu_process = synthesis_rate(sources, model_config, base["out_size"], torch.device("cpu"), 4)
+    pairs_per_s_cpu_process = synthesis_rate(sources, model_config, base["out_size"], torch.device("cpu"),
+                                             base["batch_size"], 4)
     torch.set_num_threads(threads)
     step_s = {}
     for workers, loader_device in feeding_options(device, os.cpu_count() or 2):

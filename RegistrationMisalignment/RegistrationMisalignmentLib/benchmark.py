@@ -25,7 +25,7 @@ from .phantom import make_chest_phantom
 from .preprocessing import BLOCK, to_fixed_grid
 from .pyramid import AIR_HU, build_pyramid
 from .sources import source_from_image
-from .synthesis import collate, make_sample, synthetic_pairs_per_second
+from .synthesis import make_batch, synthetic_pairs_per_second
 from .training import TrainConfig, hierarchy_loss
 
 
@@ -262,12 +262,11 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
     device = predictor.device
     ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
     source = source_from_image(str(ct_path) if ct_path else "phantom", ct, lungs).to(device)
-    pair_s = 1.0 / synthetic_pairs_per_second([source], config, train.out_size, device, pairs, seed)
+    pair_s = 1.0 / synthetic_pairs_per_second([source], config, train.out_size, device, pairs, seed, train.batch_size)
     torch.manual_seed(seed)
     model = MisalignmentNet(config).to(device, memory_format=CONVOLUTION_LAYOUT).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    inputs, targets = collate([make_sample(source, config, train.out_size, seed=seed + i, device=device)
-                               for i in range(train.batch_size)])
+    inputs, targets = make_batch([(source, seed + i) for i in range(train.batch_size)], config, train.out_size, device)
     inputs = in_convolution_layout(inputs)
     for step in range(steps + 1):  # the first step warms up
         if step == 1:

@@ -15,15 +15,16 @@ BORDER_S1 = 8  # extra S1 voxels so that smoothing at a crop border never reache
 
 
 def stack_channels(fixed_hu: torch.Tensor, moving_hu: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """Return the (3, D, H, W) network input: normalised fixed, moving (PAD_VALUE outside) and inside flag."""
-    return normalise_channels_(torch.stack([fixed_hu, moving_hu, inside.to(fixed_hu.dtype)]))
+    """Return the (3, D, H, W) network input: normalised fixed, moving (PAD_VALUE outside) and inside flag; for a
+    batch of (N, D, H, W) volumes, (N, 3, D, H, W)."""
+    return normalise_channels_(torch.stack([fixed_hu, moving_hu, inside.to(fixed_hu.dtype)], dim=-4))
 
 
 def normalise_channels_(volume: torch.Tensor) -> torch.Tensor:
-    """In place on a (3, D, H, W) stack of fixed HU, moving HU and inside flag: clip HU to the CT range, scale to
-    about [-1, 1.5] (water = 0) and set PAD_VALUE where the flag is not positive."""
-    outside = ~(volume[2] > 0)
-    for channel in volume[:2]:
+    """In place on a (..., 3, D, H, W) stack of fixed HU, moving HU and inside flag: clip HU to the CT range, scale
+    to about [-1, 1.5] (water = 0) and set PAD_VALUE where the flag is not positive."""
+    outside = ~(volume.select(-4, 2) > 0)
+    for channel in volume.unbind(-4)[:2]:
         channel.clamp_(HU_MIN, HU_MAX).div_(1000.0).masked_fill_(outside, PAD_VALUE)
     return volume
 
@@ -66,11 +67,14 @@ def _halve(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def build_pyramid(s1: torch.Tensor) -> dict:
-    """Return {1: S1, 2: S2, 4: S4} from a (C, D, H, W) 1 mm volume whose dimensions are multiples of 4."""
-    if any(n % 4 for n in s1.shape[1:]):
-        raise ValueError(f"pyramid input dimensions must be multiples of 4, got {tuple(s1.shape[1:])}")
-    s2 = smooth_downsample(s1)
-    return {1: s1, 2: s2, 4: smooth_downsample(s2)}
+    """Return {1: S1, 2: S2, 4: S4} from a (C, D, H, W) 1 mm volume whose dimensions are multiples of 4, or from a
+    batch of them (N, C, D, H, W)."""
+    if any(n % 4 for n in s1.shape[-3:]):
+        raise ValueError(f"pyramid input dimensions must be multiples of 4, got {tuple(s1.shape[-3:])}")
+    channels = s1 if s1.dim() == 4 else s1.flatten(0, 1)  # a batch's channels side by side
+    s2 = smooth_downsample(channels)
+    s4 = smooth_downsample(s2)
+    return {1: s1, 2: s2.reshape(*s1.shape[:-3], *s2.shape[-3:]), 4: s4.reshape(*s1.shape[:-3], *s4.shape[-3:])}
 
 
 def context_margin(config: ModelConfig, out_size: int) -> int:
@@ -90,9 +94,9 @@ def tile_inputs(pyramid: dict, config: ModelConfig, start, out_size) -> dict:
         sizes = [input_size(config, lv, n) for n in edges]
         lo = [(int(s) + n // 2) // lv - size // 2 for s, n, size in zip(start, edges, sizes)]
         vol = pyramid[lv]
-        if min(lo) < 0 or any(l + size > n for l, size, n in zip(lo, sizes, vol.shape[1:])):
+        if min(lo) < 0 or any(l + size > n for l, size, n in zip(lo, sizes, vol.shape[-3:])):
             raise ValueError("tile context reaches outside the prepared volume; enlarge the context margin")
-        patches[lv] = vol[(slice(None),) + tuple(slice(l, l + size) for l, size in zip(lo, sizes))]
+        patches[lv] = vol[(Ellipsis,) + tuple(slice(l, l + size) for l, size in zip(lo, sizes))]
     return patches
 
 

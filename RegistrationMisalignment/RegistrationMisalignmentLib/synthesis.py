@@ -35,7 +35,7 @@ class Source:
     lungs: torch.Tensor
 
     def __post_init__(self):
-        self.lung_voxels = torch.nonzero(self.lungs)
+        self.lung_voxels = torch.nonzero(self.lungs).cpu()  # in host memory: drawing a centre never waits for a GPU
         zs = self.lung_voxels[:, 0]
         self.lung_z_range = (int(zs.min()), int(zs.max())) if len(zs) else (0, self.hu.shape[0] - 1)
 
@@ -77,10 +77,19 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return separable_filter(x, _gaussian_kernel(sigma, x.device, x.dtype))
 
 
+def drawn_on_host(values: torch.Tensor, device) -> torch.Tensor:
+    """Random numbers drawn on the CPU (so that a seed gives the same ones on every device) on `device`; to a GPU
+    through pinned memory, without waiting for the GPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return values
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def random_bspline_field(shape, spacing_mm: float, gen: torch.Generator, device, voxel_mm: float = 1.0):
     """Smooth random vector field (3, D, H, W) from random control points `spacing_mm` apart, unit max norm."""
     coarse = [max(2, int(math.ceil(n * voxel_mm / spacing_mm)) + 2) for n in shape]
-    ctrl = torch.randn((1, 3, *coarse), generator=gen).to(device)
+    ctrl = drawn_on_host(torch.randn((1, 3, *coarse), generator=gen), device)
     field = F.interpolate(ctrl, size=tuple(shape), mode="trilinear", align_corners=True)[0]
     field = gaussian_smooth(field, spacing_mm / (4.0 * voxel_mm))
     return field / vector_norm(field).max().clamp_min(1e-6)
@@ -92,13 +101,19 @@ def _rand(gen: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
 
 
 def vector_norm(field: torch.Tensor) -> torch.Tensor:
-    """Per-voxel Euclidean norm of a (3, D, H, W) field."""
-    return torch.sqrt((field * field).sum(0))
+    """Per-voxel Euclidean norm of a (..., 3, D, H, W) field."""
+    return torch.sqrt((field * field).sum(-4))
 
 
 def _scaled(field: torch.Tensor, max_mm: float) -> torch.Tensor:
     """Scale a field so its largest displacement norm is `max_mm`."""
     return field * (max_mm / vector_norm(field).max().clamp_min(1e-6))
+
+
+def _scaled_unless_zero(field: torch.Tensor, max_mm: float) -> torch.Tensor:
+    """`_scaled`, or zeros where the field's largest norm is below 1e-6 (decided on the device, without waiting)."""
+    largest = vector_norm(field).max()
+    return torch.where(largest < 1e-6, torch.zeros_like(field), field * (max_mm / largest.clamp_min(1e-6)))
 
 
 def single_frequency_field(torso, gen, max_mm) -> torch.Tensor:
@@ -113,14 +128,12 @@ def mixed_frequency_field(hu, lungs, gen, max_mm) -> torch.Tensor:
     smooth = gaussian_smooth(hu[None], 1.0)[0]
     grads = torch.gradient(smooth)
     edges = (torch.sqrt(sum(g * g for g in grads)) > 60.0 * FIELD_VOXEL_MM) & (lungs > 0.5)
-    keep = torch.rand(edges.shape, generator=gen).to(edges.device) < _rand(gen, 0.005, 0.05)
+    keep = drawn_on_host(torch.rand(edges.shape, generator=gen), edges.device) < _rand(gen, 0.005, 0.05)
     seeds = (edges & keep).float()[None, None]
     regions = F.max_pool3d(seeds, kernel_size=5, stride=1, padding=2)[0]
     field = random_bspline_field(hu.shape, _rand(gen, 10.0, 30.0), gen, hu.device, FIELD_VOXEL_MM) * regions
     field = gaussian_smooth(field, _rand(gen, 5.0, 15.0) / FIELD_VOXEL_MM)
-    if vector_norm(field).max() < 1e-6:
-        return torch.zeros_like(field)
-    return _scaled(field, max_mm)
+    return _scaled_unless_zero(field, max_mm)
 
 
 def respiratory_field(torso, z_offset_mm: float, lung_z_range, gen, max_mm) -> torch.Tensor:
@@ -140,15 +153,18 @@ def respiratory_field(torso, z_offset_mm: float, lung_z_range, gen, max_mm) -> t
 
 
 def warp(volume: torch.Tensor, field: torch.Tensor, margin: int) -> torch.Tensor:
-    """Sample a (C, D, H, W) volume at x + u(x), x on the central region (offset `margin`); trilinear."""
-    c, d, h, w = volume.shape
-    fd, fh, fw = field.shape[1:]
+    """Sample a (C, D, H, W) volume at x + u(x), x on the central region (offset `margin`); trilinear. A batch:
+    (N, C, D, H, W) volumes and (N, 3, d, h, w) fields."""
+    if volume.dim() == 4:
+        return warp(volume[None], field[None], margin)[0]
+    d, h, w = volume.shape[2:]
+    fd, fh, fw = field.shape[2:]
     grids = torch.meshgrid(*[torch.arange(n, device=field.device, dtype=field.dtype) + margin for n in (fd, fh, fw)],
                            indexing="ij")
-    pos = [g + u for g, u in zip(grids, field)]
+    pos = [g + u for g, u in zip(grids, field.unbind(1))]
     norm = [2.0 * p / (n - 1) - 1.0 for p, n in zip(pos, (d, h, w))]
-    grid = torch.stack([norm[2], norm[1], norm[0]], dim=-1)[None]
-    return F.grid_sample(volume[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    grid = torch.stack([norm[2], norm[1], norm[0]], dim=-1)
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def central_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -163,9 +179,10 @@ def central_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def jacobian_determinant(field: torch.Tensor) -> torch.Tensor:
-    """Determinant of the Jacobian of x -> x + u(x) (central differences, voxel units), expanded along the first row
-    with the products and sums taken in place."""
-    j = [[central_difference(field[i], k) for k in range(3)] for i in range(3)]
+    """Determinant of the Jacobian of x -> x + u(x) for a (..., 3, D, H, W) field (central differences, voxel
+    units), expanded along the first row with the products and sums taken in place."""
+    components = field.unbind(-4)
+    j = [[central_difference(components[i], k - 3) for k in range(3)] for i in range(3)]
     for i in range(3):
         j[i][i].add_(1.0)
 
@@ -232,39 +249,60 @@ def make_field(family: str, hu, torso, lungs, z_offset, lung_z_range, gen, max_m
 
 
 def level_targets(magnitude: torch.Tensor, valid: torch.Tensor, config: ModelConfig, out_size: int) -> dict:
-    """Class targets per level from |u| and validity on the S1 region of the S4 output (IGNORE where invalid)."""
+    """Class targets per level from |u| and validity on the S1 region of the S4 output (IGNORE where invalid); one
+    (D, H, W) region or a batch of them (N, D, H, W)."""
     targets = {}
     full = magnitude.shape[-1]
     for lv in config.levels:
         span = lv * hidden_size(lv, out_size)
         lo = (full - span) // 2
-        crop = (slice(lo, lo + span),) * 3
-        mag = F.avg_pool3d(magnitude[crop][None, None], lv)[0, 0] if lv > 1 else magnitude[crop]
-        ok = F.avg_pool3d(valid[crop][None, None].float(), lv)[0, 0] > 0.5 if lv > 1 else valid[crop] > 0
-        thresholds = torch.tensor(COARSE_THRESHOLDS_MM[lv], device=mag.device)
-        cls = torch.bucketize(mag.contiguous(), thresholds, right=False)
+        crop = (Ellipsis,) + (slice(lo, lo + span),) * 3
+        mag = _pooled(magnitude[crop], lv)
+        ok = _pooled(valid[crop].float(), lv) > 0.5 if lv > 1 else valid[crop] > 0
+        # the class is the number of thresholds below |u| (as bucketize, without copying thresholds to a GPU)
+        cls = sum((mag > threshold).long() for threshold in COARSE_THRESHOLDS_MM[lv])
         targets[lv] = torch.where(ok, cls, torch.full_like(cls, IGNORE))
     return targets
 
 
-def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, device="cpu",
-                family: str = None, density_change: float = 0.0) -> Sample:
-    """One reproducible synthetic tile from `source` (seed fixes all); `density_change`: see TrainConfig."""
+def _pooled(volume: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average pooling of the last three dimensions by `factor` (the volume itself for 1)."""
+    if factor == 1:
+        return volume
+    return F.avg_pool3d(volume.unsqueeze(-4), factor).squeeze(-4)
+
+
+@dataclass
+class _Draft:
+    """One sample's drawn part: its generator, family, source crops (with the warp margin) and field."""
+
+    gen: torch.Generator
+    family: str
+    hu: torch.Tensor
+    torso: torch.Tensor
+    lungs: torch.Tensor
+    inside: torch.Tensor
+    field: torch.Tensor
+
+
+def _draft(source: Source, config: ModelConfig, out_size: int, seed: int, device, family: str) -> _Draft:
+    """Draw a sample's family, magnitude and centre, crop the source there and make its field."""
     gen = torch.Generator().manual_seed(seed)
     family = family or FAMILIES[int(torch.multinomial(torch.tensor(FAMILY_WEIGHTS), 1, generator=gen))]
     max_mm = MAX_MAGNITUDES_MM[int(torch.randint(0, len(MAX_MAGNITUDES_MM), (), generator=gen))] * _rand(gen, 0.6, 1.0)
-    margin = context_margin(config, out_size)
-    size = out_size + 2 * margin
+    size = out_size + 2 * context_margin(config, out_size)
     centre = source.lung_voxels[int(torch.randint(0, len(source.lung_voxels), (), generator=gen))].tolist()
     lo = [(c - size // 2) for c in centre]
-    region = _crop_padded(source, lo, size + 2 * WARP_MARGIN, WARP_MARGIN, device)
-    hu_src, torso_src, lungs_src, inside_src = region
+    hu, torso, lungs, inside = _crop_padded(source, lo, size + 2 * WARP_MARGIN, WARP_MARGIN, device)
     core = (slice(WARP_MARGIN, WARP_MARGIN + size),) * 3
-    field = make_field(family, hu_src[core], torso_src[core], lungs_src[core], lo[0], source.lung_z_range, gen, max_mm)
-    fixed = warp(torch.stack([hu_src, inside_src]), field, WARP_MARGIN)
-    fixed_hu, inside = fixed[0], (fixed[1] > 0.5).float() * inside_src[core]
-    moving_hu = hu_src[core].clone()
-    fixed_hu = sponge(fixed_hu, field)
+    field = make_field(family, hu[core], torso[core], lungs[core], lo[0], source.lung_z_range, gen, max_mm)
+    return _Draft(gen, family, hu, torso, lungs, inside, field)
+
+
+def _augmented(draft: _Draft, fixed_hu, moving_hu, inside, body, device, density_change: float) -> tuple:
+    """A sample's warped pair after its random changes: breathing density, thick slices, a cropped field of view
+    and noise (drawn in this order from its generator)."""
+    gen = draft.gen
     if density_change > 0 and _rand(gen) < density_change:
         if _rand(gen) < 0.5:
             fixed_hu = breathing_density(fixed_hu, gen)
@@ -275,20 +313,74 @@ def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, d
         fixed_hu, moving_hu = thick_slices(fixed_hu, thickness), thick_slices(moving_hu, thickness)
     if _rand(gen) < 0.25:
         inside = inside * random_field_of_view(inside.shape, gen, device)
-    body = torso_src[core] > 0
     noise = _rand(gen, 0.0, 20.0)
     noise_gen = _noise_generator(gen, device)
     fixed_hu = fixed_hu + body * noise * torch.randn(fixed_hu.shape, generator=noise_gen, device=noise_gen.device)
     moving_hu = moving_hu + body * noise * torch.randn(moving_hu.shape, generator=noise_gen, device=noise_gen.device)
-    volume = stack_channels(fixed_hu, moving_hu, inside)
-    inputs = tile_inputs(build_pyramid(volume), config, (margin,) * 3, out_size)
-    magnitude = vector_norm(field)
+    return fixed_hu, moving_hu, inside
+
+
+@dataclass
+class _Batch:
+    """Synthetic tiles made together: per-level inputs and targets, lungs and |u| on the output region (all with a
+    leading sample dimension) and the family of each."""
+
+    inputs: dict
+    targets: dict
+    lungs: torch.Tensor
+    residual_mm: torch.Tensor
+    families: list
+
+
+def _synthesise(sources_and_seeds, config: ModelConfig, out_size: int, device, family: str,
+                density_change: float) -> _Batch:
+    """What is drawn is made per sample, in the order of `make_sample`; the warp, the sponge model, the pyramid,
+    the patches and the targets are computed for all samples at once (on a GPU, a fraction of the launches)."""
+    drafts = [_draft(source, config, out_size, seed, device, family) for source, seed in sources_and_seeds]
+    margin = context_margin(config, out_size)
+    size = out_size + 2 * margin
+    core = (slice(WARP_MARGIN, WARP_MARGIN + size),) * 3
+    fields = torch.stack([d.field for d in drafts])
+    sources = torch.stack([volume for d in drafts for volume in (d.hu, d.inside)]).unflatten(0, (len(drafts), 2))
+    warped = warp(sources, fields, WARP_MARGIN)
+    body = torch.stack([d.torso[core] for d in drafts]) > 0
+    fixed_hu = sponge(warped[:, 0], fields)
+    inside = (warped[:, 1] > 0.5).float() * sources[(slice(None), 1) + core]
+    del warped, sources
+    pairs = [_augmented(d, fixed_hu[i], d.hu[core], inside[i], body[i], device, density_change)
+             for i, d in enumerate(drafts)]
+    fixed_hu, moving_hu, inside = (torch.stack(parts) for parts in zip(*pairs))
+    inputs = tile_inputs(build_pyramid(stack_channels(fixed_hu, moving_hu, inside)), config, (margin,) * 3, out_size)
+    magnitude = vector_norm(fields)
     s4_span = 4 * hidden_size(4, out_size) if 4 in config.levels else out_size
     lo_t = (size - s4_span) // 2
-    crop = (slice(lo_t, lo_t + s4_span),) * 3
+    crop = (Ellipsis,) + (slice(lo_t, lo_t + s4_span),) * 3
     targets = level_targets(magnitude[crop], (inside * body)[crop], config, out_size)
-    out = (slice(margin, margin + out_size),) * 3
-    return Sample(inputs, targets, lungs_src[core][out] > 0, family, magnitude[out])
+    out = (Ellipsis,) + (slice(margin, margin + out_size),) * 3
+    lungs = torch.stack([d.lungs[core][out] for d in drafts]) > 0
+    return _Batch(inputs, targets, lungs, magnitude[out], [d.family for d in drafts])
+
+
+def make_samples(sources_and_seeds, config: ModelConfig, out_size: int, device="cpu", family: str = None,
+                 density_change: float = 0.0) -> list:
+    """Reproducible synthetic tiles, one per (source, seed), made together: the same samples as `make_sample`
+    one by one."""
+    batch = _synthesise(sources_and_seeds, config, out_size, device, family, density_change)
+    return [Sample({lv: x[i] for lv, x in batch.inputs.items()}, {lv: t[i] for lv, t in batch.targets.items()},
+                   batch.lungs[i], name, batch.residual_mm[i]) for i, name in enumerate(batch.families)]
+
+
+def make_batch(sources_and_seeds, config: ModelConfig, out_size: int, device="cpu",
+               density_change: float = 0.0) -> tuple:
+    """Batched inputs and targets of tiles made together: `collate` of their `make_sample`s, without the copy."""
+    batch = _synthesise(sources_and_seeds, config, out_size, device, None, density_change)
+    return {lv: x.contiguous() for lv, x in batch.inputs.items()}, batch.targets  # patches, not the pyramid's views
+
+
+def make_sample(source: Source, config: ModelConfig, out_size: int, seed: int, device="cpu",
+                family: str = None, density_change: float = 0.0) -> Sample:
+    """One reproducible synthetic tile from `source` (seed fixes all); `density_change`: see TrainConfig."""
+    return make_samples([(source, seed)], config, out_size, device, family, density_change)[0]
 
 
 def _noise_generator(gen: torch.Generator, device) -> torch.Generator:
@@ -327,15 +419,17 @@ def collate(samples) -> tuple:
             {lv: torch.stack([s.targets[lv] for s in samples]) for lv in levels})
 
 
-def synthetic_pairs_per_second(sources: list, config, out_size: int, device, count: int, seed: int = 0) -> float:
-    """Synthetic training pairs made per second on `device` from `sources` where they are (timed after one warm-up
-    pair of each field family)."""
+def synthetic_pairs_per_second(sources: list, config, out_size: int, device, count: int, seed: int = 0,
+                               batch: int = 1) -> float:
+    """Synthetic training pairs made per second on `device` from `sources` where they are, `batch` at a time as
+    training makes them (timed after one warm-up pair of each field family)."""
     for family in FAMILIES:
         make_sample(sources[0], config, out_size, seed=seed, device=device, family=family)
     synchronize(device)
+    specs = [(sources[i % len(sources)], seed + 1 + i) for i in range(count)]
     start = time.perf_counter()
-    for i in range(count):
-        make_sample(sources[i % len(sources)], config, out_size, seed=seed + 1 + i, device=device)
+    for first in range(0, count, batch):
+        make_batch(specs[first:first + batch], config, out_size, device)
     synchronize(device)
     return count / (time.perf_counter() - start)
 

@@ -20,7 +20,7 @@ from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_descript
 from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
-from .synthesis import IGNORE, collate, make_sample
+from .synthesis import IGNORE, make_batch, make_samples
 
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
@@ -61,13 +61,19 @@ def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
     return pool[rng.integers(len(pool))]
 
 
+def sample_specs(sources, train: TrainConfig, first_index: int, count: int, base_seed: int) -> list:
+    """(source, seed) of the samples with indices from `first_index` (reproducible)."""
+    return [(pick_source(sources, i, base_seed, train.phantom_fraction), base_seed * 10 ** 7 + i)
+            for i in range(first_index, first_index + count)]
+
+
 def sample_batch(sources, config: ModelConfig, train: TrainConfig, first_index: int, count: int, device,
                  base_seed: int):
-    """Generate `count` samples with indices from `first_index` (reproducible)."""
-    samples = [make_sample(pick_source(sources, i, base_seed, train.phantom_fraction), config, train.out_size,
-                           seed=base_seed * 10 ** 7 + i, device=device, density_change=train.density_change)
-               for i in range(first_index, first_index + count)]
-    return samples
+    """Generate `count` samples with indices from `first_index` (reproducible), a training batch at a time."""
+    specs = sample_specs(sources, train, first_index, count, base_seed)
+    return [sample for start in range(0, count, train.batch_size)
+            for sample in make_samples(specs[start:start + train.batch_size], config, train.out_size, device,
+                                       density_change=train.density_change)]
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -83,8 +89,8 @@ class _StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int):
         train = self.train
-        batch = collate(sample_batch(self.sources, self.config, train, step * train.batch_size, train.batch_size,
-                                     self.device, base_seed=train.seed))
+        batch = make_batch(sample_specs(self.sources, train, step * train.batch_size, train.batch_size, train.seed),
+                           self.config, train.out_size, self.device, train.density_change)
         return tuple({lv: x.cpu() for lv, x in part.items()} for part in batch) if self.to_host else batch
 
 

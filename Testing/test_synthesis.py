@@ -84,9 +84,11 @@ def test_samples_are_reproducible_by_seed(source):
     assert not torch.equal(a.inputs[1], c.inputs[1])
 
 
-def test_samples_made_together_are_those_made_one_by_one_bit_for_bit(source, small_phantom):
-    """Batched synthesis (what training uses) draws each sample from its own seed in the same order: every field
-    family, density change, thick slices and cropped fields of view, from two sources."""
+def test_samples_made_together_are_those_made_one_by_one_bit_for_bit(source, small_phantom, monkeypatch):
+    """Batched synthesis (what training uses on a GPU, made to batch here on the CPU too) draws each sample from its
+    own seed in the same order: every field family, density change, thick slices and cropped fields of view, from
+    two sources."""
+    monkeypatch.setattr(synthesis, "_chunks", lambda specs, device: [list(specs)])
     ct, lungs = small_phantom
     other = source_from_image("phantom-flipped", sitk_flipped(ct), sitk_flipped(lungs))
     specs = [((source, other)[i % 2], 40 + i) for i in range(10)]
@@ -99,9 +101,12 @@ def test_samples_made_together_are_those_made_one_by_one_bit_for_bit(source, sma
             assert torch.equal(a.inputs[lv], b.inputs[lv]) and torch.equal(a.targets[lv], b.targets[lv])
     inputs, targets = make_batch(specs[:4], CONFIG, 16, density_change=0.7)
     expected_inputs, expected_targets = collate(alone[:4])
+    monkeypatch.undo()  # on the CPU: one sample at a time, stacked
+    cpu_inputs, cpu_targets = make_batch(specs[:4], CONFIG, 16, density_change=0.7)
     for lv in CONFIG.levels:
         assert inputs[lv].is_contiguous() and torch.equal(inputs[lv], expected_inputs[lv])
         assert torch.equal(targets[lv], expected_targets[lv])
+        assert torch.equal(cpu_inputs[lv], expected_inputs[lv]) and torch.equal(cpu_targets[lv], expected_targets[lv])
 
 
 def sitk_flipped(image):

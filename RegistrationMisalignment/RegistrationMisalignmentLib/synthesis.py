@@ -361,19 +361,32 @@ def _synthesise(sources_and_seeds, config: ModelConfig, out_size: int, device, f
     return _Batch(inputs, targets, lungs, magnitude[out], [d.family for d in drafts])
 
 
+def _chunks(sources_and_seeds, device) -> list:
+    """The samples to synthesise together: all of them on a GPU, where launching kernels sets the cost; one at a time
+    on the CPU, where one sample's volumes stay in the cache (four together took 1.5x as long, BENCHMARKS.md)."""
+    specs = list(sources_and_seeds)
+    return [specs] if torch.device(device).type == "cuda" else [[spec] for spec in specs]
+
+
 def make_samples(sources_and_seeds, config: ModelConfig, out_size: int, device="cpu", family: str = None,
                  density_change: float = 0.0) -> list:
-    """Reproducible synthetic tiles, one per (source, seed), made together: the same samples as `make_sample`
-    one by one."""
-    batch = _synthesise(sources_and_seeds, config, out_size, device, family, density_change)
-    return [Sample({lv: x[i] for lv, x in batch.inputs.items()}, {lv: t[i] for lv, t in batch.targets.items()},
-                   batch.lungs[i], name, batch.residual_mm[i]) for i, name in enumerate(batch.families)]
+    """Reproducible synthetic tiles, one per (source, seed), made together where that is faster: the same samples
+    as `make_sample` one by one."""
+    samples = []
+    for chunk in _chunks(sources_and_seeds, device):
+        batch = _synthesise(chunk, config, out_size, device, family, density_change)
+        samples += [Sample({lv: x[i] for lv, x in batch.inputs.items()}, {lv: t[i] for lv, t in batch.targets.items()},
+                           batch.lungs[i], name, batch.residual_mm[i]) for i, name in enumerate(batch.families)]
+    return samples
 
 
 def make_batch(sources_and_seeds, config: ModelConfig, out_size: int, device="cpu",
                density_change: float = 0.0) -> tuple:
-    """Batched inputs and targets of tiles made together: `collate` of their `make_sample`s, without the copy."""
-    batch = _synthesise(sources_and_seeds, config, out_size, device, None, density_change)
+    """Batched inputs and targets of tiles made together where that is faster: `collate` of their `make_sample`s."""
+    chunks = _chunks(sources_and_seeds, device)
+    if len(chunks) > 1:
+        return collate(make_samples(sources_and_seeds, config, out_size, device, density_change=density_change))
+    batch = _synthesise(chunks[0], config, out_size, device, None, density_change)
     return {lv: x.contiguous() for lv, x in batch.inputs.items()}, batch.targets  # patches, not the pyramid's views
 
 

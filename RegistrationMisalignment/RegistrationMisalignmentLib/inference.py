@@ -75,7 +75,8 @@ def sub_boxes(box: OutputBox, limit: int) -> list:
 
 def boxes_over(needed: np.ndarray, tile: int) -> list:
     """The tiles of edge `tile` (from index 0) that hold needed voxels, each shrunk to the blocks of 8 around its
-    needed voxels: where the mask fills a tile only in part, less is computed, with the same results."""
+    needed voxels: where the mask fills a tile only in part, less is computed, with the same values (float32
+    rounding aside)."""
     boxes = []
     for index in np.argwhere(occupied_tiles(needed, tile)):
         corner = index * tile

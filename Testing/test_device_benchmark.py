@@ -13,3 +13,9 @@ def test_fresh_predictions_run_predict_in_a_child_process_each_and_report_its_ti
         seconds = row["seconds"]
         assert 0 < seconds["network"] < seconds["total"] < row["process_wall_seconds"]
         assert row["peak_rss_bytes"] > 0 and row["mask_voxels"] > 0
+
+
+def test_synthesis_is_timed_for_each_batch_size(tiny_model):
+    from RegistrationMisalignmentLib.inference import MisalignmentPredictor
+    rates = device_benchmark.synthesis_by_batch(MisalignmentPredictor(tiny_model, "cpu"), batches=(1, 2), count=2)
+    assert set(rates) == {"batch_1", "batch_2"} and all(rate > 0 for rate in rates.values())

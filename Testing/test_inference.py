@@ -105,7 +105,7 @@ def test_device_out_of_memory_halves_the_tile_and_gives_the_same_result(small_pa
     normal = predictor.predict(small_pair.fixed, small_pair.moving)
     assert normal.summary["tile_size"] > 16
     largest = input_size(tiny_model.config, 1, 16)
-    forward, seen = tiny_model.forward, []
+    forward, seen = predictor.model.forward, []
 
     def limited(inputs):
         seen.append(inputs[1].shape[-1])
@@ -113,7 +113,7 @@ def test_device_out_of_memory_halves_the_tile_and_gives_the_same_result(small_pa
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return forward(inputs)
 
-    monkeypatch.setattr(tiny_model, "forward", limited)
+    monkeypatch.setattr(predictor.model, "forward", limited)
     fallback = predictor.predict(small_pair.fixed, small_pair.moving)
     assert max(seen) > largest and seen[-1] <= largest  # it failed once, then went on with smaller tiles
     assert np.array_equal(sitk.GetArrayViewFromImage(fallback.labels), sitk.GetArrayViewFromImage(normal.labels))
@@ -124,7 +124,7 @@ def test_device_out_of_memory_halves_the_tile_and_gives_the_same_result(small_pa
     def always_out_of_memory(inputs):
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(tiny_model, "forward", always_out_of_memory)
+    monkeypatch.setattr(predictor.model, "forward", always_out_of_memory)
     with pytest.raises(InputError, match="ran out of memory even with 8"):
         predictor.predict(small_pair.fixed, small_pair.moving)
 

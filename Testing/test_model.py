@@ -3,7 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from RegistrationMisalignmentLib.model import ARCHITECTURES, Conv3d, MisalignmentNet, ModelConfig, input_size
+from torch import nn
+
+from RegistrationMisalignmentLib.model import (ARCHITECTURES, Conv3d, MisalignmentNet, ModelConfig, folded_for_inference,
+                                            input_size)
 from RegistrationMisalignmentLib.pyramid import build_pyramid, context_margin, tile_inputs
 
 
@@ -126,3 +129,27 @@ def test_every_architecture_reads_each_axis_on_its_own(architecture):
         whole, part = net(cube)[1], net(box)[1]
     assert part.shape[2:] == (8, 24, 24)
     assert torch.allclose(part, whole[:, :, 8:16], atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("batch_norm, difference_channel", [(True, True), (False, True), (True, False)])
+def test_folding_for_inference_keeps_the_function_in_fewer_layers(architecture, batch_norm, difference_channel):
+    torch.manual_seed(2)
+    net = MisalignmentNet(ModelConfig(architecture=architecture, features=4, hidden=4, batch_norm=batch_norm,
+                                      difference_channel=difference_channel))
+    with torch.no_grad():  # statistics and affine maps far from the identity
+        for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm3d)):
+            norm.running_mean.uniform_(-1.0, 1.0), norm.running_var.uniform_(0.3, 3.0)
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-1.0, 1.0)
+    net.eval()
+    inputs = {lv: torch.randn(2, 3, *(input_size(net.config, lv, 8),) * 3) for lv in net.config.levels}
+    folded = folded_for_inference(net)
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm3d) for m in net.modules()) == batch_norm  # the original is untouched
+    first = folded.encoders[str(net.config.levels[0])][0]
+    assert first.in_channels == first.weight.shape[1] == 3
+    with torch.no_grad():
+        expected, got, again = net(inputs), folded(inputs), folded_for_inference(folded)(inputs)
+    for lv in net.config.levels:
+        assert torch.allclose(got[lv], expected[lv], atol=1e-4)
+        assert torch.equal(again[lv], got[lv])

@@ -18,7 +18,7 @@ from .errors import CapturedWarnings, InputError
 from .fixed_grid import MaskedProbabilities
 from .landmarks import check_inside, physical_points
 from .masks import bounding_box
-from .model import MisalignmentNet, check_output_size, input_size
+from .model import MisalignmentNet, check_output_size, folded_for_inference, input_size
 from .morphology import box_dilate
 from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
                             to_fixed_grid)
@@ -168,7 +168,7 @@ class MisalignmentPredictor:
     def __init__(self, model: MisalignmentNet, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
                  weights_sha256: str = None, amp: bool = False):
         self.device = resolve_device(device)
-        self.model = model.to(self.device, memory_format=CONVOLUTION_LAYOUT).eval()
+        self.model = folded_for_inference(model).to(self.device, memory_format=CONVOLUTION_LAYOUT)
         self.max_memory_gb = max_memory_gb
         self.weights_sha256 = weights_sha256
         self.amp = amp

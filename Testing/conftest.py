@@ -88,3 +88,20 @@ def volume_node(scene, image, name, label=False):
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode", name)
     update_volume_node(node, image)
     return node
+
+
+def grid_transform_node(scene, name, x_mm):
+    """A grid transform node whose displacement from the world to the volumes under it is x_mm along RAS x."""
+    import vtk
+    from vtk.util import numpy_support
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", name)
+    field = vtk.vtkImageData()
+    field.SetDimensions(4, 4, 4)
+    field.SetSpacing(200.0, 200.0, 200.0)
+    field.SetOrigin(-300.0, -300.0, -300.0)
+    field.AllocateScalars(vtk.VTK_DOUBLE, 3)
+    numpy_support.vtk_to_numpy(field.GetPointData().GetScalars())[:] = (x_mm, 0.0, 0.0)
+    transform = slicer.vtkOrientedGridTransform()
+    transform.SetDisplacementGridData(field)
+    grid.SetAndObserveTransformFromParent(transform)
+    return grid

@@ -10,7 +10,7 @@ from RegistrationMisalignmentLib.background import BackgroundPrediction
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.scene import add_result_nodes, start_prediction
 
-from conftest import save_weights_with_card, volume_node
+from conftest import grid_transform_node, save_weights_with_card, volume_node
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +70,14 @@ def test_background_run_on_scene_nodes(scene, small_pair, tiny_predictor, weight
     matrix = vtk.vtkMatrix4x4()
     matrix.SetElement(0, 3, 6.0)  # RAS +x undoes the LPS +x shift
     undo.SetMatrixTransformToParent(matrix)
-    job = start_prediction(fixed, moving, transform_node=undo, weights=weights, device="cpu")  # through a file
-    nodes = add_result_nodes(fixed, job.result(), probabilities=True)
-    assert nodes["labels"].GetName() == "fixed misalignment"
-    assert nodes["table"].GetNumberOfRows() == 3 and "probability_wrong" in nodes
     expected = tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels
-    assert np.array_equal(slicer.util.arrayFromVolume(nodes["labels"]), sitk.GetArrayViewFromImage(expected))
+    deformable = grid_transform_node(scene, "deformable registration", -6.0)  # the same, as a non-linear transform
+    for transform in (undo, deformable):  # through a transform file; through a displacement field image
+        job = start_prediction(fixed, moving, transform_node=transform, weights=weights, device="cpu")
+        nodes = add_result_nodes(fixed, job.result(), probabilities=True)
+        assert nodes["labels"].GetName() == "fixed misalignment"
+        assert nodes["table"].GetNumberOfRows() == 3 and "probability_wrong" in nodes
+        assert np.array_equal(slicer.util.arrayFromVolume(nodes["labels"]), sitk.GetArrayViewFromImage(expected))
 
 
 def test_mixed_precision_checkbox_reaches_the_child(scene, small_pair, weights):

@@ -4,14 +4,14 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
-from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, mask_image, moving_input,
-                                              output_segmentation, predict_nodes, status_text)
+from RegistrationMisalignmentLib.preprocessing import moving_on_fixed_grid
+from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, image_in_world, mask_image,
+                                               moving_input, output_segmentation, predict_nodes, status_text)
 
-from conftest import volume_node as _volume
+from conftest import grid_transform_node, volume_node as _volume
 
 
 def _snapshot(node):
@@ -130,27 +130,26 @@ def test_a_fixed_volume_removed_while_predicting_adds_nothing(scene, small_pair,
     assert _node_ids(scene) == ids
 
 
-def test_a_linear_transform_goes_to_the_engine_and_another_is_hardened_on_a_copy(scene, small_pair):
+def test_a_linear_transform_goes_to_the_engine_as_it_is_and_another_as_a_displacement_field(scene, small_pair):
     moving = _volume(scene, small_pair.moving, "moving")
+    stored = sitk.GetArrayFromImage(small_pair.moving)
     transform = _shift_transform(scene, "shift", 10.0)  # RAS +x: the volume shows 10 mm further left
-    ids, before = _node_ids(scene), _snapshot(moving)
-    image, fixed_to_moving = moving_input(moving, transform)
-    assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(small_pair.moving))
+    before = _snapshot(moving)
+    image, fixed_to_moving = moving_input(moving, transform, small_pair.fixed)
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), stored)
     assert np.allclose(fixed_to_moving.TransformPoint((1.0, 2.0, 3.0)), (11.0, 2.0, 3.0))  # LPS x = -RAS x
-    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "grid")
-    field = vtk.vtkImageData()
-    field.SetDimensions(4, 4, 4)
-    field.SetSpacing(100.0, 100.0, 100.0)
-    field.SetOrigin(-150.0, -150.0, -150.0)
-    field.AllocateScalars(vtk.VTK_DOUBLE, 3)
-    numpy_support.vtk_to_numpy(field.GetPointData().GetScalars())[:] = (5.0, 0.0, 0.0)
-    grid_transform = slicer.vtkOrientedGridTransform()
-    grid_transform.SetDisplacementGridData(field)
-    grid.SetAndObserveTransformFromParent(grid_transform)
+    grid = grid_transform_node(scene, "grid", 5.0)  # from the world to the volume: RAS +5 mm in x
     ids = _node_ids(scene)
-    hardened, none = moving_input(moving, grid)
-    assert none is None and hardened.GetSize() == small_pair.moving.GetSize()
-    assert not np.allclose(hardened.GetOrigin(), small_pair.moving.GetOrigin())  # the copy was moved by the grid
+    image, field = moving_input(moving, grid, small_pair.fixed)
+    assert isinstance(field, sitk.DisplacementFieldTransform)
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), stored)  # the image as stored: resampled once, later
+    assert np.allclose(field.TransformPoint((1.0, 2.0, 3.0)), (-4.0, 2.0, 3.0))
+    engine, _ = moving_on_fixed_grid(small_pair.fixed, image, field)
+    shown = sitk.Resample(image_in_world(moving, grid), small_pair.fixed, sitk.Transform(), sitk.sitkLinear, -1024.0,
+                          sitk.sitkFloat32)  # what Slicer shows: the volume hardened, then put on the fixed grid
+    wrong_way, _ = moving_on_fixed_grid(small_pair.fixed, image, sitk.TranslationTransform(3, (5.0, 0.0, 0.0)))
+    difference = np.abs(sitk.GetArrayViewFromImage(engine) - sitk.GetArrayViewFromImage(shown)).mean()
+    assert difference < 0.1 * np.abs(sitk.GetArrayViewFromImage(wrong_way) - sitk.GetArrayViewFromImage(shown)).mean()
     assert _node_ids(scene) == ids
     after = _snapshot(moving)
     assert np.array_equal(before[0], after[0]) and before[1:] == after[1:]
@@ -209,6 +208,11 @@ def test_a_moving_volume_under_its_registration_transform_is_evaluated_where_it_
         out = predict_nodes(fixed, moving, transform_node=chosen, predictor=tiny_predictor)
         assert np.array_equal(slicer.util.arrayFromVolume(out["labels"]), expected)
         assert out["summary"]["warnings"] == []  # a linear transform reaches the engine: no "another grid"
+    moving.SetAndObserveTransformNodeID(grid_transform_node(scene, "deformable registration", -8.0).GetID())
+    out = predict_nodes(fixed, moving, predictor=tiny_predictor)  # a non-linear transform: resampled once
+    assert np.array_equal(slicer.util.arrayFromVolume(out["labels"]), expected)
+    assert out["summary"]["warnings"] == []
+    moving.SetAndObserveTransformNodeID(undo.GetID())
     with pytest.raises(InputError, match="is under the transform 'registration' but 'other' was chosen"):
         predict_nodes(fixed, moving, transform_node=_shift_transform(scene, "other", 1.0), predictor=tiny_predictor)
     fixed.SetAndObserveTransformNodeID(undo.GetID())

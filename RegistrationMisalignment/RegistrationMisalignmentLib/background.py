@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .imageio import write_image
 from .inference import PredictionResult
+from .transforms import write_transform
 
 
 def python_executable() -> str:
@@ -45,8 +46,7 @@ class BackgroundPrediction:
         if mask is not None:
             command += ["--mask", str(self.folder / "mask.nrrd")]
         if transform is not None:
-            sitk.WriteTransform(transform, str(self.folder / "transform.tfm"))
-            command += ["--transform", str(self.folder / "transform.tfm")]
+            command += ["--transform", str(write_transform(transform, self.folder))]
         if weights is not None:
             command += ["--weights", str(weights)]
         if amp:

@@ -7,6 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 import vtk
+from vtk.util import numpy_support
 
 from . import labels as L
 from .errors import InputError
@@ -18,6 +19,7 @@ CONFIDENCE_TABLE_NAME = "RegistrationMisalignment confidence"
 CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 0.144))  # viridis: unsure -> sure
 CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
 FIXED_VOLUME_ATTRIBUTE = "RegistrationMisalignment.FixedVolumeID"  # on output nodes: whose results they hold
+FIELD_SPACING_MM = 2.0  # a non-linear registration transform is sampled this finely for the engine (smooth at 2 mm)
 
 
 def output_names(fixed_node) -> dict:
@@ -62,19 +64,46 @@ def fixed_image(fixed_node) -> sitk.Image:
     return image_from_volume_node(fixed_node)
 
 
-def moving_input(moving_node, transform_node=None) -> tuple:
-    """The moving image and the fixed-to-moving transform (LPS) that put it where the registration does:
-    `transform_node`, or else the transform the volume is under. A linear one is passed on as an ITK affine transform
-    (the image stays as stored); any other is hardened on a temporary copy (transform None). The user's node is
-    untouched."""
+def moving_input(moving_node, transform_node, fixed: sitk.Image) -> tuple:
+    """The moving image as stored and the fixed-to-moving transform (LPS) that puts it where the registration does:
+    `transform_node`, or else the transform the volume is under (None without either). A linear one is passed on as
+    an ITK affine transform; any other as a displacement field sampled over the fixed image, so that the engine
+    resamples the image once. The user's node is untouched."""
     parent = moving_node.GetParentTransformNode()
     if transform_node is not None and parent is not None and parent.GetID() != transform_node.GetID():
         raise InputError(f"the moving volume {moving_node.GetName()!r} is under the transform {parent.GetName()!r} but "
                          f"{transform_node.GetName()!r} was chosen; choose that transform or none, or harden it first")
     chosen = transform_node or parent
-    if chosen is not None and chosen.IsLinear():
-        return image_from_volume_node(moving_node), fixed_to_moving(chosen)
-    return image_in_world(moving_node, chosen), None
+    image = image_from_volume_node(moving_node)
+    if chosen is None:
+        return image, None
+    if chosen.IsTransformToWorldLinear():
+        return image, fixed_to_moving(chosen)
+    return image, displacement_over(chosen, fixed)
+
+
+def displacement_over(transform_node, fixed: sitk.Image) -> sitk.DisplacementFieldTransform:
+    """The fixed-to-moving transform (LPS) of a non-linear transform node that maps the moving volume into the world,
+    as a displacement field sampled every FIELD_SPACING_MM (or the fixed voxel size, if coarser) along the fixed
+    image's axes, one sample beyond its voxels on every side (ITK interpolates it linearly in between)."""
+    from_world = vtk.vtkGeneralTransform()
+    transform_node.GetTransformFromWorld(from_world)
+    spacing = np.maximum(np.asarray(fixed.GetSpacing()), FIELD_SPACING_MM)
+    size = np.ceil((np.asarray(fixed.GetSize()) - 1) * np.asarray(fixed.GetSpacing()) / spacing).astype(int) + 3
+    direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
+    origin = np.asarray(fixed.GetOrigin()) - direction @ spacing
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")[::-1], -1).reshape(-1, 3)
+    points = origin + (index * spacing) @ direction.T  # LPS, x fastest (the order of the image's voxels)
+    world = vtk.vtkPoints()
+    world.SetData(numpy_support.numpy_to_vtk(points @ RAS_FROM_LPS, deep=True))
+    moved = vtk.vtkPoints()
+    from_world.TransformPoints(world, moved)
+    displacement = numpy_support.vtk_to_numpy(moved.GetData()) @ RAS_FROM_LPS - points
+    field = sitk.GetImageFromArray(displacement.reshape(*size[::-1], 3).astype(np.float64), isVector=True)
+    field.SetOrigin(tuple(origin))
+    field.SetSpacing(tuple(spacing))
+    field.SetDirection(fixed.GetDirection())
+    return sitk.DisplacementFieldTransform(field)
 
 
 def fixed_to_moving(transform_node) -> sitk.AffineTransform:
@@ -317,9 +346,10 @@ def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, 
     if predictor is None:
         from .inference import MisalignmentPredictor
         predictor = MisalignmentPredictor.load()
-    moving, transform = moving_input(moving_node, transform_node)
-    result = predictor.predict(fixed_image(fixed_node), moving, mask=mask_image(mask_node, fixed_node),
-                               progress=progress, transform=transform)
+    fixed = fixed_image(fixed_node)
+    moving, transform = moving_input(moving_node, transform_node, fixed)
+    result = predictor.predict(fixed, moving, mask=mask_image(mask_node, fixed_node), progress=progress,
+                               transform=transform)
     return add_result_nodes(fixed_node, result, probabilities)
 
 
@@ -327,9 +357,10 @@ def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=Non
                      progress=None, amp: bool = False):
     """Start predicting in a child process (inputs copied to files); finish with add_result_nodes(job.result())."""
     from .background import BackgroundPrediction
-    moving, transform = moving_input(moving_node, transform_node)
-    return BackgroundPrediction(fixed_image(fixed_node), moving, mask_image(mask_node, fixed_node), weights=weights,
-                                device=device, progress=progress, amp=amp, transform=transform)
+    fixed = fixed_image(fixed_node)
+    moving, transform = moving_input(moving_node, transform_node, fixed)
+    return BackgroundPrediction(fixed, moving, mask_image(mask_node, fixed_node), weights=weights, device=device,
+                                progress=progress, amp=amp, transform=transform)
 
 
 def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:

@@ -30,3 +30,16 @@ def _field_transform(path: Path) -> sitk.Transform:
     if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
         raise InputError(f"{path}: a displacement field must be a 3-D image with 3 components per voxel")
     return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+
+
+def write_transform(transform: sitk.Transform, folder) -> Path:
+    """Write a transform where `read_transform` reads it back: a displacement field as an image, any other as an ITK
+    transform file; return the path."""
+    folder = Path(folder)
+    if isinstance(transform, sitk.DisplacementFieldTransform):
+        path = folder / "transform_field.nrrd"
+        sitk.WriteImage(transform.GetDisplacementField(), str(path))
+    else:
+        path = folder / "transform.tfm"
+        sitk.WriteTransform(transform, str(path))
+    return path

@@ -8,8 +8,9 @@ import vtk
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.preprocessing import moving_on_fixed_grid
-from RegistrationMisalignmentLib.scene import (add_result_nodes, image_from_volume_node, image_in_world, mask_image,
-                                               moving_input, output_segmentation, predict_nodes, status_text)
+from RegistrationMisalignmentLib.scene import (MAX_FIELD_SAMPLES, add_result_nodes, field_size, field_spacing,
+                                               image_from_volume_node, image_in_world, mask_image, moving_input,
+                                               output_segmentation, predict_nodes, status_text)
 
 from conftest import grid_transform_node, volume_node as _volume
 
@@ -153,6 +154,15 @@ def test_a_linear_transform_goes_to_the_engine_as_it_is_and_another_as_a_displac
     assert _node_ids(scene) == ids
     after = _snapshot(moving)
     assert np.array_equal(before[0], after[0]) and before[1:] == after[1:]
+
+
+def test_a_displacement_field_is_sampled_every_2_mm_or_coarser_over_a_large_image():
+    chest = sitk.Image([355, 280, 304], sitk.sitkInt16)
+    assert np.allclose(field_spacing(chest), 2.0)
+    body = sitk.Image([512, 512, 2000], sitk.sitkInt16)
+    body.SetSpacing([1.0, 1.0, 0.5])
+    spacing = field_spacing(body)
+    assert spacing.min() > 2.0 and np.prod(field_size(body, spacing)) <= MAX_FIELD_SAMPLES
 
 
 def test_a_segmentation_mask_limits_the_evaluated_region(scene, small_pair, tiny_predictor):

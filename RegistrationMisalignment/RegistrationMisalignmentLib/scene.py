@@ -20,6 +20,7 @@ CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 
 CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
 FIXED_VOLUME_ATTRIBUTE = "RegistrationMisalignment.FixedVolumeID"  # on output nodes: whose results they hold
 FIELD_SPACING_MM = 2.0  # a non-linear registration transform is sampled this finely for the engine (smooth at 2 mm)
+MAX_FIELD_SAMPLES = 4_000_000  # ... and more coarsely over a larger image (96 MB of float64 vectors at most)
 
 
 def output_names(fixed_node) -> dict:
@@ -84,26 +85,48 @@ def moving_input(moving_node, transform_node, fixed: sitk.Image) -> tuple:
 
 def displacement_over(transform_node, fixed: sitk.Image) -> sitk.DisplacementFieldTransform:
     """The fixed-to-moving transform (LPS) of a non-linear transform node that maps the moving volume into the world,
-    as a displacement field sampled every FIELD_SPACING_MM (or the fixed voxel size, if coarser) along the fixed
-    image's axes, one sample beyond its voxels on every side (ITK interpolates it linearly in between)."""
+    as a displacement field sampled along the fixed image's axes (`field_spacing`), one sample beyond its voxels on
+    every side; ITK interpolates it linearly in between. Sampled a plane at a time."""
     from_world = vtk.vtkGeneralTransform()
     transform_node.GetTransformFromWorld(from_world)
-    spacing = np.maximum(np.asarray(fixed.GetSpacing()), FIELD_SPACING_MM)
-    size = np.ceil((np.asarray(fixed.GetSize()) - 1) * np.asarray(fixed.GetSpacing()) / spacing).astype(int) + 3
+    spacing = field_spacing(fixed)
+    size = field_size(fixed, spacing)
     direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
     origin = np.asarray(fixed.GetOrigin()) - direction @ spacing
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")[::-1], -1).reshape(-1, 3)
-    points = origin + (index * spacing) @ direction.T  # LPS, x fastest (the order of the image's voxels)
-    world = vtk.vtkPoints()
-    world.SetData(numpy_support.numpy_to_vtk(points @ RAS_FROM_LPS, deep=True))
-    moved = vtk.vtkPoints()
-    from_world.TransformPoints(world, moved)
-    displacement = numpy_support.vtk_to_numpy(moved.GetData()) @ RAS_FROM_LPS - points
-    field = sitk.GetImageFromArray(displacement.reshape(*size[::-1], 3).astype(np.float64), isVector=True)
+    plane = np.stack(np.meshgrid(np.arange(size[1]), np.arange(size[0]), indexing="ij")[::-1], -1).reshape(-1, 2)
+    displacement = np.empty((size[2], size[1], size[0], 3))
+    for z in range(size[2]):
+        index = np.column_stack([plane, np.full(len(plane), z)])  # x fastest, as the image stores its voxels
+        points = origin + (index * spacing) @ direction.T
+        displacement[z] = (_transformed(from_world, points) - points).reshape(size[1], size[0], 3)
+    field = sitk.GetImageFromArray(displacement, isVector=True)
     field.SetOrigin(tuple(origin))
     field.SetSpacing(tuple(spacing))
     field.SetDirection(fixed.GetDirection())
     return sitk.DisplacementFieldTransform(field)
+
+
+def field_spacing(fixed: sitk.Image) -> np.ndarray:
+    """Sample spacing of a displacement field over the fixed image: FIELD_SPACING_MM (or the voxel size, if
+    coarser), widened so that a large image gets at most MAX_FIELD_SAMPLES samples."""
+    spacing = np.maximum(np.asarray(fixed.GetSpacing()), FIELD_SPACING_MM)
+    while np.prod(field_size(fixed, spacing)) > MAX_FIELD_SAMPLES:
+        spacing = spacing * 1.05
+    return spacing
+
+
+def field_size(fixed: sitk.Image, spacing: np.ndarray) -> np.ndarray:
+    """Samples along each axis of a displacement field `spacing` apart that reach one sample beyond the fixed
+    image's voxels on every side."""
+    return np.ceil((np.asarray(fixed.GetSize()) - 1) * np.asarray(fixed.GetSpacing()) / spacing).astype(int) + 3
+
+
+def _transformed(transform, points_lps: np.ndarray) -> np.ndarray:
+    """Points (LPS, N x 3) mapped by a VTK transform that works in RAS."""
+    source, moved = vtk.vtkPoints(), vtk.vtkPoints()
+    source.SetData(numpy_support.numpy_to_vtk(points_lps @ RAS_FROM_LPS, deep=True))
+    transform.TransformPoints(source, moved)
+    return numpy_support.vtk_to_numpy(moved.GetData()) @ RAS_FROM_LPS
 
 
 def fixed_to_moving(transform_node) -> sitk.AffineTransform:

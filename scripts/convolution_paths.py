@@ -9,7 +9,6 @@ there. Rerun this after a torch upgrade to see whether the routing is still need
     python scripts/convolution_paths.py --box 40 72 72    # a box shrunk along z
 """
 import argparse
-import copy
 import json
 import sys
 import time
@@ -20,26 +19,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment"))
 
+from RegistrationMisalignmentLib.benchmark import convolution_shapes  # noqa: E402
 from RegistrationMisalignmentLib.devices import CONVOLUTION_LAYOUT, machine_description  # noqa: E402
 from RegistrationMisalignmentLib.inference import MisalignmentPredictor  # noqa: E402
-from RegistrationMisalignmentLib.model import INPUT_CHANNELS, Conv3d, input_size  # noqa: E402
 
 REFERENCE_LIMIT = 20480  # PyTorch's threshold on N x C x D x H below which one volume is not sent to oneDNN
 
 
 def layer_inputs(model, box_zyx) -> list:
-    """(input shape, weight) of every 3x3x3 convolution in one forward pass over a box (shapes on the meta device)."""
-    meta = copy.deepcopy(model).to("meta")
-    layers = []
-    for original, conv in zip(model.modules(), meta.modules()):
-        if isinstance(conv, Conv3d) and conv.kernel_size == (3, 3, 3):
-            conv.register_forward_hook(lambda module, inputs, output, weight=original.weight:
-                                       layers.append((tuple(inputs[0].shape), weight.detach())))
-    inputs = {lv: torch.empty((1, INPUT_CHANNELS) + tuple(input_size(model.config, lv, n) for n in box_zyx),
-                              device="meta") for lv in model.config.levels}
-    with torch.no_grad():
-        meta(inputs)
-    return layers
+    """(input shape, weight shape) of every 3x3x3 convolution in one forward pass over a box."""
+    return [(shape, weight) for shape, weight, _ in convolution_shapes(model, [box_zyx]) if weight[2:] == (3, 3, 3)]
 
 
 def milliseconds(function, repeats: int) -> float:
@@ -54,9 +43,9 @@ def milliseconds(function, repeats: int) -> float:
 def compare(model, box_zyx, repeats: int = 3) -> list:
     """Per layer: its input shape, whether PyTorch would pick the reference convolution, and both times (ms)."""
     rows = []
-    for shape, weight in layer_inputs(model, box_zyx):
+    for shape, weight in layer_inputs(model, box_zyx):  # random values: the time depends on the shapes only
         x = torch.randn(shape).contiguous(memory_format=CONVOLUTION_LAYOUT)
-        w = weight.contiguous(memory_format=CONVOLUTION_LAYOUT)
+        w = torch.randn(weight).contiguous(memory_format=CONVOLUTION_LAYOUT)
         with torch.no_grad():
             own = milliseconds(lambda: F.conv3d(x, w), repeats)
             onednn = milliseconds(lambda: torch.mkldnn_convolution(x, w, None, (0,) * 3, (1,) * 3, (1,) * 3, 1),

@@ -19,7 +19,7 @@ from .demo import synthetic_pair
 from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description, synchronize
 from .errors import InputError
 from .imageio import grid_over_same_extent, image_on_grid, read_image, write_image
-from .inference import MisalignmentPredictor, occupied_tiles
+from .inference import MisalignmentPredictor, boxes_over, occupied_tiles
 from .model import INPUT_CHANNELS, MisalignmentNet, check_output_size, input_size
 from .phantom import make_chest_phantom
 from .preprocessing import BLOCK, to_fixed_grid
@@ -45,23 +45,25 @@ def reset_peak_rss() -> None:
         pass
 
 
-def conv_flops(model: MisalignmentNet, edges_zyx) -> float:
-    """FLOPs (2 x multiply-adds) of all convolutions of one forward pass over an output box of these edges (counted
-    on the meta device: shapes only, nothing computed)."""
-    total = [0.0]
-
-    def count(module, inputs, output):
-        kernel = np.prod(module.kernel_size)
-        total[0] += 2.0 * output.numel() * kernel * module.in_channels / module.groups
-
+def convolution_shapes(model: MisalignmentNet, boxes_edges) -> list:
+    """(input shape, weight shape, output elements) of every convolution in one forward pass over an output box of
+    each of the given edges (zyx), found on the meta device: shapes only, nothing computed."""
+    shapes = []
     meta = copy.deepcopy(model).to("meta")
     for conv in (m for m in meta.modules() if isinstance(m, nn.Conv3d)):
-        conv.register_forward_hook(count)
-    inputs = {lv: torch.empty((1, INPUT_CHANNELS) + tuple(input_size(model.config, lv, n) for n in edges_zyx),
-                              device="meta") for lv in model.config.levels}
+        conv.register_forward_hook(lambda module, inputs, output: shapes.append(
+            (tuple(inputs[0].shape), tuple(module.weight.shape), output.numel())))
     with torch.no_grad():
-        meta(inputs)
-    return total[0]
+        for edges in boxes_edges:
+            meta({lv: torch.empty((1, INPUT_CHANNELS) + tuple(input_size(model.config, lv, n) for n in edges),
+                                  device="meta") for lv in model.config.levels})
+    return shapes
+
+
+def conv_flops(model: MisalignmentNet, boxes_edges) -> float:
+    """FLOPs (2 x multiply-adds) of all convolutions of one forward pass over each of the output boxes."""
+    return sum(2.0 * outputs * float(np.prod(weight[1:])) for _, weight, outputs in convolution_shapes(model,
+                                                                                                      boxes_edges))
 
 
 def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -100,13 +102,14 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     t3 = time.perf_counter()
     result = predictor.result_on_fixed_grid(prepared, probs)  # as `predict` does it: where the network left them
     t4 = time.perf_counter()
-    boxes = predictor.boxes_touching_mask(prepared, tile)
+    needed = predictor.needed_voxels(prepared)
+    boxes = boxes_over(needed, tile)  # as the dense network chose them
     tile_selection_s = time.perf_counter() - t4
     probs = probs.cpu().numpy()
     computed_voxels = sum(int(np.prod(box.size)) for box in boxes)
-    needed_blocks = int(occupied_tiles(predictor.needed_voxels(prepared), BLOCK).sum())
+    needed_blocks = int(occupied_tiles(needed, BLOCK).sum())
     per_patch = _per_patch_sample(predictor, prepared, pyramid, probs, boxes, blocks, seed)
-    flops = sum(conv_flops(predictor.model, box.size) for box in boxes)
+    flops = conv_flops(predictor.model, [box.size for box in boxes])
     dense_s = t3 - t2
     per_patch_total_s = per_patch["seconds_per_block"] * needed_blocks
     achieved = flops / dense_s

@@ -31,7 +31,7 @@ def in_convolution_layout(tensors: dict) -> dict:
 def onednn_inference(x: torch.Tensor) -> bool:
     """Whether to convolve `x` with oneDNN directly: float32 inference (no gradients, no autocast) on a CPU where
     PyTorch has oneDNN. PyTorch's own choice sends one volume whose N x C x D x H is at most 20480 to its reference
-    convolution, up to 16x slower (BENCHMARKS.md); batches of two or more already go to oneDNN."""
+    convolution, up to 19x slower per layer (BENCHMARKS.md); batches of two or more already go to oneDNN."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and not _cpu_autocast() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 

@@ -168,6 +168,17 @@ def test_boxes_are_tiles_shrunk_to_the_blocks_of_their_needed_voxels():
     assert [(b.corner.tolist(), b.size) for b in boxes] == [([0, 24, 0], (24, 24, 24)), ([40, 0, 8], (8, 8, 8))]
     needed[3, 30, 5] = False
     assert [(b.corner.tolist(), b.size) for b in boxes_over(needed, 24)][0] == ([16, 40, 16], (8, 8, 8))
+    whole = [(b.corner.tolist(), b.size) for b in boxes_over(needed, 24, shrink=False)]  # as on CUDA: one shape
+    assert whole == [([0, 24, 0], (24, 24, 24)), ([24, 0, 0], (24, 24, 24))]
+
+
+def test_the_cpu_shrinks_boxes_and_cuda_keeps_whole_tiles(tiny_model):
+    needed = np.zeros((48, 48, 24), dtype=bool)
+    needed[40, 2:4, 9] = True
+    on_cpu = MisalignmentPredictor(tiny_model, "cpu")
+    assert [b.size for b in on_cpu.boxes_over_needed(needed, 24)] == [(8, 8, 8)]
+    on_cpu.device = torch.device("cuda")  # the choice reads only the device type: no GPU needed to check it
+    assert [b.size for b in on_cpu.boxes_over_needed(needed, 24)] == [(24, 24, 24)]
 
 
 def test_a_box_gives_the_probabilities_of_the_tile_around_it(small_pair, tiny_predictor):

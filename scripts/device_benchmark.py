@@ -12,7 +12,7 @@ The device has no SimpleITK; its wheel, packed with xz (28 MB), and the referenc
         PYTHONPATH=/tmp/site OUT=$OUT python3 scripts/device_benchmark.py            # there, carry=["carry/gpu"]
 Then `predict` in FRESH_RUNS (default 3) fresh processes, the time one command sees.
 Settings: CT (default carry/gpu/thorax_nsclc_r01-001.nii.gz; "phantom" for the demo phantom), DEVICE, BLOCKS,
-FRESH_RUNS.
+FRESH_RUNS, PARTS (default "inference,fresh,layouts,training": which parts run).
 """
 import json
 import os
@@ -113,7 +113,8 @@ def main() -> None:
     def save():
         (out / "device_benchmark.json").write_text(json.dumps(results, indent=1))
 
-    for name, amp in (("float32", False), ("amp", True)):
+    parts = setting("PARTS", "inference,fresh,layouts,training").split(",")
+    for name, amp in (("float32", False), ("amp", True)) if "inference" in parts else ():
         predictor = MisalignmentPredictor.load(device=device, amp=amp)
         warm_up(predictor)
         results[name] = run_benchmark(predictor, ct, blocks=setting("BLOCKS", 64))
@@ -125,16 +126,19 @@ def main() -> None:
               f"over per-patch; against the CPU over one tile: "
               f"{results[name].get('max_probability_difference_vs_cpu_one_tile', 'not compared')}", flush=True)
         save()
-    results["fresh_predict"] = fresh_predictions(ct, device, setting("FRESH_RUNS", 3))
-    print(json.dumps([{k: v for k, v in run.items() if k != "mask_voxels"} for run in results["fresh_predict"]]),
-          flush=True)
-    save()
+    if "fresh" in parts:
+        results["fresh_predict"] = fresh_predictions(ct, device, setting("FRESH_RUNS", 3))
+        print(json.dumps([{k: v for k, v in run.items() if k != "mask_voxels"} for run in results["fresh_predict"]]),
+              flush=True)
+        save()
     predictor = MisalignmentPredictor.load(device=device)
-    if predictor.device.type == "cuda":
+    if predictor.device.type == "cuda" and "layouts" in parts:
         results["layouts"] = layout_variants(predictor)
         print(json.dumps(results["layouts"]), flush=True)
         save()
         predictor = MisalignmentPredictor.load(device=device)
+    if "training" not in parts:
+        return
     results["training"] = {f"out_size_{n}": run_training_benchmark(predictor, None, pairs=16, steps=10, out_size=n)
                            for n in (32, 64)}  # does a GPU synthesise 64^3 tiles at about the cost of 32^3?
     results["training"]["synthetic_pairs_per_second_by_batch"] = synthesis_by_batch(predictor)

@@ -19,7 +19,7 @@ from .demo import synthetic_pair
 from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description, synchronize
 from .errors import InputError
 from .imageio import grid_over_same_extent, image_on_grid, read_image, write_image
-from .inference import MisalignmentPredictor, boxes_over, occupied_tiles
+from .inference import MisalignmentPredictor, occupied_tiles
 from .model import INPUT_CHANNELS, MisalignmentNet, check_output_size, input_size
 from .phantom import make_chest_phantom
 from .preprocessing import BLOCK, to_fixed_grid
@@ -103,7 +103,7 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
     result = predictor.result_on_fixed_grid(prepared, probs)  # as `predict` does it: where the network left them
     t4 = time.perf_counter()
     needed = predictor.needed_voxels(prepared)
-    boxes = boxes_over(needed, tile)  # as the dense network chose them
+    boxes = predictor.boxes_over_needed(needed, tile)  # as the dense network chose them
     tile_selection_s = time.perf_counter() - t4
     probs = probs.cpu().numpy()
     computed_voxels = sum(int(np.prod(box.size)) for box in boxes)

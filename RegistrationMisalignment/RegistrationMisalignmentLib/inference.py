@@ -73,13 +73,16 @@ def sub_boxes(box: OutputBox, limit: int) -> list:
             for parts in itertools.product(*pieces)]
 
 
-def boxes_over(needed: np.ndarray, tile: int) -> list:
-    """The tiles of edge `tile` (from index 0) that hold needed voxels, each shrunk to the blocks of 8 around its
-    needed voxels: where the mask fills a tile only in part, less is computed, with the same values (float32
-    rounding aside)."""
+def boxes_over(needed: np.ndarray, tile: int, shrink: bool = True) -> list:
+    """The tiles of edge `tile` (from index 0) that hold needed voxels; with `shrink`, each shrunk to the blocks of 8
+    around its needed voxels: where the mask fills a tile only in part, less is computed, with the same values
+    (float32 rounding aside)."""
     boxes = []
     for index in np.argwhere(occupied_tiles(needed, tile)):
         corner = index * tile
+        if not shrink:
+            boxes.append(OutputBox(corner, (tile,) * 3))
+            continue
         part = needed[tuple(slice(c, c + tile) for c in corner)]
         low, high = [], []
         for axis in range(3):
@@ -307,8 +310,13 @@ class MisalignmentPredictor:
         return box_dilate(sitk.GetArrayViewFromImage(s1_mask) > 0, 2)
 
     def boxes_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
-        """The output boxes the dense map computes: tiles that hold needed voxels, shrunk around them."""
-        return boxes_over(self.needed_voxels(prepared), tile)
+        """The output boxes the dense map computes: tiles that hold needed voxels (see `boxes_over_needed`)."""
+        return self.boxes_over_needed(self.needed_voxels(prepared), tile)
+
+    def boxes_over_needed(self, needed: np.ndarray, tile: int) -> list:
+        """Tiles that hold needed voxels, on the CPU shrunk around them. On CUDA they stay whole: there every new box
+        shape costs cuDNN a choice of kernels, more than the voxels saved (BENCHMARKS.md)."""
+        return boxes_over(needed, tile, shrink=self.device.type != "cuda")
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1) -> PredictionResult:
         """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.

@@ -1,6 +1,7 @@
 """Dense tiled prediction equals the paper's per-patch evaluation; predict and predict_points agree; out-of-memory
 fallback; probabilities built on demand."""
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -296,3 +297,35 @@ def test_point_queries_check_their_points(small_pair, tiny_predictor):
 def test_a_transform_of_another_dimension_is_refused(small_pair, tiny_predictor):
     with pytest.raises(InputError, match="the transform is 2-D"):
         tiny_predictor.predict(small_pair.fixed, small_pair.moving, transform=sitk.TranslationTransform(2, (1.0, 1.0)))
+
+
+def test_the_first_prediction_on_a_gpu_warms_up_in_a_thread_without_changing_the_map(small_pair, tiny_model,
+                                                                                      monkeypatch):
+    import RegistrationMisalignmentLib.inference as inference
+    plain = MisalignmentPredictor(tiny_model, "cpu").predict(small_pair.fixed, small_pair.moving)
+    threads = []
+    real_warm_up = inference.warm_up
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        real_warm_up(*args)
+
+    monkeypatch.setattr(inference, "warm_up", recorded)
+    warming = MisalignmentPredictor(tiny_model, "cpu")
+    warming._warmed_up = False  # as on CUDA (the thread runs the same code on any device)
+    first = warming.predict(small_pair.fixed, small_pair.moving)
+    warming.predict(small_pair.fixed, small_pair.moving)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()  # once, beside the masks
+    assert np.array_equal(sitk.GetArrayViewFromImage(first.labels), sitk.GetArrayViewFromImage(plain.labels))
+
+
+def test_a_failed_warm_up_leaves_the_map_to_report_or_succeed(small_pair, tiny_model, monkeypatch):
+    import RegistrationMisalignmentLib.inference as inference
+
+    def failing(*args):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(inference, "warm_up", failing)
+    predictor = MisalignmentPredictor(tiny_model, "cpu")
+    predictor._warmed_up = False
+    assert predictor.predict(small_pair.fixed, small_pair.moving).summary["mask_voxels"] > 0

@@ -28,21 +28,11 @@ from RegistrationMisalignmentLib.benchmark import predict_peak_rss, run_benchmar
 from RegistrationMisalignmentLib.demo import synthetic_pair  # noqa: E402
 from RegistrationMisalignmentLib.imageio import read_image, write_image  # noqa: E402
 from RegistrationMisalignmentLib.devices import synchronize  # noqa: E402
-from RegistrationMisalignmentLib.inference import MisalignmentPredictor, network_precision  # noqa: E402
+from RegistrationMisalignmentLib.inference import MisalignmentPredictor, warm_up  # noqa: E402
 from RegistrationMisalignmentLib.model import input_size  # noqa: E402
 from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
 from RegistrationMisalignmentLib.sources import source_from_image  # noqa: E402
 from RegistrationMisalignmentLib.synthesis import make_batch, synthetic_pairs_per_second  # noqa: E402
-
-
-def warm_up(predictor: MisalignmentPredictor) -> None:
-    """One small forward pass in each precision: CUDA context, cuDNN handles and kernels loaded before timing."""
-    config = predictor.model.config
-    batch = {lv: torch.zeros((1, 3) + (input_size(config, lv, 8),) * 3, device=predictor.device)
-             for lv in config.levels}
-    for amp in (False, True):
-        with torch.no_grad(), network_precision(predictor.device, amp):
-            predictor.model(batch)
 
 
 def layout_variants(predictor: MisalignmentPredictor, tile: int = 96, repeats: int = 5) -> list:
@@ -116,7 +106,8 @@ def main() -> None:
     parts = setting("PARTS", "inference,fresh,layouts,training").split(",")
     for name, amp in (("float32", False), ("amp", True)) if "inference" in parts else ():
         predictor = MisalignmentPredictor.load(device=device, amp=amp)
-        warm_up(predictor)
+        for precision in (False, True):  # CUDA context, cuDNN handles and kernels loaded before timing
+            warm_up(predictor.model, predictor.device, precision)
         results[name] = run_benchmark(predictor, ct, blocks=setting("BLOCKS", 64))
         seconds = results[name]["seconds"]
         print(f"{name}: tile {results[name]['tile_size']} x {results[name]['tiles']}, network "

@@ -6,7 +6,8 @@ Needs only PyTorch, numpy, safetensors and tqdm (no SimpleITK): the sources come
         --out carry/train_sources.npz                       # here, once (about 48 MB)
     OUT=$OUT BUDGET_S=420 python3 scripts/device_train.py   # there (device tool: carry=["carry/train_sources.npz"])
 Then, back here: registration-misalignment release --run OUT/run ... (see README, "Training your own model").
-Settings: ARCH, FEATURES, HIDDEN, BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SOURCES, DEVICE; LOADER_WORKERS and
+Settings: ARCH, FEATURES, HIDDEN, BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SOURCES, DEVICE, INIT_WEIGHTS (fine-tune
+these weights; the architecture comes from them); LOADER_WORKERS and
 LOADER_DEVICE force one way of feeding the GPU instead of probing synthesis in the training process, loader workers
 synthesising on the GPU, and (estimated) loader workers on the CPU.
 """
@@ -20,11 +21,13 @@ from device_env import setting
 
 import torch  # noqa: E402
 
+from RegistrationMisalignmentLib.checkpoint import sha256_of  # noqa: E402
 from RegistrationMisalignmentLib.devices import machine_description, resolve_device  # noqa: E402
 from RegistrationMisalignmentLib.model import ModelConfig  # noqa: E402
 from RegistrationMisalignmentLib.source_cache import load_cached_sources  # noqa: E402
 from RegistrationMisalignmentLib.synthesis import synthetic_pairs_per_second  # noqa: E402
-from RegistrationMisalignmentLib.training import LOADER_PREFETCH, TrainConfig, train  # noqa: E402
+from RegistrationMisalignmentLib.training import (LOADER_PREFETCH, TrainConfig, fine_tuning_config,  # noqa: E402
+                                                  train)
 
 PROBE_STEPS = 40  # timed over the second half, after start-up (CUDA, loader processes) and the workers' queue
 
@@ -79,20 +82,26 @@ def main() -> None:
     budget_s = setting("BUDGET_S", 420.0)
     sources = load_cached_sources(os.environ.get("SOURCES", "carry/train_sources.npz"))
     device = resolve_device(os.environ.get("DEVICE", "auto"))
-    model_config = ModelConfig(architecture=setting("ARCH", "multires_cnn"), features=setting("FEATURES", 24),
-                               hidden=setting("HIDDEN", 24))
+    init_weights = os.environ.get("INIT_WEIGHTS", "")  # fine-tuning: the architecture comes from the weights
+    model_config = (fine_tuning_config(init_weights) if init_weights else
+                    ModelConfig(architecture=setting("ARCH", "multires_cnn"), features=setting("FEATURES", 24),
+                                hidden=setting("HIDDEN", 24)))
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32),
                 learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
-                source_files=["carry/train_sources.npz"], phantom_seeds=[])
+                source_files=["carry/train_sources.npz"], phantom_seeds=[], init_weights=init_weights,
+                init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     started = time.perf_counter()
     pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device, base["batch_size"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pairs_per_s_cpu_process = synthesis_rate(sources, model_config, base["out_size"], torch.device("cpu"),
-                                             base["batch_size"], 4)
-    torch.set_num_threads(threads)
+    options = feeding_options(device, os.cpu_count() or 2)
+    pairs_per_s_cpu_process = None
+    if any(workers and loader_device == "cpu" for workers, loader_device in options):  # for their estimate
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        pairs_per_s_cpu_process = synthesis_rate(sources, model_config, base["out_size"], torch.device("cpu"),
+                                                 base["batch_size"], 4)
+        torch.set_num_threads(threads)
     step_s = {}
-    for workers, loader_device in feeding_options(device, os.cpu_count() or 2):
+    for workers, loader_device in options:
         if workers and loader_device == "cpu" and (0, "cpu") in step_s:  # estimated: a probe would take minutes
             step_s[(workers, loader_device)] = cpu_workers_step_seconds(
                 step_s[(0, "cpu")], base["batch_size"] / pairs_per_s, base["batch_size"] / pairs_per_s_cpu_process,
@@ -105,8 +114,8 @@ def main() -> None:
     base.update(loader_workers=workers, loader_device=loader_device)
     left = budget_s - (time.perf_counter() - started)
     steps = max(PROBE_STEPS, int(0.8 * left / expected_s) // 100 * 100)
-    print(f"{device}: {pairs_per_s:.1f} synthetic pairs/s there, {pairs_per_s_cpu_process:.2f} per CPU process; "
-          f"training {steps} steps, {described((workers, loader_device))}", flush=True)
+    print(f"{device}: {pairs_per_s:.1f} synthetic pairs/s there, {pairs_per_s_cpu_process or 0:.2f} per CPU "
+          f"process; training {steps} steps, {described((workers, loader_device))}", flush=True)
     figures = {"device": str(device), "machine": machine_description(), "model": model_config.to_dict(),
                "train_config": base, "steps": steps, "synthetic_pairs_per_second_on_device": pairs_per_s,
                "synthetic_pairs_per_second_per_cpu_process": pairs_per_s_cpu_process,

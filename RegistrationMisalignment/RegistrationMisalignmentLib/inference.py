@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 import time
 from typing import NamedTuple
 
@@ -117,6 +118,16 @@ def network_precision(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=amp_dtype(device)) if amp else exact_float32(device)
 
 
+def warm_up(model: MisalignmentNet, device: torch.device, amp: bool) -> None:
+    """One forward pass of an 8^3 output tile on the device, in the predictor's precision: on CUDA it creates the
+    context and cuDNN's handle and loads kernels, which a fresh process would otherwise pay within the map."""
+    batch = in_convolution_layout({lv: torch.zeros((1, 3) + (input_size(model.config, lv, MIN_TILE),) * 3,
+                                                   device=device) for lv in model.config.levels})
+    with torch.no_grad(), network_precision(device, amp):
+        model(batch)
+    synchronize(device)
+
+
 def tile_bytes(model: MisalignmentNet, tile: int) -> float:
     """Rough peak bytes of one tile's forward pass (largest activations, float32)."""
     cfg = model.config
@@ -175,6 +186,7 @@ class MisalignmentPredictor:
         self.max_memory_gb = max_memory_gb
         self.weights_sha256 = weights_sha256
         self.amp = amp
+        self._warmed_up = self.device.type != "cuda"  # the CPU has nothing to set up
 
     @classmethod
     def load(cls, weights=None, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, amp: bool = False):
@@ -198,7 +210,7 @@ class MisalignmentPredictor:
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
         with CapturedWarnings() as warnings:
-            prepared, tile = self.prepare(fixed, moving, mask, transform)
+            prepared, tile = self.prepare_on_s1(self._on_fixed_grid_warming_up(fixed, moving, mask, transform))
         t1 = time.perf_counter()
         probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
                                                           lambda f: report(0.05 + 0.85 * f, "predicting"))
@@ -213,6 +225,26 @@ class MisalignmentPredictor:
         result.summary["warnings"] = list(warnings)
         report(1.0, "done")
         return result
+
+    def _on_fixed_grid_warming_up(self, fixed, moving, mask, transform) -> PairOnFixedGrid:
+        """`to_fixed_grid` (checks and masks, on the CPU); on CUDA the first call meanwhile warms the device up in a
+        thread (context, cuDNN, kernels), which a fresh process would otherwise pay within the map."""
+        if self._warmed_up:
+            return to_fixed_grid(fixed, moving, mask, transform)
+        self._warmed_up = True
+        thread = threading.Thread(target=self._warm_up_quietly, daemon=True)
+        thread.start()
+        try:
+            return to_fixed_grid(fixed, moving, mask, transform)
+        finally:  # before the GPU is used here, also when the checks failed
+            thread.join()
+
+    def _warm_up_quietly(self) -> None:
+        """`warm_up`, leaving any failure to the map itself, which meets and reports it."""
+        try:
+            warm_up(self.model, self.device, self.amp)
+        except Exception:  # noqa: BLE001 - the map reports the same problem with its context
+            pass
 
     def prepare(self, fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> tuple:
         """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""

@@ -288,6 +288,25 @@ def test_a_release_that_would_mislead_or_overwrite_is_refused_before_any_work(fi
     assert (run / "weights.safetensors").read_bytes() == run_weights
 
 
+def test_a_release_trained_on_cached_sources_names_their_cts_and_refuses_one_as_held_out(files, tmp_path, capsys):
+    from RegistrationMisalignmentLib.checkpoint import card_path
+    ct, heldout, sources = str(files / "moving.nii.gz"), str(files / "fixed.nrrd"), tmp_path / "sources.npz"
+    assert main(["cache-sources", "--ct", ct, "--phantoms", "1", "--out", str(sources)]) == 0
+    run, weights = tmp_path / "run", tmp_path / "r.safetensors"
+    assert main(["train", "--sources", str(sources), "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps",
+                 "1", "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
+                 "--out", str(run), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["release", "--run", str(run), "--weights-out", str(weights), "--heldout-ct", ct, "--samples",
+                 "1"]) == 2
+    assert "is a training CT of this run" in _error_line(capsys)
+    assert main(["release", "--run", str(run), "--weights-out", str(weights), "--heldout-ct", heldout, "--samples",
+                 "1", "--json"]) == 0
+    assert json.loads(card_path(weights).read_text())["training_cts"] == ["moving.nii.gz"]  # not the phantom
+    assert (f"synthetic pairs from the sources file {sources} (cache-sources: moving.nii.gz and any phantoms"
+            in weights.with_name("r.md").read_text())
+
+
 def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, capsys):
     ct = str(files / "fixed.nrrd")
     commands = [

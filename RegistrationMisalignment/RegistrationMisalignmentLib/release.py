@@ -17,6 +17,7 @@ from .evaluation import evaluate_synthetic
 from .imageio import check_output_files, check_output_path, read_image, same_file, write_bytes
 from .landmark_evaluation import landmark_summary
 from .metrics import band_name
+from .source_cache import cached_source_names
 from .sources import source_from_image
 
 
@@ -27,7 +28,8 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
     run_dir, weights_out = Path(run_dir), Path(weights_out)
     state = _training_state(run_dir)
     train = json.loads(state["train_config"])
-    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, train.get("ct_paths", []))
+    training_cts = training_ct_names(train)
+    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, training_cts)
     history = json.loads(state["history"])
     run_weights = run_dir / "weights.safetensors"
     model = load_model(run_weights)
@@ -49,6 +51,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             "architecture": model.config.to_dict(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "training": train,
+            "training_cts": training_cts,
             "training_steps": state["step"],
             "training_seconds": history[-1]["seconds"] if history else None,
             "training_machine": state.get("machine") or machine_description(),
@@ -74,6 +77,15 @@ def _training_state(run_dir: Path) -> dict:
         raise InputError(f"{run_dir}: not a training run (no training_state.pt and weights.safetensors); give the "
                          "--out folder of `train`")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def training_ct_names(train: dict) -> list:
+    """The file names of the CTs a run trained on: its CT paths and the CTs inside its cached sources files (which
+    must still be where the run read them)."""
+    names = [Path(path).name for path in train.get("ct_paths", [])]
+    for sources_file in train.get("source_files", []):
+        names += [Path(name).name for name in cached_source_names(sources_file) if not name.startswith("phantom")]
+    return names
 
 
 def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct, training_cts) -> None:
@@ -137,6 +149,7 @@ def markdown_card(card: dict) -> str:
                     f" | {100 * r['expected_calibration_error']:.1f} % |")
     last = card["validation_history"][-1] if card["validation_history"] else {}
     cell = "ConvLSTM" if arch["architecture"] == "hierarchical_lstm" else "plain convolution"
+    sources = _training_sources(train, card.get("training_cts", []))
     return f"""# Model card: {card['name']}
 
 - Weights: `{card['weights']}` (sha256 `{card['sha256']}`), {card['parameters']} parameters, loaded with
@@ -145,7 +158,7 @@ def markdown_card(card: dict) -> str:
   in the step cell ({cell}), encoder depths {_depths(arch['encoder_depths'])} (S4/S2/S1),
   batch norm {arch['batch_norm']}, difference channel {arch['difference_channel']}. Per-patch (paper's way) input
   20^3 voxels at every level for an 8^3 output block.
-- Training data: synthetic pairs from {_training_sources(train)}; all deformation families\
+- Training data: synthetic pairs from {sources}; all deformation families\
 {_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
   {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.
@@ -285,10 +298,13 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _training_sources(train: dict) -> str:
-    """What a run's synthetic pairs were made from: real CTs, cached sources files and phantoms."""
+def _training_sources(train: dict, training_cts: list) -> str:
+    """What a run's synthetic pairs were made from: real CTs, cached sources files (with the CTs in them) and
+    phantoms."""
     parts = list(train.get("ct_paths", []))
-    parts += [f"the sources file {name} (cache-sources)" for name in train.get("source_files", [])]
+    cached = sorted(set(training_cts) - {Path(path).name for path in parts})
+    inside = f": {', '.join(cached)} and any phantoms cached with them" if cached else ""
+    parts += [f"the sources file {name} (cache-sources{inside})" for name in train.get("source_files", [])]
     if train.get("phantom_seeds"):
         parts.append(f"procedural phantoms (seeds {train['phantom_seeds']}, drawn with probability "
                      f"{train['phantom_fraction']})")

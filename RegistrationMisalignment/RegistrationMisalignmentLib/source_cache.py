@@ -2,6 +2,7 @@
 GPU machine that has only PyTorch)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -28,14 +29,27 @@ def save_sources(sources: list, path) -> None:
 
 def load_cached_sources(path) -> list:
     """Sources from a file written by save_sources."""
+    with _opened(path) as data:
+        names = json.loads(str(data["names"]))
+        return [source_from_arrays(name, data[f"hu_{i}"], data[f"torso_{i}"], data[f"lungs_{i}"])
+                for i, name in enumerate(names)]
+
+
+def cached_source_names(path) -> list:
+    """The names of the sources in a file written by save_sources (CT file names; phantoms start with "phantom")."""
+    with _opened(path) as data:
+        return json.loads(str(data["names"]))
+
+
+@contextlib.contextmanager
+def _opened(path):
+    """The arrays of a sources file, or an InputError saying how to write it again."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such sources file; write one with 'registration-misalignment cache-sources'")
     try:
         with np.load(path, allow_pickle=False) as data:
-            names = json.loads(str(data["names"]))
-            return [source_from_arrays(name, data[f"hu_{i}"], data[f"torso_{i}"], data[f"lungs_{i}"])
-                    for i, name in enumerate(names)]
+            yield data
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         raise InputError(f"{path}: not a complete sources file written by cache-sources; write it again with "
                          "'registration-misalignment cache-sources'") from None

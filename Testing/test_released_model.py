@@ -26,6 +26,15 @@ def test_released_weights_match_their_model_card(card):
     assert card["training_cts"] and HELD_OUT not in card["training_cts"]
 
 
+def test_every_shipped_weights_file_matches_its_card_and_never_trained_on_the_held_out_ct():
+    shipped = sorted(released_weights_path().parent.glob("*.safetensors"))
+    assert [p.name for p in shipped] == ["misalignment_hierarchical.safetensors", "misalignment_multires.safetensors"]
+    for path in shipped:
+        shipped_card = json.loads(card_path(path).read_text())
+        assert load_model(path).config.architecture == shipped_card["architecture"]["architecture"]  # sha checked
+        assert shipped_card["training_cts"] and HELD_OUT not in shipped_card["training_cts"], path.name
+
+
 def test_released_calibration_was_fitted_on_a_training_ct_and_helps_on_the_held_out_ct(card):
     calibration, config = card["calibration"], load_model().config
     assert config.temperature == calibration["temperature"] == card["architecture"]["temperature"]

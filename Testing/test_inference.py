@@ -329,3 +329,25 @@ def test_a_failed_warm_up_leaves_the_map_to_report_or_succeed(small_pair, tiny_m
     predictor = MisalignmentPredictor(tiny_model, "cpu")
     predictor._warmed_up = False
     assert predictor.predict(small_pair.fixed, small_pair.moving).summary["mask_voxels"] > 0
+
+
+def test_a_voxels_probabilities_do_not_depend_on_the_region_or_the_tiles_it_is_computed_in(small_pair, tiny_model):
+    """A map computed over a region larger than the lungs, in other tiles, gives the lungs the same probabilities:
+    what would let a GPU start the network before the lung mask is finished."""
+    import dataclasses
+    pair = to_fixed_grid(small_pair.fixed, small_pair.moving)
+    wider = dataclasses.replace(pair, mask=sitk.BinaryDilate(pair.mask, [6, 6, 6]))
+    runs = []
+    for grid, memory_gb in ((pair, 2.0), (wider, 0.02)):
+        predictor = MisalignmentPredictor(tiny_model, "cpu", max_memory_gb=memory_gb)
+        prepared, tile = predictor.prepare_on_s1(grid)
+        runs.append((prepared, tile, predictor.dense_probabilities(prepared, tile)))
+    (lungs, lungs_tile, expected), (region, region_tile, probs) = runs
+    offset = (lungs.crop_start + lungs.region_start) - (region.crop_start + region.region_start)  # xyz
+    assert lungs_tile != region_tile and np.all(offset >= 0) and np.any(offset > 0)
+    common = [min(n, m - o) for n, m, o in zip(expected.shape[1:], probs.shape[1:], offset[::-1])]  # tile padding
+    same_voxels = probs[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset[::-1], common))]
+    inside = tuple(slice(0, n) for n in common)
+    needed = MisalignmentPredictor(tiny_model, "cpu").needed_voxels(lungs)[inside]
+    assert needed.sum() == MisalignmentPredictor(tiny_model, "cpu").needed_voxels(lungs).sum()  # all compared
+    np.testing.assert_allclose(same_voxels[:, needed], expected[(slice(None),) + inside][:, needed], atol=1e-6)

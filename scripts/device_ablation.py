@@ -9,8 +9,8 @@ Writes $OUT/device_ablation.json (each probe, the steps, each run's time and val
 folder per architecture, resumable with `registration-misalignment train`), both after every architecture. Back
 here: `registration-misalignment evaluate-synthetic --ct ../shared/data/thorax_nsclc_r01-001.nii.gz --samples 48
 --weights RUNS/<architecture>/weights.safetensors --uncalibrated`, as `ablation` evaluates.
-Settings: ARCHS (comma-separated), BUDGET_S, RUNS (where the run folders are made), MAX_STEPS, FEATURES, HIDDEN, BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SEED,
-SOURCES, DEVICE.
+Settings: ARCHS (comma-separated), BUDGET_S, RUNS (where the run folders are made), MAX_STEPS, FEATURES, HIDDEN,
+BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SEED, SOURCES, DEVICE.
 """
 import json
 import os
@@ -51,14 +51,15 @@ def main() -> None:
     runs = Path(setting("RUNS", "runs/device_ablation_runs"))  # beside $OUT: only the tar comes back
     budget_s = setting("BUDGET_S", 420.0)
     started = time.perf_counter()
-    sources = load_cached_sources(setting("SOURCES", "carry/train_sources.npz"))
+    sources_file = setting("SOURCES", "carry/train_sources.npz")
+    sources = load_cached_sources(sources_file)
     device = resolve_device(setting("DEVICE", "auto"))
     architectures = setting("ARCHS", "hierarchical_lstm,multires_cnn,single_cnn").split(",")
     configs = {name: ModelConfig(architecture=name, features=setting("FEATURES", 12), hidden=setting("HIDDEN", 12))
                for name in architectures}
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32), learning_rate=setting("LR", 2e-3),
                 density_change=setting("DENSITY_CHANGE", 0.0), seed=setting("SEED", 0),
-                source_files=[setting("SOURCES", "carry/train_sources.npz")], phantom_seeds=[])
+                source_files=[sources_file], phantom_seeds=[])
     figures = {"device": str(device), "machine": machine_description(), "train_config": base,
                "date": time.strftime("%Y-%m-%d"), "synthetic_pairs_per_second_on_device":
                    synthesis_rate(sources, configs[architectures[0]], base["out_size"], device, base["batch_size"])}

@@ -1,9 +1,10 @@
-"""Ball dilation, erosion and closing by shifted copies give exactly SimpleITK's voxels."""
+"""Ball dilation, erosion and closing, and box dilation and erosion, by shifted copies give exactly SimpleITK's
+voxels."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from RegistrationMisalignmentLib.morphology import ball_close, ball_dilate, ball_erode, ball_rows
+from RegistrationMisalignmentLib.morphology import ball_close, ball_dilate, ball_erode, ball_rows, box_dilate, box_erode
 
 RADII = [[3, 3, 3], [3, 3, 1], [2, 4, 1], [5, 5, 5], [0, 2, 1]]
 
@@ -32,6 +33,16 @@ def test_dilate_erode_and_close_equal_simpleitk(radius, seed):
     for name, image in expected.items():
         assert np.array_equal(got[name], sitk.GetArrayViewFromImage(image) > 0), name
     assert got["dilate"].sum() > mask.sum() > got["erode"].sum()  # the volumes are not trivial
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_box_dilate_and_erode_equal_simpleitk(radius):
+    mask = _blobs(0)
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    for ours, theirs in ((box_dilate, sitk.BinaryDilate), (box_erode, sitk.BinaryErode)):
+        expected = sitk.GetArrayViewFromImage(theirs(image, [radius] * 3, sitk.sitkBox)) > 0
+        assert np.array_equal(ours(mask, radius), expected), ours.__name__
+    assert box_dilate(mask, radius).sum() > mask.sum() > box_erode(mask, radius).sum()
 
 
 def test_volumes_thinner_than_the_ball_equal_simpleitk():

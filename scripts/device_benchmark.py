@@ -115,7 +115,8 @@ def main() -> None:
               f"(preprocessing {seconds['preprocessing_checks_masks_resample']:.2f} s, back onto the fixed grid "
               f"{seconds['resample_to_fixed_grid']:.2f} s), {results[name]['speedup_dense_over_per_patch']:.1f}x "
               f"over per-patch; against the CPU over one tile: "
-              f"{results[name].get('max_probability_difference_vs_cpu_one_tile', 'not compared')}", flush=True)
+              f"{results[name].get('max_probability_difference_vs_cpu_one_tile', 'not compared')}; predict "
+              f"{json.dumps(results[name]['predict_timings_s'])}", flush=True)
         save()
     if "fresh" in parts:
         results["fresh_predict"] = fresh_predictions(ct, device, setting("FRESH_RUNS", 3))

@@ -140,7 +140,24 @@ def run_benchmark(predictor: MisalignmentPredictor, ct_path=None, blocks: int = 
         "matmul_reference_flops_per_second": reference, "fraction_of_matmul_reference": achieved / reference,
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if predictor.device.type == "cuda" else None,
+        "predict_timings_s": predict_timings(predictor, pair),
     }
+
+
+def predict_timings(predictor: MisalignmentPredictor, pair) -> dict:
+    """`predict`'s own timings on the pair, end to end as its callers see them; on CUDA both with the network started
+    beside the lung mask (the default there) and after it."""
+    default = predictor.network_beside_masks
+    choices = (True, False) if predictor.device.type == "cuda" else (default,)
+    runs = {}
+    try:
+        for beside in choices:
+            predictor.network_beside_masks = beside
+            timings = predictor.predict(pair.fixed, pair.moving).summary["timings_s"]
+            runs["network_beside_masks" if beside else "network_after_masks"] = timings
+    finally:
+        predictor.network_beside_masks = default
+    return runs
 
 
 def _amp_against_float32(predictor: MisalignmentPredictor, prepared, pyramid, tile: int, probs) -> dict:

@@ -227,6 +227,8 @@ def run_benchmark_command(args) -> dict:
               f"{s['resampling_to_1mm_within_preprocessing']:.1f} s, pyramid {s['pyramid']:.1f} s), dense network "
               f"{s['dense_network']:.1f} s, back to fixed grid {s['resample_to_fixed_grid']:.1f} s, "
               f"end to end {s['end_to_end_without_read']:.1f} s (+ read {s['read']:.1f} s)")
+        for way, timings in result["predict_timings_s"].items():
+            print(f"  predict ({way.replace('_', ' ')}): {timings['total']:.2f} s end to end")
         print(f"  per-patch (estimated, {result['per_patch_blocks_for_the_map']} blocks of 8^3) "
               f"{s['per_patch_estimated_for_the_map']:.1f} s: dense ({result['tiles']} boxes in tiles of "
               f"{result['tile_size']}^3) is "

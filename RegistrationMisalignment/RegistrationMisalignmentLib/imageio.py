@@ -249,6 +249,13 @@ def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Ima
     return image
 
 
+def mask_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A UInt8 image of a boolean or integer array (zyx) with the reference's geometry."""
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.CopyInformation(reference)
+    return image
+
+
 def grid_over_same_extent(image: sitk.Image, spacing, size) -> tuple:
     """(size, origin, spacing, direction) of a grid of `size` voxels `spacing` apart along the image's axes whose
     voxel edges start where the image's do (so it spans the image's extent when size x spacing matches it)."""

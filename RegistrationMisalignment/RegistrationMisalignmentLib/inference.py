@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
-import threading
 import time
 from typing import NamedTuple
 
@@ -13,14 +13,16 @@ import SimpleITK as sitk
 import torch
 
 from . import labels as L
+from .beside_masks import WorkBesideMasks
 from .checkpoint import load_model, released_weights_path, sha256_of
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
 from .errors import CapturedWarnings, InputError
 from .fixed_grid import MaskedProbabilities
+from .imageio import mask_like
 from .landmarks import check_inside, physical_points
-from .masks import bounding_box
+from .masks import air_in_torso, bounding_box
 from .model import MisalignmentNet, check_output_size, folded_for_inference, input_size
-from .morphology import box_dilate
+from .morphology import box_dilate, box_erode
 from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
                             to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
@@ -187,6 +189,8 @@ class MisalignmentPredictor:
         self.weights_sha256 = weights_sha256
         self.amp = amp
         self._warmed_up = self.device.type != "cuda"  # the CPU has nothing to set up
+        # on 2 CPU cores a network beside the masks would slow them down; a GPU runs it while they are made
+        self.network_beside_masks = self.device.type == "cuda"
 
     @classmethod
     def load(cls, weights=None, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB, amp: bool = False):
@@ -210,41 +214,86 @@ class MisalignmentPredictor:
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
         with CapturedWarnings() as warnings:
-            prepared, tile = self.prepare_on_s1(self._on_fixed_grid_warming_up(fixed, moving, mask, transform))
+            pair, beside = self._on_fixed_grid_with_work_beside(fixed, moving, mask, transform)
+            computed = self._completed_map(beside.result(), pair) if beside else None
+            if computed is None:
+                prepared, tile = self.prepare_on_s1(pair)
         t1 = time.perf_counter()
-        probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
-                                                          lambda f: report(0.05 + 0.85 * f, "predicting"))
+        if computed is None:
+            probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
+                                                              lambda f: report(0.05 + 0.85 * f, "predicting"))
+        else:
+            prepared, tile, probs_s1 = computed
         synchronize(self.device)
         t2 = time.perf_counter()
         report(0.9, "resampling to the fixed grid")
         result = self.result_on_fixed_grid(prepared, probs_s1)
         t3 = time.perf_counter()
         result.summary["timings_s"] = {"preprocessing": t1 - t0, "network": t2 - t1, "resampling": t3 - t2,
-                                       "total": t3 - t0}
+                                       "total": t3 - t0,
+                                       "network_beside_masks": beside.seconds if computed is not None else None}
         result.summary["tile_size"] = tile
         result.summary["warnings"] = list(warnings)
         report(1.0, "done")
         return result
 
-    def _on_fixed_grid_warming_up(self, fixed, moving, mask, transform) -> PairOnFixedGrid:
-        """`to_fixed_grid` (checks and masks, on the CPU); on CUDA the first call meanwhile warms the device up in a
-        thread (context, cuDNN, kernels), which a fresh process would otherwise pay within the map."""
-        if self._warmed_up:
-            return to_fixed_grid(fixed, moving, mask, transform)
-        self._warmed_up = True
-        thread = threading.Thread(target=self._warm_up_quietly, daemon=True)
-        thread.start()
-        try:
-            return to_fixed_grid(fixed, moving, mask, transform)
-        finally:  # before the GPU is used here, also when the checks failed
-            thread.join()
+    def _on_fixed_grid_with_work_beside(self, fixed, moving, mask, transform) -> tuple:
+        """`to_fixed_grid` (checks and masks, on the CPU) and, on CUDA, the GPU's work beside it: the first call warms
+        the device up (context, cuDNN, kernels, which a fresh process would otherwise pay within the map), and a call
+        without a mask starts the network where the lungs can lie as soon as the torso masks exist.
 
-    def _warm_up_quietly(self) -> None:
-        """`warm_up`, leaving any failure to the map itself, which meets and reports it."""
+        Returns (pair, the work beside it, whose `result()` the caller awaits; None when there is none)."""
+        warm_up_first = not self._warmed_up
+        network = self.network_beside_masks and mask is None
+        if not (warm_up_first or network):
+            return to_fixed_grid(fixed, moving, mask, transform), None
+        self._warmed_up = True
+        beside = WorkBesideMasks(self._warm_up if warm_up_first else None, self._network_over_air if network else None)
         try:
-            warm_up(self.model, self.device, self.amp)
-        except Exception:  # noqa: BLE001 - the map reports the same problem with its context
-            pass
+            return to_fixed_grid(fixed, moving, mask, transform, beside.torsos_ready if network else None), beside
+        except BaseException:
+            beside.result()  # the GPU is idle again before the error is reported
+            raise
+
+    def _warm_up(self) -> None:
+        """`warm_up` of this predictor's model, device and precision."""
+        warm_up(self.model, self.device, self.amp)
+
+    def _network_over_air(self, pair: PairOnFixedGrid) -> tuple:
+        """The network over the air inside the torso where the moving image has data, where the lungs must lie,
+        computed while the CPU outlines them: (prepared, tile, pyramid, probabilities, voxels covered).
+
+        The region spans all that air; the tiles computed are those that hold it once eroded by a voxel, which drops
+        the skin's partial-volume shell (it would double the tiles; `_completed_map` adds any a lung needs)."""
+        air = sitk.And(air_in_torso(pair.fixed_hu, pair.fixed_torso), pair.inside)
+        if not sitk.GetArrayViewFromImage(air).any():
+            return None
+        prepared, tile = self.prepare_on_s1(dataclasses.replace(pair, mask=air))
+        inner_air = mask_like(box_erode(sitk.GetArrayViewFromImage(air) > 0, 1), air)
+        needed = self.needed_voxels(dataclasses.replace(prepared, mask=inner_air))
+        boxes = self.boxes_over_needed(needed, tile)
+        pyramid, probs = self._working_set(build_pyramid(prepared.volume), needed.shape)
+        self.fill_boxes(probs, pyramid, prepared, boxes, tile)
+        synchronize(self.device)
+        covered = np.zeros(needed.shape, dtype=bool)
+        for box in boxes:
+            covered[tuple(slice(int(c), int(c) + n) for c, n in zip(box.corner, box.size))] = True
+        return prepared, tile, pyramid, probs, covered
+
+    def _completed_map(self, beside, pair: PairOnFixedGrid):
+        """(prepared, tile, probabilities) of the map the GPU computed beside the masks, with any boxes the evaluation
+        mask needs beyond it computed now; None when there is none or the mask reaches outside its region."""
+        if beside is None:
+            return None
+        prepared, tile, pyramid, probs, covered = beside
+        start, stop = mask_region_s1(pair.fixed, pair.mask)
+        low = prepared.crop_start + prepared.region_start
+        if np.any(start < low) or np.any(stop > low + prepared.region_size):
+            return None
+        prepared = dataclasses.replace(prepared, mask=pair.mask)
+        missing = self.needed_voxels(prepared) & ~covered
+        self.fill_boxes(probs, pyramid, prepared, self.boxes_over_needed(missing, tile), tile)
+        return prepared, tile, probs
 
     def prepare(self, fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> tuple:
         """Checks, masks and the S1 crop over the mask's region, padded to whole tiles; returns (prepared, tile)."""
@@ -283,16 +332,21 @@ class MisalignmentPredictor:
         When the device runs out of memory, the remaining work is done in tiles of half the edge (down to 8)."""
         check_output_size(tile)
         pyramid = pyramid or build_pyramid(prepared.volume)
-        size = tuple(int(n) for n in prepared.region_size[::-1])
-        start = prepared.region_start[::-1]
         boxes = self.boxes_touching_mask(prepared, tile)
-        pyramid, probs = self._working_set(pyramid, size)
+        pyramid, probs = self._working_set(pyramid, tuple(int(n) for n in prepared.region_size[::-1]))
+        self.fill_boxes(probs, pyramid, prepared, boxes, tile, progress)
+        return probs
+
+    def fill_boxes(self, probs: torch.Tensor, pyramid: dict, prepared: PreparedPair, boxes: list, tile: int,
+                   progress=None) -> None:
+        """Write the boxes' probabilities into `probs` (3, D, H, W over the prepared region), in pieces of edge `tile`
+        at most, halved for the rest of the boxes when the device runs out of memory."""
+        start = prepared.region_start[::-1]
         limit = tile
         for i, box in enumerate(boxes):
             limit = self._fill_box(probs, pyramid, start, box, limit)
             if progress:  # on CUDA: boxes queued, not yet finished
                 progress((i + 1) / len(boxes))
-        return probs
 
     def _working_set(self, pyramid: dict, size: tuple) -> tuple:
         """(pyramid, zero probabilities (3, *size)) on the GPU if both fit there, else in host memory."""

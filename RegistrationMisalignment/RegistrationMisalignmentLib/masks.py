@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .imageio import grid_over_same_extent, image_on_grid, paste
+from .imageio import grid_over_same_extent, image_on_grid, mask_like, paste
 from .mask_threads import map_in_threads
 from .morphology import ball_close, ball_dilate, ball_erode
 from .pyramid import AIR_HU
@@ -52,7 +52,7 @@ def torso_mask(ct: sitk.Image) -> sitk.Image:
 def _torso_mask_on_grid(ct: sitk.Image) -> sitk.Image:
     """The torso mask made on the CT's own grid."""
     hu = sitk.GetArrayViewFromImage(ct)
-    inside = _from_array(~_selected_slice_components(hu <= BODY_MIN_HU, hu, _axial_axis(ct), _outside_air), ct)
+    inside = mask_like(~_selected_slice_components(hu <= BODY_MIN_HU, hu, _axial_axis(ct), _outside_air), ct)
     labels, order, _ = _components_by_size(inside)
     largest = int(order[0]) if len(order) else 1
     return sitk.BinaryThreshold(labels, largest, largest, 1, 0)
@@ -105,7 +105,7 @@ def fill_hilum_(lungs: sitk.Image) -> sitk.Image:
     coarse_grid.SetSpacing([HILUM_SPACING_MM] * 3)
     coarse = sitk.Resample(box, coarse_grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32) > 0.5
     radius = int(round(HILUM_RADIUS_MM / HILUM_SPACING_MM))
-    closed = _from_array(ball_close(sitk.GetArrayViewFromImage(coarse) > 0, [radius] * 3), coarse)
+    closed = mask_like(ball_close(sitk.GetArrayViewFromImage(coarse) > 0, [radius] * 3), coarse)
     # what the closing added, and the coarse voxels beside it that the lung only partly fills (no seam left)
     added = sitk.And(closed, sitk.BinaryDilate(sitk.And(closed, sitk.Not(coarse)), [1] * 3, sitk.sitkBox))
     filled = sitk.Or(box, sitk.Resample(added, box, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
@@ -115,11 +115,16 @@ def fill_hilum_(lungs: sitk.Image) -> sitk.Image:
 
 def _lung_components(ct: sitk.Image, torso: sitk.Image) -> Optional[sitk.Image]:
     """Return the one or two large air-filled components inside the torso (labels 1, 2), or None if there are none."""
-    candidates = _remove_airways(ct, (ct < LUNG_MAX_HU) & _binary_on_grid(torso, ct))
+    candidates = _remove_airways(ct, air_in_torso(ct, torso))
     if not np.any(sitk.GetArrayViewFromImage(candidates)):
         return None
     lungs = _largest_components(candidates, _voxels_in_ml(ct, MIN_LUNG_ML))
     return lungs if np.any(sitk.GetArrayViewFromImage(lungs)) else None
+
+
+def air_in_torso(ct: sitk.Image, torso: sitk.Image) -> sitk.Image:
+    """Voxels below LUNG_MAX_HU inside the torso (UInt8 0/1): where the lungs are looked for."""
+    return (ct < LUNG_MAX_HU) & _binary_on_grid(torso, ct)
 
 
 def _binary_on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -148,16 +153,9 @@ def _slicewise(array: np.ndarray, axis: int, operation: Callable[[sitk.Image], s
     return np.ascontiguousarray(np.moveaxis(result, 0, axis))
 
 
-def _from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """Return a UInt8 image from a boolean or integer array with the reference's geometry."""
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.CopyInformation(reference)
-    return image
-
-
 def _fill_axial_holes(mask: np.ndarray, reference: sitk.Image, axis: int) -> sitk.Image:
     """Return a binary mask (an array on the reference's grid) with the holes of every axial slice filled."""
-    return _from_array(_slicewise(mask.astype(np.uint8), axis, sitk.BinaryFillhole), reference)
+    return mask_like(_slicewise(mask.astype(np.uint8), axis, sitk.BinaryFillhole), reference)
 
 
 def _selected_slice_components(mask: np.ndarray, hu: np.ndarray, axis: int, select: Callable) -> np.ndarray:
@@ -196,7 +194,7 @@ def _remove_airways(ct: sitk.Image, candidates: sitk.Image) -> sitk.Image:
         return airway
 
     airway = _selected_slice_components(inside, sitk.GetArrayViewFromImage(ct), axis, airways)
-    return _from_array(inside & ~airway, ct)
+    return mask_like(inside & ~airway, ct)
 
 
 def _voxels_in_ml(image: sitk.Image, millilitres: float) -> int:
@@ -298,7 +296,7 @@ def _expand_labels(small: sitk.Image, factors: List[int], reference: sitk.Image)
         array = np.repeat(array, factor, axis=axis)
     shape = sitk.GetArrayViewFromImage(reference).shape
     array = np.pad(array, [(0, full - part) for full, part in zip(shape, array.shape)], mode="edge")
-    return _from_array(array, reference)
+    return mask_like(array, reference)
 
 
 def _lung_regions(ct: sitk.Image, lungs: sitk.Image) -> sitk.Image:
@@ -309,7 +307,7 @@ def _lung_regions(ct: sitk.Image, lungs: sitk.Image) -> sitk.Image:
     else:
         markers = _left_right_cores(_shrink_binary(lungs > 0, factors))
     if _max_label(markers) < 2:
-        return _from_array(np.ones(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8), ct)
+        return mask_like(np.ones(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8), ct)
     small_ct = sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors)
     regions = sitk.MorphologicalWatershedFromMarkers(small_ct, markers, markWatershedLine=True, fullyConnected=False)
     return _expand_labels(regions, factors, ct)

@@ -73,3 +73,9 @@ def box_dilate(mask: np.ndarray, radius: int) -> np.ndarray:
                 _or_shifted(grown, mask, [signed if a == axis else 0 for a in range(mask.ndim)])
         mask = grown
     return mask
+
+
+def box_erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Erosion of a boolean volume by a cube of edge 2 * radius + 1, counting everything outside the volume as
+    foreground (SimpleITK's BinaryErode with a box)."""
+    return ~box_dilate(~mask, radius)

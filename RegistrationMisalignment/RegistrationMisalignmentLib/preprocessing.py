@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -162,9 +163,13 @@ class PairOnFixedGrid:
     mask: sitk.Image
 
 
-def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None) -> PairOnFixedGrid:
+def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=None,
+                  torsos_ready: Callable[[PairOnFixedGrid], None] = None) -> PairOnFixedGrid:
     """Check the pair, put the moving image on the fixed grid (through `transform` if given), resolve the mask; the
-    moving image's torso mask is made in a second thread while the fixed image's masks are made, when threads allow."""
+    moving image's torso mask is made in a second thread while the fixed image's masks are made, when threads allow.
+
+    `torsos_ready(pair)`, if given, is called with the pair (its `mask` None) as soon as both torso masks exist, before
+    the evaluation mask is made."""
     check_volume(fixed, "fixed image")
     check_volume(moving, "moving image")
     warn_about_unusual_inputs(fixed, moving)
@@ -177,6 +182,8 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
         moving_torso = start_beside(pool, torso_mask, moving_hu)
         fixed_hu = hu_image(fixed)
         fixed_torso = torso_mask(fixed_hu)
+        if torsos_ready is not None:
+            torsos_ready(PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, None))
         mask = within_field_of_view(evaluation_mask(fixed_hu, mask, fixed_torso), inside)
         return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, mask)
 

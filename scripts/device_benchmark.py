@@ -10,12 +10,17 @@ The device has no SimpleITK; its wheel, packed with xz (28 MB), and the referenc
     cp ../shared/data/thorax_nsclc_r01-001.nii.gz carry/gpu/
     mkdir -p /tmp/site && tar -C /tmp/site -xJf carry/gpu/simpleitk.tar.xz &&
         PYTHONPATH=/tmp/site OUT=$OUT python3 scripts/device_benchmark.py            # there, carry=["carry/gpu"]
-Then `predict` in FRESH_RUNS (default 3) fresh processes, the time one command sees.
+Then `predict` in FRESH_RUNS (default 3) fresh processes, the time one command sees; with the part
+"beside_or_after", also FRESH_RUNS rounds of fresh processes that take turns with the network beside the lung mask and
+after it.
 Settings: CT (default carry/gpu/thorax_nsclc_r01-001.nii.gz; "phantom" for the demo phantom), DEVICE, BLOCKS,
-FRESH_RUNS, PARTS (default "inference,fresh,layouts,training": which parts run).
+FRESH_RUNS, PARTS (default "inference,fresh,layouts,training"; "beside_or_after" is extra: which parts run).
 """
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +38,8 @@ from RegistrationMisalignmentLib.model import input_size  # noqa: E402
 from RegistrationMisalignmentLib.phantom import make_chest_phantom  # noqa: E402
 from RegistrationMisalignmentLib.sources import source_from_image  # noqa: E402
 from RegistrationMisalignmentLib.synthesis import make_batch, synthetic_pairs_per_second  # noqa: E402
+
+CHILD_FLAG = "--predict-in-child"
 
 
 def layout_variants(predictor: MisalignmentPredictor, tile: int = 96, repeats: int = 5) -> list:
@@ -73,21 +80,50 @@ def synthesis_by_batch(predictor: MisalignmentPredictor, batches=(1, 4, 16), cou
     return rates
 
 
-def fresh_predictions(ct, device: str, runs: int) -> list:
-    """`registration-misalignment predict` on the benchmark's synthetic pair, each run in a fresh process, as one
-    command or Slicer's background run sees it: its own timings, peak memory and the child's wall time."""
+@contextlib.contextmanager
+def pair_files(ct):
+    """The benchmark's synthetic pair of a CT (None: the demo phantom) written to a temporary folder: (fixed, moving,
+    folder)."""
     image, lungs = (read_image(ct), None) if ct else make_chest_phantom(0)
     pair = synthetic_pair(image, lungs, "single_frequency", 12.0, 0)
-    rows = []
     with tempfile.TemporaryDirectory() as folder:
         paths = [Path(folder) / name for name in ("fixed.mha", "moving.mha")]
         for image, path in zip((pair.fixed, pair.moving), paths):
             write_image(image, path, compress=False)
+        yield (*paths, folder)
+
+
+def fresh_predictions(ct, device: str, runs: int) -> list:
+    """`registration-misalignment predict` on the benchmark's synthetic pair, each run in a fresh process, as one
+    command or Slicer's background run sees it: its own timings, peak memory and the child's wall time."""
+    rows = []
+    with pair_files(ct) as (fixed, moving, folder):
         for _ in range(runs):
             start = time.perf_counter()
-            run = predict_peak_rss(*paths, folder, ["--device", device])
+            run = predict_peak_rss(fixed, moving, folder, ["--device", device])
             rows.append({**run, "process_wall_seconds": time.perf_counter() - start})
     return rows
+
+
+def beside_or_after_masks(ct, device: str, rounds: int) -> dict:
+    """`predict`'s timings in fresh processes with the network started beside the lung mask (CUDA's default) and
+    after it, the two taking turns so that both meet the same state of the machine."""
+    rows = {"beside": [], "after": []}
+    with pair_files(ct) as (fixed, moving, _):
+        for _ in range(rounds):
+            for way, timings in rows.items():
+                child = subprocess.run([sys.executable, __file__, CHILD_FLAG, str(fixed), str(moving), way, device],
+                                       capture_output=True, text=True, check=True)
+                timings.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def predict_in_child(fixed, moving, way: str, device: str) -> None:
+    """In a child of `beside_or_after_masks`: one `predict` with the network beside the masks or after them; prints
+    its timings."""
+    predictor = MisalignmentPredictor.load(device=device)
+    predictor.network_beside_masks = way == "beside"
+    print(json.dumps(predictor.predict(read_image(fixed), read_image(moving)).summary["timings_s"]))
 
 
 def main() -> None:
@@ -123,6 +159,11 @@ def main() -> None:
         print(json.dumps([{k: v for k, v in run.items() if k != "mask_voxels"} for run in results["fresh_predict"]]),
               flush=True)
         save()
+    if "beside_or_after" in parts:
+        results["fresh_beside_or_after_masks"] = beside_or_after_masks(ct, device, setting("FRESH_RUNS", 3))
+        print(json.dumps({way: [round(run["total"], 3) for run in runs]
+                          for way, runs in results["fresh_beside_or_after_masks"].items()}), flush=True)
+        save()
     predictor = MisalignmentPredictor.load(device=device)
     if predictor.device.type == "cuda" and "layouts" in parts:
         results["layouts"] = layout_variants(predictor)
@@ -139,4 +180,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == [CHILD_FLAG]:
+        predict_in_child(*sys.argv[2:])
+    else:
+        main()

@@ -156,7 +156,7 @@ def test_sub_boxes_cover_a_box_once_with_corners_on_the_pyramid_grid():
         covered = np.zeros(size, dtype=int)
         for piece in sub_boxes(OutputBox(np.zeros(3, dtype=int), size), limit):
             assert np.all(piece.corner % 8 == 0) and max(piece.size) <= limit and all(n % 8 == 0 for n in piece.size)
-            covered[tuple(slice(int(c), int(c) + n) for c, n in zip(piece.corner, piece.size))] += 1
+            covered[piece.slices()] += 1
         assert np.all(covered == 1)
     assert [smaller_tile(t) for t in (128, 72, 24, 16, 8)] == [64, 32, 8, 8, 8]
 

@@ -178,8 +178,7 @@ def difference_to_cpu(predictor: MisalignmentPredictor, prepared, pyramid: dict,
     cpu = MisalignmentPredictor(copy.deepcopy(predictor.model), "cpu")
     start = prepared.region_start[::-1] + box.corner
     on_cpu = cpu.tile_probabilities(pyramid, start, box.size).numpy()
-    region = tuple(slice(int(c), int(c) + n) for c, n in zip(box.corner, box.size))
-    return float(np.abs(on_cpu - probs[(slice(None),) + region]).max())
+    return float(np.abs(on_cpu - probs[(slice(None),) + box.slices()]).max())
 
 
 def _per_patch_sample(predictor, prepared, pyramid, probs, boxes, blocks: int, seed: int) -> dict:

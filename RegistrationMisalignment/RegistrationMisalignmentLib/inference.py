@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import math
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -67,6 +67,10 @@ class OutputBox(NamedTuple):
 
     corner: np.ndarray
     size: tuple
+
+    def slices(self) -> tuple:
+        """The box's index slices (zyx) in the region's arrays."""
+        return tuple(slice(int(c), int(c) + n) for c, n in zip(self.corner, self.size))
 
 
 def sub_boxes(box: OutputBox, limit: int) -> list:
@@ -214,28 +218,32 @@ class MisalignmentPredictor:
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
         with CapturedWarnings() as warnings:
-            pair, beside = self._on_fixed_grid_with_work_beside(fixed, moving, mask, transform)
-            computed = self._completed_map(beside.result(), pair) if beside else None
-            if computed is None:
-                prepared, tile = self.prepare_on_s1(pair)
+            prepared, tile, probs_s1, beside_s = self._prepared_and_any_map_beside(fixed, moving, mask, transform)
         t1 = time.perf_counter()
-        if computed is None:
+        if probs_s1 is None:
             probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
                                                               lambda f: report(0.05 + 0.85 * f, "predicting"))
-        else:
-            prepared, tile, probs_s1 = computed
         synchronize(self.device)
         t2 = time.perf_counter()
         report(0.9, "resampling to the fixed grid")
         result = self.result_on_fixed_grid(prepared, probs_s1)
         t3 = time.perf_counter()
         result.summary["timings_s"] = {"preprocessing": t1 - t0, "network": t2 - t1, "resampling": t3 - t2,
-                                       "total": t3 - t0,
-                                       "network_beside_masks": beside.seconds if computed is not None else None}
+                                       "total": t3 - t0, "network_beside_masks": beside_s}
         result.summary["tile_size"] = tile
         result.summary["warnings"] = list(warnings)
         report(1.0, "done")
         return result
+
+    def _prepared_and_any_map_beside(self, fixed, moving, mask, transform) -> tuple:
+        """(prepared, tile, probabilities, seconds of the work beside the masks): the checks, the masks and the S1 crop,
+        with the map the GPU computed beside the masks when there is one (else the last two are None). The pair on
+        the fixed grid (both images in HU and their masks) is released on return, before the network runs."""
+        pair, beside = self._on_fixed_grid_with_work_beside(fixed, moving, mask, transform)
+        computed = self._completed_map(beside.result(), pair) if beside else None
+        if computed is not None:
+            return (*computed, beside.seconds)
+        return (*self.prepare_on_s1(pair), None, None)
 
     def _on_fixed_grid_with_work_beside(self, fixed, moving, mask, transform) -> tuple:
         """`to_fixed_grid` (checks and masks, on the CPU) and, on CUDA, the GPU's work beside it: the first call warms
@@ -259,7 +267,7 @@ class MisalignmentPredictor:
         """`warm_up` of this predictor's model, device and precision."""
         warm_up(self.model, self.device, self.amp)
 
-    def _network_over_air(self, pair: PairOnFixedGrid) -> tuple:
+    def _network_over_air(self, pair: PairOnFixedGrid) -> Optional[tuple]:
         """The network over the air inside the torso where the moving image has data, where the lungs must lie,
         computed while the CPU outlines them: (prepared, tile, pyramid, probabilities, voxels covered).
 
@@ -277,7 +285,7 @@ class MisalignmentPredictor:
         synchronize(self.device)
         covered = np.zeros(needed.shape, dtype=bool)
         for box in boxes:
-            covered[tuple(slice(int(c), int(c) + n) for c, n in zip(box.corner, box.size))] = True
+            covered[box.slices()] = True
         return prepared, tile, pyramid, probs, covered
 
     def _completed_map(self, beside, pair: PairOnFixedGrid):
@@ -367,8 +375,8 @@ class MisalignmentPredictor:
         while True:
             try:
                 for piece in sub_boxes(box, limit):
-                    sl = tuple(slice(int(c), int(c) + n) for c, n in zip(piece.corner, piece.size))
-                    probs[(slice(None),) + sl] = self.tile_probabilities(pyramid, start + piece.corner, piece.size)
+                    probs[(slice(None),) + piece.slices()] = self.tile_probabilities(pyramid, start + piece.corner,
+                                                                                     piece.size)
                 return limit
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):

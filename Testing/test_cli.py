@@ -151,6 +151,8 @@ def test_benchmark_measures_predict_memory_in_a_child_and_training_throughput(fi
     result = json.loads(capsys.readouterr().out)
     assert result["synthetic_pairs_per_second"] > 0 and result["training_samples_per_second"] > 0
     assert result["batch_size"] == 4 and result["out_size"] == 32 and result["torch_threads"] >= 1
+    feeding = result["training_samples_per_second_synthesising_in_process"]
+    assert set(feeding) == {"without_synthesis_thread", "with_synthesis_thread"} and min(feeding.values()) > 0
     assert main(["benchmark", "--training", "--out-size", "16", *model, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["out_size"] == 16
     assert main(["benchmark", "--memory-size", "512,512", *model]) == 2
@@ -170,7 +172,10 @@ def test_train_fine_tunes_calibrated_weights_uncalibrated_and_records_them(files
     assert main([*train, "--features", "8", "--out", str(tmp_path / "mismatch")]) == 2
     assert "--features 8 differs from the 4 of" in _error_line(capsys)
     assert not (tmp_path / "mismatch" / "weights.safetensors").exists()
-    assert main([*train, "--architecture", "hierarchical_lstm", "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert main([*train, "--architecture", "hierarchical_lstm", "--synthesis-thread", "on", "--out",
+                 str(tmp_path / "run"), "--json"]) == 0
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)
+    assert json.loads(state["train_config"])["synthesis_thread"] is True
     tuned = load_model(tmp_path / "run" / "weights.safetensors")
     assert tuned.config.features == 4 and tuned.config.temperature == 1.0 and not any(tuned.config.class_bias)
     state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=True)

@@ -3,11 +3,13 @@ peak memory of `predict` in a fresh process; training throughput."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from .demo import synthetic_pair
-from .devices import CONVOLUTION_LAYOUT, default_threads, in_convolution_layout, machine_description, synchronize
+from .devices import CONVOLUTION_LAYOUT, default_threads, machine_description, synchronize
 from .errors import InputError
 from .imageio import grid_over_same_extent, image_on_grid, read_image, write_image
 from .inference import MisalignmentPredictor, occupied_tiles
@@ -26,7 +28,7 @@ from .preprocessing import BLOCK, to_fixed_grid
 from .pyramid import AIR_HU, build_pyramid
 from .sources import source_from_image
 from .synthesis import make_batch, synthetic_pairs_per_second
-from .training import TrainConfig, hierarchy_loss
+from .training import TrainConfig, training_batches, training_step
 
 
 def peak_rss_bytes() -> int:
@@ -282,24 +284,34 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
     ct, lungs = (read_image(ct_path), None) if ct_path else make_chest_phantom(seed)
     source = source_from_image(str(ct_path) if ct_path else "phantom", ct, lungs).to(device)
     pair_s = 1.0 / synthetic_pairs_per_second([source], config, train.out_size, device, pairs, seed, train.batch_size)
-    torch.manual_seed(seed)
-    model = MisalignmentNet(config).to(device, memory_format=CONVOLUTION_LAYOUT).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    inputs, targets = make_batch([(source, seed + i) for i in range(train.batch_size)], config, train.out_size, device)
-    inputs = in_convolution_layout(inputs)
-    for step in range(steps + 1):  # the first step warms up
-        if step == 1:
-            synchronize(device)
-            t0 = time.perf_counter()
-        loss = hierarchy_loss(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    synchronize(device)
-    step_s = (time.perf_counter() - t0) / steps
+    batch = make_batch([(source, seed + i) for i in range(train.batch_size)], config, train.out_size, device)
+    step_s = seconds_per_step(config, train, device, itertools.repeat(batch, steps + 1), seed)
+    synthesising = {f"{'with' if thread else 'without'}_synthesis_thread":
+                     train.batch_size / seconds_per_step(config, train, device, training_batches(
+                         [source], config, replace(train, steps=steps + 1, seed=seed, synthesis_thread=thread), 0,
+                         device), seed)
+                     for thread in (False, True)}
     return {"case": str(ct_path) if ct_path else f"phantom seed {seed}", "device": str(device),
             "machine": machine_description(), "torch_threads": torch.get_num_threads(),
             "architecture": config.to_dict(), "batch_size": train.batch_size, "out_size": train.out_size,
             "synthetic_pairs_per_second": 1.0 / pair_s, "seconds_per_synthetic_pair": pair_s,
             "training_samples_per_second": train.batch_size / step_s, "seconds_per_training_step": step_s,
+            "training_samples_per_second_synthesising_in_process": synthesising,
             "pairs_timed": pairs, "steps_timed": steps}
+
+
+def seconds_per_step(config, train: TrainConfig, device, batches, seed: int) -> float:
+    """Seconds per training step (forward, backward, optimiser) of a fresh network over `batches`, the first of
+    which warms up and is not timed."""
+    torch.manual_seed(seed)
+    model = MisalignmentNet(config).to(device, memory_format=CONVOLUTION_LAYOUT).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
+    steps = -1
+    for inputs, targets in batches:
+        if steps == 0:
+            synchronize(device)
+            start = time.perf_counter()
+        training_step(model, optimizer, inputs, targets)
+        steps += 1
+    synchronize(device)
+    return (time.perf_counter() - start) / steps

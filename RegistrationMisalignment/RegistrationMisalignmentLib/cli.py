@@ -52,6 +52,9 @@ def _add_train(sub) -> None:
     p.add_argument("--loader-device", choices=["cpu", "cuda"], default="cpu",
                    help="where the loader workers synthesise (default cpu; cuda: each worker launches its own work "
                         "on the GPU, for GPUs that train faster than one process can synthesise)")
+    p.add_argument("--synthesis-thread", choices=["auto", "on", "off"], default="auto",
+                   help="without loader workers, synthesise in a thread a batch or two ahead of the training step "
+                        "(default auto: on a CUDA GPU only)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
@@ -79,6 +82,7 @@ def run_train(args) -> dict:
                                phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
                                loader_workers=args.loader_workers, loader_device=args.loader_device,
                                density_change=args.density_change,
+                               synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
                                init_weights=str(init_weights or ""),
                                init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     sources = [s for path in args.sources for s in load_cached_sources(path)]

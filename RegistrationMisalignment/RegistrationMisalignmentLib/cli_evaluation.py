@@ -289,6 +289,10 @@ def run_training_benchmark_command(args) -> dict:
         print(f"  synthetic pairs: {result['synthetic_pairs_per_second']:.2f} per second; training "
               f"(batch {result['batch_size']}, {result['out_size']}^3 tiles, forward + backward + step): "
               f"{result['training_samples_per_second']:.2f} samples per second")
+        feeding = result["training_samples_per_second_synthesising_in_process"]
+        print(f"  training with each batch synthesised in the training process: "
+              f"{feeding['without_synthesis_thread']:.2f} samples per second, "
+              f"{feeding['with_synthesis_thread']:.2f} with a synthesis thread")
     return result
 
 

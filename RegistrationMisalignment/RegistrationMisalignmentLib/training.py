@@ -20,11 +20,13 @@ from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_descript
 from .evaluation import lung_truth_and_prediction
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
+from .made_ahead import made_ahead
 from .synthesis import IGNORE, make_batch, make_samples
 
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
 LOADER_PREFETCH = 4  # batches each loader worker prepares ahead
+SYNTHESIS_AHEAD = 2  # batches a synthesis thread in the training process makes ahead of the step
 
 
 @dataclass
@@ -50,6 +52,9 @@ class TrainConfig:
     # probability that one image of a training pair gets its lungs' density from another breathing state,
     # independent of the residual, as in a well registered inhale/exhale pair (0 = off, as in runs before it)
     density_change: float = 0.0
+    # synthesis in the training process made in a thread, SYNTHESIS_AHEAD batches ahead of the steps: None = on CUDA
+    # only (on the CPU synthesis and the step would share the same cores)
+    synthesis_thread: Optional[bool] = None
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -101,11 +106,20 @@ def _start_worker(worker_id: int) -> None:
     batches.sources = [source.to(batches.device) for source in batches.sources]
 
 
+def uses_synthesis_thread(train: TrainConfig, device: torch.device) -> bool:
+    """Whether synthesis in the training process runs in a thread ahead of the steps (see TrainConfig)."""
+    return device.type == "cuda" if train.synthesis_thread is None else train.synthesis_thread
+
+
 def training_batches(sources, config: ModelConfig, train: TrainConfig, first_step: int, device):
     """Yield (inputs, targets) on `device` for every step from `first_step`: made here, or by loader workers."""
     if train.loader_workers <= 0:
         batches = _StepBatches(sources, config, train, device)
-        yield from (batches[step] for step in range(first_step, train.steps))
+        steps = range(first_step, train.steps)
+        if uses_synthesis_thread(train, device):
+            yield from made_ahead(batches.__getitem__, steps, SYNTHESIS_AHEAD)
+        else:
+            yield from (batches[step] for step in steps)
         return
     loader_device = resolve_device(train.loader_device)
     loader = torch.utils.data.DataLoader(_StepBatches(sources, config, train, loader_device, to_host=True),
@@ -135,6 +149,16 @@ def hierarchy_loss(logits: dict, targets: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
+def training_step(model: MisalignmentNet, optimizer, inputs: dict, targets: dict) -> torch.Tensor:
+    """One optimiser step on a batch; returns its loss (not read back, so the host does not wait for the device)."""
+    loss = hierarchy_loss(model(in_convolution_layout(inputs)), targets)
+    if loss.requires_grad:  # a batch without a labelled voxel (possible in small batches) teaches nothing
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
 def validate(model: MisalignmentNet, samples: list) -> dict:
     """Metrics of the finest step over lung voxels of validation samples."""
     model.eval()
@@ -250,11 +274,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(train_config, step)
-        loss = hierarchy_loss(model(in_convolution_layout(inputs)), targets)
-        if loss.requires_grad:  # a batch without a labelled voxel (possible in small batches) teaches nothing
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        loss = training_step(model, optimizer, inputs, targets)
         step += 1
         bar.update(1)
         if not bar.disable:  # reading the loss waits for the device: only when someone watches

@@ -286,11 +286,12 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
     pair_s = 1.0 / synthetic_pairs_per_second([source], config, train.out_size, device, pairs, seed, train.batch_size)
     batch = make_batch([(source, seed + i) for i in range(train.batch_size)], config, train.out_size, device)
     step_s = seconds_per_step(config, train, device, itertools.repeat(batch, steps + 1), seed)
-    synthesising = {f"{'with' if thread else 'without'}_synthesis_thread":
-                     train.batch_size / seconds_per_step(config, train, device, training_batches(
-                         [source], config, replace(train, steps=steps + 1, seed=seed, synthesis_thread=thread), 0,
-                         device), seed)
-                     for thread in (False, True)}
+    synthesising = {}
+    for thread in (False, True):  # each step synthesises its own batch in the training process, as `train` does
+        feeding = replace(train, steps=steps + 1, seed=seed, synthesis_thread=thread)
+        batches = training_batches([source], config, feeding, 0, device)
+        synthesising[f"{'with' if thread else 'without'}_synthesis_thread"] = (
+            train.batch_size / seconds_per_step(config, train, device, batches, seed))
     return {"case": str(ct_path) if ct_path else f"phantom seed {seed}", "device": str(device),
             "machine": machine_description(), "torch_threads": torch.get_num_threads(),
             "architecture": config.to_dict(), "batch_size": train.batch_size, "out_size": train.out_size,

@@ -18,9 +18,9 @@ from .checkpoint import export_weights, load_model
 from .errors import InputError
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
+from .made_ahead import made_ahead
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
-from .made_ahead import made_ahead
 from .synthesis import IGNORE, make_batch, make_samples
 
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
@@ -53,7 +53,7 @@ class TrainConfig:
     # independent of the residual, as in a well registered inhale/exhale pair (0 = off, as in runs before it)
     density_change: float = 0.0
     # synthesis in the training process made in a thread, SYNTHESIS_AHEAD batches ahead of the steps: None = on CUDA
-    # only (on the CPU synthesis and the step would share the same cores)
+    # only (on 2 CPU cores it was not clearly faster, BENCHMARKS.md)
     synthesis_thread: Optional[bool] = None
 
 

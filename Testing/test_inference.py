@@ -2,6 +2,7 @@
 fallback; probabilities built on demand."""
 import copy
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -312,11 +313,33 @@ def test_the_first_prediction_on_a_gpu_warms_up_in_a_thread_without_changing_the
 
     monkeypatch.setattr(inference, "warm_up", recorded)
     warming = MisalignmentPredictor(tiny_model, "cpu")
-    warming._warmed_up = False  # as on CUDA (the thread runs the same code on any device)
+    warming._before_first_map = warming._warm_up  # as on CUDA (the thread runs the same code on any device)
     first = warming.predict(small_pair.fixed, small_pair.moving)
     warming.predict(small_pair.fixed, small_pair.moving)
     assert len(threads) == 1 and threads[0] is not threading.main_thread()  # once, beside the masks
     assert np.array_equal(sitk.GetArrayViewFromImage(first.labels), sitk.GetArrayViewFromImage(plain.labels))
+
+
+def test_a_warm_up_started_early_runs_once_in_a_thread_and_the_first_map_waits_for_it(small_pair, tiny_model,
+                                                                                       monkeypatch):
+    import RegistrationMisalignmentLib.inference as inference
+    warm_ups = []
+
+    def slow(*args):
+        time.sleep(0.3)
+        warm_ups.append(threading.current_thread())
+
+    monkeypatch.setattr(inference, "warm_up", slow)
+    predictor = MisalignmentPredictor(tiny_model, "cpu")
+    predictor.start_warming_up()
+    assert not warm_ups and predictor._before_first_map is None  # the CPU has nothing to warm up
+    predictor._before_first_map = predictor._warm_up  # as on CUDA
+    predictor.start_warming_up()
+    predictor.start_warming_up()  # once started, nothing more
+    predictor.predict(small_pair.fixed, small_pair.moving, mask=small_pair.fixed > -400)  # no network beside
+    assert len(warm_ups) == 1 and warm_ups[0] is not threading.main_thread()  # once, in a thread
+    predictor.predict(small_pair.fixed, small_pair.moving)
+    assert len(warm_ups) == 1
 
 
 def test_a_failed_warm_up_leaves_the_map_to_report_or_succeed(small_pair, tiny_model, monkeypatch):
@@ -327,7 +350,7 @@ def test_a_failed_warm_up_leaves_the_map_to_report_or_succeed(small_pair, tiny_m
 
     monkeypatch.setattr(inference, "warm_up", failing)
     predictor = MisalignmentPredictor(tiny_model, "cpu")
-    predictor._warmed_up = False
+    predictor._before_first_map = predictor._warm_up
     assert predictor.predict(small_pair.fixed, small_pair.moving).summary["mask_voxels"] > 0
 
 

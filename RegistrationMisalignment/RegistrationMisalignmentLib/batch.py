@@ -71,6 +71,7 @@ def predictor_for(settings: BatchSettings):
         set_threads(settings.threads)
         _PREDICTORS[key] = MisalignmentPredictor.load(settings.weights, settings.device, settings.max_memory_gb,
                                                       amp=settings.amp)
+        _PREDICTORS[key].start_warming_up()  # a GPU warms up while the first case is read
     return _PREDICTORS[key]
 
 

@@ -165,10 +165,11 @@ def run_predict(args) -> dict:
                            ("--transform", args.transform), ("--weights", args.weights))},
                        IMAGE_OUTPUT_SUFFIXES, IMAGE_FORMAT_HINT)
     with CapturedWarnings() as warnings:
+        predictor = load_predictor(args)
+        predictor.start_warming_up()  # a GPU warms up while the images are read
         fixed, moving = read_image(args.fixed), read_image(args.moving)
         mask = read_image(args.mask) if args.mask else None
         transform = read_transform(args.transform) if args.transform else None
-        predictor = load_predictor(args)
         progress = progress_lines if args.progress_lines else progress_bar(not args.json)
         result = predictor.predict(fixed, moving, mask=mask, progress=progress, transform=transform)
     outputs = [(result.labels, args.output)] + ([(result.probabilities, args.probabilities)]

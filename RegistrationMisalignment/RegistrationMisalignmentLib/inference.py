@@ -192,7 +192,9 @@ class MisalignmentPredictor:
         self.max_memory_gb = max_memory_gb
         self.weights_sha256 = weights_sha256
         self.amp = amp
-        self._warmed_up = self.device.type != "cuda"  # the CPU has nothing to set up
+        # what the first map does before using the device: warm it up (CUDA; the CPU has nothing to set up), or wait
+        # for the warm-up that `start_warming_up` began
+        self._before_first_map = self._warm_up if self.device.type == "cuda" else None
         # on 2 CPU cores a network beside the masks would slow them down; a GPU runs it while they are made
         self.network_beside_masks = self.device.type == "cuda"
 
@@ -247,16 +249,16 @@ class MisalignmentPredictor:
 
     def _on_fixed_grid_with_work_beside(self, fixed, moving, mask, transform) -> tuple:
         """`to_fixed_grid` (checks and masks, on the CPU) and, on CUDA, the GPU's work beside it: the first call warms
-        the device up (context, cuDNN, kernels, which a fresh process would otherwise pay within the map), and a call
-        without a mask starts the network where the lungs can lie as soon as the torso masks exist.
+        the device up (context, cuDNN, kernels, which a fresh process would otherwise pay within the map) or waits for
+        `start_warming_up`'s warm-up, and a call without a mask starts the network where the lungs can lie as soon as
+        the torso masks exist.
 
         Returns (pair, the work beside it, whose `result()` the caller awaits; None when there is none)."""
-        warm_up_first = not self._warmed_up
+        warm_up_first, self._before_first_map = self._before_first_map, None
         network = self.network_beside_masks and mask is None
         if not (warm_up_first or network):
             return to_fixed_grid(fixed, moving, mask, transform), None
-        self._warmed_up = True
-        beside = WorkBesideMasks(self._warm_up if warm_up_first else None, self._network_over_air if network else None)
+        beside = WorkBesideMasks(warm_up_first, self._network_over_air if network else None)
         try:
             return to_fixed_grid(fixed, moving, mask, transform, beside.torsos_ready if network else None), beside
         except BaseException:
@@ -266,6 +268,12 @@ class MisalignmentPredictor:
     def _warm_up(self) -> None:
         """`warm_up` of this predictor's model, device and precision."""
         warm_up(self.model, self.device, self.amp)
+
+    def start_warming_up(self) -> None:
+        """On CUDA, start warming the device up in a thread now, e.g. while the caller reads the images; the first map
+        then waits for it instead of warming up beside its masks. Nothing to do on the CPU, or once started."""
+        if self._before_first_map == self._warm_up:
+            self._before_first_map = WorkBesideMasks(self._warm_up, None).result
 
     def _network_over_air(self, pair: PairOnFixedGrid) -> Optional[tuple]:
         """The network over the air inside the torso where the moving image has data, where the lungs must lie,

@@ -123,6 +123,7 @@ def predict_in_child(fixed, moving, way: str, device: str) -> None:
     its timings."""
     predictor = MisalignmentPredictor.load(device=device)
     predictor.network_beside_masks = way == "beside"
+    predictor.start_warming_up()  # as `predict` does, while the images are read
     print(json.dumps(predictor.predict(read_image(fixed), read_image(moving)).summary["timings_s"]))
 
 

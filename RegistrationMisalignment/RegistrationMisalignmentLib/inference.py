@@ -280,7 +280,7 @@ class MisalignmentPredictor:
         computed while the CPU outlines them: (prepared, tile, pyramid, probabilities, voxels covered).
 
         The region spans all that air; the tiles computed are those that hold it once eroded by a voxel, which drops
-        the skin's partial-volume shell (it would double the tiles; `_completed_map` adds any a lung needs)."""
+        the skin's partial-volume shell (it would add many tiles; `_completed_map` adds any a lung needs)."""
         air = sitk.And(air_in_torso(pair.fixed_hu, pair.fixed_torso), pair.inside)
         if not sitk.GetArrayViewFromImage(air).any():
             return None

@@ -19,6 +19,7 @@ from .case_lock import CaseLock
 from .errors import CapturedWarnings, InputError
 from .figures import thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
+from .orientation import in_network_orientation
 
 RECORD_NAME = "case.json"
 LABELS_NAME = "labels.nrrd"
@@ -150,8 +151,7 @@ def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: d
     images = {LABELS_NAME: result.labels}
     if settings.probabilities:
         images[PROBABILITIES_NAME] = result.probabilities
-    thumbnails = thumbnail_pngs(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(result.labels),
-                                fixed.GetSpacing()[::-1])
+    thumbnails = case_thumbnails(fixed, result.labels)
     files = dict(images, **{f"{view}.png": png for view, png in thumbnails.items()})
     summary = result.summary
     timings = dict(summary.get("timings_s", {}), reading=read_s)
@@ -165,6 +165,14 @@ def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: d
               "tile_size": summary.get("tile_size"), "worker": _worker()}
     publish(settings.out_dir, case.case_id, files, record, timings, started)
     return record
+
+
+def case_thumbnails(fixed: sitk.Image, labels: sitk.Image) -> dict:
+    """The case's axial, coronal and sagittal PNGs, drawn in the network's (LPS) orientation whatever the order of
+    axes the files store, so that each view shows the plane it names."""
+    fixed, labels = in_network_orientation(fixed), in_network_orientation(labels)
+    return thumbnail_pngs(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(labels),
+                          fixed.GetSpacing()[::-1])
 
 
 def publish(out_dir, case_id: str, files: dict, record: dict, timings: dict = None, started: float = None) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -9,6 +10,7 @@ import torch
 
 from . import labels as L
 from .imageio import image_on_grid, paste
+from .orientation import reordered_onto
 from .separable import AxisSamples, lerp_along, samples_along_axis
 
 SLAB_VOXELS = 1 << 21  # fixed-grid voxels interpolated at once (12 bytes each as probabilities)
@@ -40,6 +42,8 @@ class MaskedProbabilities:
     mask_box: sitk.Image  # the mask inside its bounding box, on the fixed grid
     box_index: list  # xyz index of the box in the fixed grid
     grid: tuple  # size, origin, spacing and direction of the fixed grid
+    output_grid: Optional[tuple] = None  # the grid the images are made on when it stores the fixed grid's voxels in
+    # another order of axes (the caller's; `orientation.py`); None: the fixed grid itself
 
     def interpolated_slabs(self):
         """Yield (z index in the box, probabilities (3, z, y, x), mask (z, y, x) as booleans), both on the
@@ -70,7 +74,7 @@ class MaskedProbabilities:
         """The arg-max labels on the whole fixed grid (0 outside the mask), the voxel count of each label value and
         the sum of the winning probabilities inside the mask; computed where the probabilities are, so only the
         labels travel to host memory."""
-        labels = image_on_grid(self.grid, sitk.sitkUInt8)
+        labels = image_on_grid(self.output_grid or self.grid, sitk.sitkUInt8)
         counts = torch.zeros(len(L.CLASS_NAMES), dtype=torch.int64, device=self.s1.device)
         confidence_sum = torch.zeros((), dtype=torch.float64, device=self.s1.device)
         for z, probs, inside in self.interpolated_slabs():
@@ -78,13 +82,28 @@ class MaskedProbabilities:
             slab = torch.where(inside, best + L.CORRECT, L.NOT_EVALUATED)
             counts += torch.bincount(slab.flatten(), minlength=len(L.CLASS_NAMES))
             confidence_sum += confidence.masked_fill_(~inside, 0.0).sum(dtype=torch.float64)
-            paste(labels, sitk.GetImageFromArray(slab.cpu().numpy()), self.box_index[:2] + [self.box_index[2] + z])
+            self._paste_slab(labels, sitk.GetImageFromArray(slab.cpu().numpy()), z)
             del probs, inside, confidence, best, slab  # freed before the next slab is interpolated
         return labels, counts.cpu().numpy(), float(confidence_sum)
 
     def on_fixed_grid(self) -> sitk.Image:
         """The probabilities on the whole fixed grid (vector float32, 3 components), 0 outside the mask."""
-        image = image_on_grid(self.grid, sitk.sitkVectorFloat32, 3)
+        image = image_on_grid(self.output_grid or self.grid, sitk.sitkVectorFloat32, 3)
         for z, probs, _ in self.slabs():
-            paste(image, sitk.GetImageFromArray(probs, isVector=True), self.box_index[:2] + [self.box_index[2] + z])
+            self._paste_slab(image, sitk.GetImageFromArray(probs, isVector=True), z)
         return image
+
+    def _paste_slab(self, image: sitk.Image, slab: sitk.Image, z: int) -> None:
+        """Paste a slab of the mask's box (starting `z` slices into it) into an image on the output grid, its voxels
+        reordered into that grid's order of axes when it differs from the fixed grid's."""
+        index = self.box_index[:2] + [self.box_index[2] + z]
+        if self.output_grid is None:
+            paste(image, slab, index)
+            return
+        _, origin, spacing, direction = self.grid
+        slab.SetOrigin(tuple(np.asarray(origin) + np.asarray(direction).reshape(3, 3) @ (np.asarray(index) *
+                                                                                        np.asarray(spacing))))
+        slab.SetSpacing(spacing)
+        slab.SetDirection(direction)
+        reordered = reordered_onto(slab, image.GetDirection())
+        paste(image, reordered, image.TransformPhysicalPointToIndex(reordered.GetOrigin()))

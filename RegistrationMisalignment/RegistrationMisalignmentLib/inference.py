@@ -23,6 +23,7 @@ from .landmarks import check_inside, physical_points
 from .masks import air_in_torso, bounding_box
 from .model import MisalignmentNet, check_output_size, folded_for_inference, input_size
 from .morphology import box_dilate, box_erode
+from .orientation import in_network_orientation
 from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
                             to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
@@ -50,6 +51,11 @@ class PredictionResult:
         if callable(self._probabilities):
             self._probabilities = self._probabilities()
         return self._probabilities
+
+
+def _grid_of(image: sitk.Image) -> tuple:
+    """(size, origin, spacing, direction) of an image's grid."""
+    return image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -215,12 +221,15 @@ class MisalignmentPredictor:
                 transform: sitk.Transform = None) -> PredictionResult:
         """Dense map on the fixed grid: labels (0 outside the mask) and class probabilities.
 
-        `transform` (fixed-to-moving, ITK convention) is applied to the moving image first, if given."""
+        `transform` (fixed-to-moving, ITK convention) is applied to the moving image first, if given. The images
+        may store their axes in any order and sense: the network sees them in its own orientation (`orientation.py`)
+        and the results come back on the fixed image's grid."""
         t0 = time.perf_counter()
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
         with CapturedWarnings() as warnings:
-            prepared, tile, probs_s1, beside_s = self._prepared_and_any_map_beside(fixed, moving, mask, transform)
+            prepared, tile, probs_s1, beside_s = self._prepared_and_any_map_beside(
+                *(in_network_orientation(image) for image in (fixed, moving, mask)), transform)
         t1 = time.perf_counter()
         if probs_s1 is None:
             probs_s1 = self.dense_probabilities_where_computed(prepared, tile,
@@ -228,7 +237,7 @@ class MisalignmentPredictor:
         synchronize(self.device)
         t2 = time.perf_counter()
         report(0.9, "resampling to the fixed grid")
-        result = self.result_on_fixed_grid(prepared, probs_s1)
+        result = self.result_on_fixed_grid(prepared, probs_s1, output_grid=fixed)
         t3 = time.perf_counter()
         result.summary["timings_s"] = {"preprocessing": t1 - t0, "network": t2 - t1, "resampling": t3 - t2,
                                        "total": t3 - t0, "network_beside_masks": beside_s}
@@ -420,17 +429,21 @@ class MisalignmentPredictor:
         shape costs cuDNN a choice of kernels, more than the voxels saved (BENCHMARKS.md)."""
         return boxes_over(needed, tile, shrink=self.device.type != "cuda")
 
-    def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1) -> PredictionResult:
+    def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1, output_grid: sitk.Image = None
+                             ) -> PredictionResult:
         """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.
 
         `probs_s1` (3, D, H, W), a numpy array or a tensor on any device (interpolated there). Only the mask's
         bounding box is interpolated, slab by slab; the full-size probabilities image is built on
-        first access of `PredictionResult.probabilities`."""
+        first access of `PredictionResult.probabilities`. The images are made on `output_grid`'s grid when given: the
+        fixed grid with its axes stored in another order (the caller's fixed image)."""
         fixed = prepared.fixed
         index, size = bounding_box(prepared.mask)
-        grid = (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+        grid = _grid_of(fixed)
+        output = None if output_grid is None or output_grid.GetDirection() == fixed.GetDirection() else \
+            _grid_of(output_grid)
         masked = MaskedProbabilities(torch.as_tensor(probs_s1), prepared.crop_start + prepared.region_start,
-                                     sitk.RegionOfInterest(prepared.mask, size, index), index, grid)
+                                     sitk.RegionOfInterest(prepared.mask, size, index), index, grid, output)
         labels, counts, confidence_sum = masked.labels()
         return PredictionResult(labels, masked.on_fixed_grid, self._summary(counts, confidence_sum, fixed))
 
@@ -452,6 +465,7 @@ class MisalignmentPredictor:
         points (LPS, mm) inside the fixed image."""
         points = physical_points(points)
         check_inside(points, fixed, "fixed image", noun="point")
+        fixed, moving, mask = (in_network_orientation(image) for image in (fixed, moving, mask))
         pair = to_fixed_grid(fixed, moving, mask, transform)
         if len(points) == 0:
             return np.zeros(0, dtype=np.uint8), np.zeros((0, len(L.CLASS_VALUES)))

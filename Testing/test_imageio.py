@@ -54,6 +54,19 @@ def test_a_folder_with_several_dicom_series_reads_the_largest_with_a_warning(sma
     assert "holds 2 DICOM series; reading the largest (10 files" in caplog.text
 
 
+def test_a_folder_whose_series_lies_in_a_subfolder_names_it(small_phantom, tmp_path):
+    """A study folder (STUDY/SERIES/*.dcm) is not read, but the error names the series folder to pass."""
+    ct, _ = small_phantom
+    series = tmp_path / "study" / "empty" / "series"
+    series.mkdir(parents=True)
+    _write_dicom_series(ct[:, :, 20:24], series, "1.2.826.0.1.3680043.2.1125.4")
+    with pytest.raises(InputError, match=f"no DICOM series.*its subfolder {series} holds one: pass that folder"):
+        read_image(tmp_path / "study")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="no DICOM series; pass an image file or a DICOM folder$"):
+        read_image(tmp_path / "nothing")
+
+
 def test_images_are_written_all_or_none(small_phantom, tmp_path):
     ct, _ = small_phantom
     with pytest.raises(InputError, match="could not be written"):

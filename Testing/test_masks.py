@@ -207,3 +207,16 @@ def test_warnings_of_the_fixed_masks_reach_the_summary_when_masks_run_in_threads
     ct = sitk.Image([40, 40, 40], sitk.sitkInt16) + 40  # soft tissue only: a torso without lungs
     result = MisalignmentPredictor(tiny_model, device="cpu").predict(ct, ct)
     assert any("no lungs found" in w for w in result.summary["warnings"])
+
+
+def test_without_lungs_the_warning_says_whether_the_torso_or_the_whole_image_is_evaluated(tiny_predictor,
+                                                                                           small_phantom):
+    """A body in air without lungs: the torso; no air around it at all (not HU, say): the whole image, and why."""
+    ct, lungs = small_phantom
+    solid = sitk.Mask(ct, sitk.Not(lungs), outsideValue=40)  # the lungs filled with soft tissue
+    warnings = tiny_predictor.predict(solid, solid).summary["warnings"]
+    assert any("no lungs found automatically: evaluating the whole torso;" in w for w in warnings)
+    shifted = sitk.Cast(ct, sitk.sitkInt32) + 2000  # no voxel left below -500
+    warnings = tiny_predictor.predict(shifted, shifted).summary["warnings"]
+    assert any("evaluating the whole image (no air was found around the body: check that it is a CT in Hounsfield "
+               "units)" in w for w in warnings)

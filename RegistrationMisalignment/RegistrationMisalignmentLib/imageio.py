@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import os
 import zlib
@@ -16,6 +17,7 @@ from .errors import InputError, library_reason
 log = logging.getLogger("RegistrationMisalignment")
 
 NIFTI_MIN_HEADER = 352
+SUBFOLDERS_SEARCHED = 50  # for a DICOM series when a folder holds none itself (named in the error)
 # Peak memory of a prediction per fixed-image voxel, with margin: 19 bytes measured on a 512x512x600 CT, 23 with
 # --probabilities (BENCHMARKS.md).
 BYTES_PER_VOXEL = 24
@@ -91,14 +93,11 @@ def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     """Read the largest DICOM series in a folder (with a warning naming it when there are several)."""
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warning for a folder without series
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    series = _series_ids(folder)
     if not series:
-        raise InputError(f"{folder}: folder holds no DICOM series; pass an image file or a DICOM folder")
+        below = _first_series_folder_below(folder)
+        raise InputError(f"{folder}: folder holds no DICOM series; pass an image file or a DICOM folder" + (
+            f" (its subfolder {below} holds one: pass that folder)" if below else ""))
     files, uid = max(((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s), s) for s in series),
                      key=lambda found: len(found[0]))
     if len(series) > 1:
@@ -107,6 +106,24 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _series_ids(folder) -> tuple:
+    """The DICOM series instance UIDs of the files directly in a folder."""
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warning for a folder without series
+    try:
+        return sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+
+
+def _first_series_folder_below(folder: Path, limit: int = SUBFOLDERS_SEARCHED):
+    """The first of a folder's first `limit` subfolders (walked top-down) that holds a DICOM series, or None."""
+    for root, _, _ in itertools.islice(os.walk(folder), 1, limit + 1):
+        if _series_ids(root):
+            return Path(root)
+    return None
 
 
 def check_volume(image: sitk.Image, name: str) -> None:
@@ -236,7 +253,8 @@ def _check_writable(folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise InputError(f"{folder}: output folder is not writable ({exc.strerror}); choose another folder") from None
+        raise InputError(f"{folder}: output folder is not writable (creating a file there failed: {exc.strerror}); "
+                         "choose another folder") from None
 
 
 def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:

@@ -21,6 +21,7 @@ from .separable import resample_onto_s1_, samples_along_axis
 log = logging.getLogger("RegistrationMisalignment")
 S1_SPACING = 1.0
 BLOCK = 8  # S1 voxels: tiles and regions are aligned to this grid
+MIN_COVERED_FRACTION = 0.99  # of the region to evaluate that the moving image may leave uncovered without a warning
 EXACT_HU_TYPES = (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkFloat32)  # hold HU and air as float32 would, no copy needed
 
 
@@ -110,7 +111,9 @@ def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
         if not sitk.GetArrayViewFromImage(torso).any():
             raise InputError("no body found in the fixed image (nothing above -500 HU); check that it is a CT in "
                              "Hounsfield units, or pass a mask of the region to evaluate")
-        log.warning("no lungs found automatically: evaluating the whole torso; pass --mask to choose the region")
+        region = "image (no air was found around the body: check that it is a CT in Hounsfield units)" \
+            if sitk.GetArrayViewFromImage(torso).all() else "torso"
+        log.warning(f"no lungs found automatically: evaluating the whole {region}; pass --mask to choose the region")
         return torso
     check_volume(mask, "mask")
     if not same_grid(mask, fixed):
@@ -189,14 +192,19 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
 
 
 def within_field_of_view(mask: sitk.Image, inside: sitk.Image) -> sitk.Image:
-    """The evaluation mask where the moving image has data (its field of view on the fixed grid), or an InputError
-    when nothing of it is left."""
+    """The evaluation mask where the moving image has data (its field of view on the fixed grid), with a warning
+    when that leaves less than MIN_COVERED_FRACTION of it, or an InputError when nothing of it is left."""
     if sitk.GetArrayViewFromImage(inside).all():
         return mask
     covered = sitk.And(mask, inside)
-    if not sitk.GetArrayViewFromImage(covered).any():
+    covered_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(covered)))
+    if not covered_voxels:
         raise InputError("the moving image does not cover the region to evaluate (the lungs, or --mask) anywhere; "
                          "check that it is the registered image of the same patient and region")
+    fraction = covered_voxels / np.count_nonzero(sitk.GetArrayViewFromImage(mask))
+    if fraction < MIN_COVERED_FRACTION:
+        log.warning(f"the moving image covers only {100 * fraction:.0f} % of the region to evaluate (the lungs, or "
+                    "--mask); the rest is labelled 0, not evaluated")
     return covered
 
 

@@ -85,6 +85,17 @@ def test_predict_nodes_creates_the_outputs_and_leaves_inputs_alone(scene, small_
     assert composite.GetBackgroundVolumeID() == fixed.GetID()
 
 
+def test_volumes_stored_in_another_order_of_axes_get_the_map_of_the_lps_stored_scan(scene, small_pair, tiny_predictor):
+    """A scan loaded as RAS (as many NIfTI files are) gets, on its own grid, the map of the same scan stored as LPS."""
+    fixed = _volume(scene, sitk.DICOMOrient(small_pair.fixed, "RAS"), "fixed")
+    moving = _volume(scene, sitk.DICOMOrient(small_pair.moving, "RAS"), "moving")
+    out = predict_nodes(fixed, moving, predictor=tiny_predictor)
+    assert _snapshot(out["labels"])[1] == _snapshot(fixed)[1]
+    expected = tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels
+    labels = sitk.DICOMOrient(image_from_volume_node(out["labels"]), "LPS")
+    assert np.array_equal(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(expected))
+
+
 def test_segments_hold_exactly_the_label_map_voxels(scene, small_pair, tiny_predictor):
     fixed = _volume(scene, small_pair.fixed, "fixed")
     out = predict_nodes(fixed, _volume(scene, small_pair.moving, "moving"), predictor=tiny_predictor)

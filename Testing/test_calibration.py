@@ -90,6 +90,16 @@ def test_a_fit_on_few_pairs_warns_and_one_on_enough_does_not(tiny_model, source,
     assert "synthetic pairs" not in caplog.text
 
 
+def test_a_fit_at_the_limit_of_its_range_warns_and_one_inside_does_not(tiny_model, source, caplog, monkeypatch):
+    from RegistrationMisalignmentLib import calibration
+    for scale, warned in ((np.exp(-3.0), True), (np.exp(3.0), True), (0.7, False)):
+        monkeypatch.setattr(calibration, "fit_scale_and_bias", lambda logits, truth: (scale, (0.0, 0.5, -0.5)))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="RegistrationMisalignment"):
+            calibrate(copy.deepcopy(tiny_model), source, samples=4, out_size=8)
+        assert ("reached the limit of its range" in caplog.text) == warned, scale
+
+
 def test_fitted_temperature_lowers_the_nll_and_keeps_the_classes(tiny_model, source):
     model = copy.deepcopy(tiny_model)
     fit = calibrate(model, source, samples=4, out_size=8, temperature_only=True)

@@ -293,6 +293,38 @@ def test_a_release_that_would_mislead_or_overwrite_is_refused_before_any_work(fi
     assert (run / "weights.safetensors").read_bytes() == run_weights
 
 
+def test_a_release_of_an_unfinished_uncalibrated_run_says_so(files, tmp_path, capsys, caplog):
+    from RegistrationMisalignmentLib.checkpoint import card_path
+    run, weights = tmp_path / "run", tmp_path / "r.safetensors"
+    ct, heldout = str(files / "moving.nii.gz"), str(files / "fixed.nrrd")
+    assert main(["train", "--ct", ct, "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "3",
+                 "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu",
+                 "--time-limit", "1e-6", "--out", str(run), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["release", "--run", str(run), "--weights-out", str(weights), "--heldout-ct", heldout, "--samples",
+                 "1"]) == 0
+    printed = capsys.readouterr()
+    assert f"{run} stopped at step 1 of the 3 asked" in caplog.text
+    assert printed.out.startswith(f"wrote {weights} (sha256 ") and "uncalibrated: give --calibration-ct" in printed.out
+    card = json.loads(card_path(weights).read_text())
+    assert (card["training_steps"], card["training_steps_asked"]) == (1, 3)
+    assert "Stopped early: 1 of the 3 steps asked." in weights.with_name("r.md").read_text()
+
+
+def test_an_ablation_refuses_a_training_ct_as_held_out(files, tmp_path, capsys):
+    ct = str(files / "moving.nii.gz")
+    assert main(["ablation", "--out", str(tmp_path / "ablation"), "--ct", ct, "--heldout-ct", ct, "--steps", "1"]) == 2
+    assert "is a training CT of this run" in _error_line(capsys)
+    assert not (tmp_path / "ablation").exists()
+
+
+def test_the_class_table_calls_confidence_calibrated_only_for_calibrated_weights():
+    from RegistrationMisalignmentLib.cli import _class_table
+    summary = {"mask_ml": 10.0, "classes": {"correct": {"ml": 10.0, "fraction": 1.0}}, "mean_confidence": 0.9}
+    assert "(calibrated: about the share" in _class_table(dict(summary, calibrated=True))
+    assert "(uncalibrated weights: not the share" in _class_table(dict(summary, calibrated=False))
+
+
 def test_a_release_trained_on_cached_sources_names_their_cts_and_refuses_one_as_held_out(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import card_path
     ct, heldout, sources = str(files / "moving.nii.gz"), str(files / "fixed.nrrd"), tmp_path / "sources.npz"

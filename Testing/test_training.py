@@ -171,3 +171,27 @@ def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):
     scratch = dict(load_model(tmp_path / "scratch" / "weights.safetensors").named_parameters())
     assert all(torch.allclose(tuned[k], initial[k], atol=1e-6) for k in initial)
     assert any(not torch.allclose(scratch[k], initial[k], atol=1e-4) for k in initial)
+
+
+def test_resuming_with_other_data_starting_weights_or_fewer_steps_is_refused_and_the_same_files_resume(
+        sources, tmp_path, monkeypatch):
+    """The stored run names the data and starting weights its weights were trained from: a resume cannot change them."""
+    from dataclasses import replace
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    started = replace(_config(4), ct_paths=[str(tmp_path / "a.nii.gz")], phantom_seeds=[0])
+    train(sources, MODEL, started, run, device="cpu", progress=False, log=lambda m: None, time_limit_s=0.0)
+    before = (run / "training_state.pt").read_bytes()
+    cases = [(replace(started, ct_paths=[str(tmp_path / "b.nii.gz")]),
+              f"--ct {tmp_path / 'a.nii.gz'} \\(asked {tmp_path / 'b.nii.gz'}\\)"),
+             (replace(started, source_files=["cache.npz"]), f"--sources none \\(asked {tmp_path / 'cache.npz'}\\)"),
+             (replace(started, phantom_seeds=[0, 1]), "--phantoms 1 \\(asked 2\\)"),
+             (replace(started, init_weights="w.safetensors", init_weights_sha256="ab" * 32),
+              "--init-weights none \\(random weights\\) \\(asked w.safetensors\\)"),
+             (replace(started, steps=3), "--steps 4 \\(asked 3: only more may be asked\\)")]
+    for asked, message in cases:
+        with pytest.raises(InputError, match="holds a run started with " + message):
+            train(sources, MODEL, asked, run, device="cpu", progress=False, log=lambda m: None)
+    assert (run / "training_state.pt").read_bytes() == before
+    same_file_relative = replace(started, ct_paths=["a.nii.gz"], steps=5)  # relative to the folder it ran in
+    assert train(sources, MODEL, same_file_relative, run, device="cpu", progress=False, log=lambda m: None)["finished"]

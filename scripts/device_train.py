@@ -80,7 +80,8 @@ def main() -> None:
     device_training.json under $OUT."""
     out = Path(os.environ.get("OUT", "runs/device"))
     budget_s = setting("BUDGET_S", 420.0)
-    sources = load_cached_sources(os.environ.get("SOURCES", "carry/train_sources.npz"))
+    sources_file = os.environ.get("SOURCES", "carry/train_sources.npz")
+    sources = load_cached_sources(sources_file)
     device = resolve_device(os.environ.get("DEVICE", "auto"))
     init_weights = os.environ.get("INIT_WEIGHTS", "")  # fine-tuning: the architecture comes from the weights
     model_config = (fine_tuning_config(init_weights) if init_weights else
@@ -88,7 +89,7 @@ def main() -> None:
                                 hidden=setting("HIDDEN", 24)))
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32),
                 learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
-                source_files=["carry/train_sources.npz"], phantom_seeds=[], init_weights=init_weights,
+                source_files=[sources_file], phantom_seeds=[], init_weights=init_weights,
                 init_weights_sha256=sha256_of(init_weights) if init_weights else "")
     started = time.perf_counter()
     pairs_per_s = synthesis_rate(sources, model_config, base["out_size"], device, base["batch_size"])

@@ -38,7 +38,8 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out-size", type=int, default=32, help="S1 output tile edge per sample (multiple of 8)")
     p.add_argument("--learning-rate", type=float, default=2e-3)
-    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--validate-every", type=int, default=100,
+                   help="steps between validations and checkpoints (default 100)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after this many minutes, with the checkpoint saved (rerunning resumes); for a "
                         "scheduler's time slot or a GPU lease")
@@ -78,8 +79,9 @@ def run_train(args) -> dict:
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
                                learning_rate=args.learning_rate, validate_every=args.validate_every,
-                               seed=args.seed, ct_paths=[str(p) for p in args.ct],
-                               phantom_seeds=list(range(args.phantoms)), source_files=list(args.sources),
+                               seed=args.seed, ct_paths=[str(Path(p).resolve()) for p in args.ct],
+                               phantom_seeds=list(range(args.phantoms)),
+                               source_files=[str(Path(p).resolve()) for p in args.sources],
                                loader_workers=args.loader_workers, loader_device=args.loader_device,
                                density_change=args.density_change,
                                synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
@@ -187,8 +189,10 @@ def _class_table(summary: dict) -> str:
     for name, c in summary["classes"].items():
         lines.append(f"  {name:8s} {c['ml']:9.1f} mL  {100 * c['fraction']:5.1f} %")
     if summary.get("mean_confidence") is not None:
-        lines.append(f"mean confidence {100 * summary['mean_confidence']:.1f} % (calibrated: about the share of "
-                     "voxels whose class is right)")
+        meaning = ("calibrated: about the share of voxels whose class is right" if summary.get("calibrated") else
+                   "uncalibrated weights: not the share of voxels whose class is right; calibrate with `release "
+                   "--calibration-ct` or `calibrate`")
+        lines.append(f"mean confidence {100 * summary['mean_confidence']:.1f} % ({meaning})")
     return "\n".join(lines)
 
 
@@ -261,7 +265,8 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         close_bars()
-        resume = "; the same command resumes from the last checkpoint" if args.command in ("train", "ablation") else ""
+        resume = ("; the same command resumes from the last checkpoint (one is saved every --validate-every steps; "
+                  "before the first, it starts again)") if args.command in ("train", "ablation") else ""
         print(f"error: interrupted; nothing half-written was left behind{resume}", file=sys.stderr)
         return 130
     status = result.pop("exit_status", 0) if isinstance(result, dict) else 0

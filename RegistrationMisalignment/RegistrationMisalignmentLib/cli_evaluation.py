@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, load_predictor, progress_bar, require_at_least,
                          require_at_least_one, set_threads)
@@ -161,9 +162,14 @@ def run_release(args) -> dict:
     set_threads(args.threads)
     card = release(args.run, args.weights_out, args.heldout_ct, args.samples, args.training_command,
                    args.calibration_ct, args.calibration_samples, args.temperature_only)
+    heldout = card["heldout_synthetic"]["all_lung_voxels"]
+    if not args.json:
+        print(f"wrote {args.weights_out} (sha256 {card['sha256'][:12]}…, "
+              f"{'calibrated' if card['calibration'] else 'uncalibrated: give --calibration-ct to calibrate'}) and "
+              f"its model card; held-out synthetic accuracy {100 * heldout['accuracy']:.1f} %, average F1 "
+              f"{100 * heldout['average_f1']:.1f} %")
     return {"sha256": card["sha256"], "temperature": card["architecture"]["temperature"],
-            "class_bias": card["architecture"]["class_bias"],
-            "heldout_synthetic": card["heldout_synthetic"]["all_lung_voxels"]}
+            "class_bias": card["architecture"]["class_bias"], "heldout_synthetic": heldout}
 
 
 def _add_card_landmarks(sub) -> None:
@@ -419,9 +425,12 @@ def run_ablation_command(args) -> dict:
     """Run the ablation."""
     from .ablation import run_ablation
     from .model import ModelConfig
+    from .release import check_heldout_unseen
     from .training import TrainConfig
+    check_heldout_unseen(args.heldout_ct, args.ct)
     set_threads(args.threads)
-    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, ct_paths=[str(p) for p in args.ct],
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                               ct_paths=[str(Path(p).resolve()) for p in args.ct],
                                phantom_seeds=list(range(args.phantoms)))
     summary = run_ablation(train_config, args.heldout_ct, args.out, args.samples,
                            ModelConfig(features=12, hidden=12), args.device)

@@ -455,7 +455,8 @@ class MisalignmentPredictor:
                                       "fraction": float(counts[v] / total) if total else 0.0}
                    for v in L.CLASS_VALUES}
         return {"classes": classes, "mask_voxels": total, "mask_ml": total * voxel_ml,
-                "mean_confidence": confidence_sum / total if total else None, "device": str(self.device),
+                "mean_confidence": confidence_sum / total if total else None,
+                "calibrated": self.model.config != self.model.config.uncalibrated(), "device": str(self.device),
                 "precision": self.precision, "architecture": self.model.config.architecture,
                 "weights_sha256": self.weights_sha256}
 

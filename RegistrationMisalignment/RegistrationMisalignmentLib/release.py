@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from .metrics import band_name
 from .source_cache import cached_source_names
 from .sources import source_from_image
 
+log = logging.getLogger("RegistrationMisalignment")
+
 
 def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = "", calibration_ct=None,
             calibration_samples: int = 48, temperature_only: bool = False) -> dict:
@@ -30,6 +33,9 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
     train = json.loads(state["train_config"])
     training_cts = training_ct_names(train)
     check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, training_cts)
+    if state["step"] < train["steps"]:
+        log.warning(f"{run_dir} stopped at step {state['step']} of the {train['steps']} asked (a time limit or an "
+                    "interruption); releasing its weights as they are (rerun its `train` command to finish it)")
     history = json.loads(state["history"])
     run_weights = run_dir / "weights.safetensors"
     model = load_model(run_weights)
@@ -53,6 +59,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             "training": train,
             "training_cts": training_cts,
             "training_steps": state["step"],
+            "training_steps_asked": train["steps"],
             "training_seconds": history[-1]["seconds"] if history else None,
             "training_machine": state.get("machine") or machine_description(),
             "validation_history": history,
@@ -84,6 +91,9 @@ def training_ct_names(train: dict) -> list:
     must still be where the run read them)."""
     names = [Path(path).name for path in train.get("ct_paths", [])]
     for sources_file in train.get("source_files", []):
+        if not Path(sources_file).is_file():
+            raise InputError(f"{sources_file}: the run's sources file is not there (a relative path is read from the "
+                             "folder `train` ran in: release from there, or put the file back)")
         names += [Path(name).name for name in cached_source_names(sources_file) if not name.startswith("phantom")]
     return names
 
@@ -95,13 +105,26 @@ def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibratio
                        WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
     for path in (card_path(weights_out), weights_out.with_suffix(".md")):  # published with the weights
         check_output_path(path)
+    check_heldout_unseen(heldout_ct, training_cts)
+    if calibration_ct and _same_ct(calibration_ct, heldout_ct):
+        raise InputError(f"--calibration-ct {calibration_ct} is the held-out CT; calibrate on a training CT so that "
+                         "the held-out figures stay unseen")
+
+
+def check_heldout_unseen(heldout_ct, training_cts) -> None:
+    """Raise InputError when the held-out CT is one of the training CTs (paths or names)."""
     for training_ct in training_cts:
         if _same_ct(heldout_ct, training_ct):
             raise InputError(f"--heldout-ct {heldout_ct} is a training CT of this run ({training_ct}); evaluate on a "
                              "CT the run never saw")
-    if calibration_ct and _same_ct(calibration_ct, heldout_ct):
-        raise InputError(f"--calibration-ct {calibration_ct} is the held-out CT; calibrate on a training CT so that "
-                         "the held-out figures stay unseen")
+
+
+def _stopped_early(card: dict) -> str:
+    """The card's note for a run released before its last step (empty otherwise)."""
+    asked = card.get("training_steps_asked")
+    if asked is None or card["training_steps"] >= asked:
+        return ""
+    return f" Stopped early: {card['training_steps']} of the {asked} steps asked."
 
 
 def _same_ct(a, b) -> bool:
@@ -161,7 +184,7 @@ def markdown_card(card: dict) -> str:
 - Training data: synthetic pairs from {sources}; all deformation families\
 {_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
-  {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.
+  {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.{_stopped_early(card)}
 - Training command: {f"`{card['training_command']}`" if card['training_command'] else "not recorded (release --training-command)"}
 - Last validation (synthetic, training sources, other seeds): accuracy {100 * last.get('accuracy', 0):.1f} %,
   average F1 {100 * last.get('average_f1', 0):.1f} %.

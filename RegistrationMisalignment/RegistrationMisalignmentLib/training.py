@@ -205,11 +205,12 @@ def start_from_weights(model: MisalignmentNet, weights_path) -> None:
 
 
 RESUMED_SETTINGS = ("batch_size", "out_size", "learning_rate", "seed", "density_change")  # --steps may grow
+RESUMED_FILES = {"ct_paths": "--ct", "source_files": "--sources"}  # the training data, file by file, in order
 
 
 def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_config: TrainConfig) -> None:
-    """Raise InputError, naming what differs, unless a stored run has the architecture and training settings asked
-    for (only the number of steps may change on resuming)."""
+    """Raise InputError, naming what differs, unless a stored run has the architecture, training data, starting
+    weights and training settings asked for (only the number of steps may grow on resuming)."""
     def plain(values: dict) -> dict:
         return json.loads(json.dumps(values))  # as stored: lists for tuples, text for dictionary keys
     stored_model = plain(ModelConfig(**json.loads(state["model_config"])).to_dict())
@@ -219,9 +220,27 @@ def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_
                  if stored_model.get(key) != asked_model[key]]
     differing += [f"--{key.replace('_', '-')} {stored_train.get(key)} (asked {asked_train[key]})"
                   for key in RESUMED_SETTINGS if key in stored_train and stored_train[key] != asked_train[key]]
+    differing += _differing_data(stored_train, asked_train)
+    if asked_train["steps"] < stored_train["steps"]:
+        differing.append(f"--steps {stored_train['steps']} (asked {asked_train['steps']}: only more may be asked)")
     if differing:
         raise InputError(f"{out_dir} holds a run started with {', '.join(differing)}; resume it with the options it "
                          "was started with, or train in a new --out folder")
+
+
+def _differing_data(stored: dict, asked: dict) -> list:
+    """What differs between a stored run's training data and starting weights and those asked for, as options."""
+    differing = []
+    for key, option in RESUMED_FILES.items():
+        before, now = ([str(Path(path).resolve()) for path in paths] for paths in (stored.get(key, []), asked[key]))
+        if before != now:
+            differing.append(f"{option} {' '.join(before) or 'none'} (asked {' '.join(now) or 'none'})")
+    if len(stored.get("phantom_seeds", [])) != len(asked["phantom_seeds"]):
+        differing.append(f"--phantoms {len(stored.get('phantom_seeds', []))} (asked {len(asked['phantom_seeds'])})")
+    if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:
+        differing.append(f"--init-weights {stored.get('init_weights') or 'none (random weights)'} "
+                         f"(asked {asked['init_weights'] or 'none'})")
+    return differing
 
 
 def learning_rate(train: TrainConfig, step: int) -> float:

@@ -195,3 +195,13 @@ def test_resuming_with_other_data_starting_weights_or_fewer_steps_is_refused_and
     assert (run / "training_state.pt").read_bytes() == before
     same_file_relative = replace(started, ct_paths=["a.nii.gz"], steps=5)  # relative to the folder it ran in
     assert train(sources, MODEL, same_file_relative, run, device="cpu", progress=False, log=lambda m: None)["finished"]
+
+
+def test_a_source_ct_stored_without_its_rescale_intercept_is_refused_with_the_hint(small_phantom, caplog):
+    """Training sources get predict's HU check: a CT stored as HU + 1024 is named with 'subtract 1024'."""
+    import SimpleITK as sitk
+    ct, _ = small_phantom
+    shifted = sitk.Cast(ct, sitk.sitkInt32) + 1024
+    with caplog.at_level("WARNING", logger="RegistrationMisalignment"), pytest.raises(InputError, match="no air-filled"):
+        source_from_image("shifted.nii.gz", shifted)
+    assert "shifted.nii.gz: intensities" in caplog.text and "subtract 1024" in caplog.text

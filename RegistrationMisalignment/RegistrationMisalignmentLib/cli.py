@@ -119,6 +119,8 @@ def _add_cache_sources(sub) -> None:
     p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
     p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
     p.add_argument("--out", required=True, help="file to write (.npz)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of SimpleITK (default 0: all physical cores "
+                                                           "available)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -131,6 +133,7 @@ def run_cache_sources(args) -> dict:
     require_at_least(0, phantoms=args.phantoms)
     if not (args.ct or args.phantoms):
         raise InputError("nothing to cache: give --ct (repeatable) or --phantoms N")
+    set_threads(args.threads)
     sources = load_sources(args.ct, range(args.phantoms))
     save_sources(sources, args.out)
     summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources}}

@@ -5,6 +5,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .imageio import read_image
+from .input_checks import warn_if_not_ct
 from .masks import lung_mask, torso_mask
 from .phantom import make_chest_phantom
 from .pyramid import AIR_HU
@@ -29,7 +30,9 @@ def to_lps_1mm(ct: sitk.Image) -> sitk.Image:
 
 
 def source_from_image(name: str, ct: sitk.Image, lungs: sitk.Image = None) -> Source:
-    """Training source from a CT (any grid): 1 mm LPS, background set to air, torso and lung masks."""
+    """Training source from a CT (any grid): 1 mm LPS, background set to air, torso and lung masks; a warning when
+    its intensities do not look like HU."""
+    warn_if_not_ct(ct, name)
     ct = to_lps_1mm(ct)
     torso = torso_mask(ct)
     if lungs is None:

@@ -164,7 +164,7 @@ def run_release(args) -> dict:
                    args.calibration_ct, args.calibration_samples, args.temperature_only)
     heldout = card["heldout_synthetic"]["all_lung_voxels"]
     if not args.json:
-        print(f"wrote {args.weights_out} (sha256 {card['sha256'][:12]}…, "
+        print(f"wrote {args.weights_out} (sha256 {card['sha256'][:12]}..., "
               f"{'calibrated' if card['calibration'] else 'uncalibrated: give --calibration-ct to calibrate'}) and "
               f"its model card; held-out synthetic accuracy {100 * heldout['accuracy']:.1f} %, average F1 "
               f"{100 * heldout['average_f1']:.1f} %")

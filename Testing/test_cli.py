@@ -487,3 +487,18 @@ def test_a_misused_option_is_one_line_naming_it_and_the_help(capsys):
 def test_no_command_prints_the_help(capsys):
     assert main([]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path, capsys, monkeypatch):
+    """A bad --out-size or a change refused on resuming is reported before the CTs are read (seconds each)."""
+    from RegistrationMisalignmentLib import sources
+    ct, run = str(files / "moving.nii.gz"), str(tmp_path / "run")
+    common = ["train", "--ct", ct, "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1",
+              "--validate-every", "1", "--device", "cpu", "--out", run, "--json"]
+    assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sources, "load_sources", lambda *args: pytest.fail("the sources were loaded"))
+    assert main([*common, "--batch-size", "1", "--out-size", "12"]) == 2
+    assert "output tile size must be a positive multiple of 8, got 12" in _error_line(capsys)
+    assert main([*common, "--batch-size", "2", "--out-size", "8"]) == 2
+    assert "holds a run started with --batch-size 1 (asked 2)" in _error_line(capsys)

@@ -64,7 +64,7 @@ def run_train(args) -> dict:
     """Train a model from the parsed arguments."""
     from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
-    from .training import TrainConfig, train
+    from .training import TrainConfig, check_before_loading_sources, train
     require_share(density_change=args.density_change)
     require_at_least_one(steps=args.steps, batch_size=args.batch_size, validate_every=args.validate_every)
     require_at_least(0, seed=args.seed, phantoms=args.phantoms, loader_workers=args.loader_workers)
@@ -87,6 +87,7 @@ def run_train(args) -> dict:
                                synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
                                init_weights=str(init_weights or ""),
                                init_weights_sha256=sha256_of(init_weights) if init_weights else "")
+    check_before_loading_sources(args.out, model_config, train_config)
     sources = [s for path in args.sources for s in load_cached_sources(path)]
     if train_config.ct_paths or train_config.phantom_seeds:
         from .sources import load_sources  # SimpleITK is needed only here

@@ -26,6 +26,7 @@ from .synthesis import IGNORE, make_batch, make_samples
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
 LOADER_PREFETCH = 4  # batches each loader worker prepares ahead
+STATE_NAME = "training_state.pt"  # the resumable checkpoint in a run folder
 SYNTHESIS_AHEAD = 2  # batches a synthesis thread in the training process makes ahead of the step
 
 
@@ -243,6 +244,16 @@ def _differing_data(stored: dict, asked: dict) -> list:
     return differing
 
 
+def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> None:
+    """The checks `train` makes of its settings and of a run to resume, made before the sources are loaded (which
+    takes seconds per CT), so that a wrong option is reported at once."""
+    check_output_size(train_config.out_size)
+    state_path = Path(out_dir) / STATE_NAME
+    if state_path.exists():
+        check_same_run(Path(out_dir), torch.load(state_path, map_location="cpu", weights_only=True), model_config,
+                       train_config)
+
+
 def learning_rate(train: TrainConfig, step: int) -> float:
     """Linear warm-up over 50 steps, then cosine decay to 5 % of the peak."""
     if step < 50:
@@ -265,7 +276,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                              "CPU")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / "training_state.pt"
+    state_path = out_dir / STATE_NAME
     torch.manual_seed(train_config.seed)
     model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,

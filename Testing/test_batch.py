@@ -223,3 +223,25 @@ def test_pairs_csv_paths_are_relative_to_the_csv(tmp_path):
     (case,) = read_cases(path)
     assert (case.case_id, case.fixed, case.moving, case.mask) == ("p1", str(tmp_path / "sub" / "a.nrrd"),
                                                                    "/data/b.nrrd", None)
+
+
+def test_a_case_lock_appears_with_its_holder_written_and_a_dead_holder_is_replaced_at_once(tmp_path):
+    """The lock file is linked into place already written (a holder killed at any moment never leaves an empty lock,
+    which others could not tell from a live one for minutes); it leaves no staged file behind."""
+    from RegistrationMisalignmentLib.case_lock import CaseLock
+    path = tmp_path / ".case.lock"
+    lock = CaseLock(path)
+    assert lock.acquire()
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == [".case.lock"]
+    assert not CaseLock(path).acquire()  # a live holder keeps it
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+    held_then_killed = ("import os, sys; from RegistrationMisalignmentLib.case_lock import CaseLock; "
+                        f"assert CaseLock({str(path)!r}).acquire(); os._exit(0)")
+    subprocess.run([sys.executable, "-c", held_then_killed], check=True, timeout=60)
+    assert path.exists()
+    successor = CaseLock(path)
+    assert successor.acquire()
+    successor.release()
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .batch_cases import Case, input_checksums
-from .case_lock import CaseLock
+from .case_lock import STAGED_SUFFIX, CaseLock
 from .errors import CapturedWarnings, InputError
 from .figures import thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
@@ -209,7 +209,8 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 def _remove_leftovers(folder: Path, case_id: str) -> None:
     """Remove staging and replaced folders that an interrupted run left for this case (we hold its lock)."""
-    for pattern in (f".{case_id}.staging-*", f".{case_id}.old-*", f".{case_id}.lock.broken-*"):
+    for pattern in (f".{case_id}.staging-*", f".{case_id}.old-*", f".{case_id}.lock.broken-*",
+                    f".{case_id}.lock.*{STAGED_SUFFIX}"):
         for path in folder.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0  # a lock not refreshed for this long is abandoned (its holder is gone)
+STAGED_SUFFIX = ".staged"  # a lock file being written, before it is linked into place
 
 
 def _process_alive(pid: int) -> bool:
@@ -37,18 +38,29 @@ class CaseLock:
         """Take the lock; False when a live holder has it."""
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create()
             except FileExistsError:
                 if not self._abandoned():
                     return False
                 self._break()
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}, handle)
+            except FileNotFoundError:  # the holder removed our staged file as a leftover: it is alive
+                return False
             self._heartbeat = threading.Thread(target=self._refresh, daemon=True)
             self._heartbeat.start()
             return True
         return False
+
+    def _create(self) -> None:
+        """Create the lock file with its holder already written (FileExistsError if it exists): a file staged beside
+        it is hard-linked into place, so a holder killed at any moment never leaves an empty lock that others could
+        not tell from a live one."""
+        staged = self.path.with_name(f"{self.path.name}.{self.token}{STAGED_SUFFIX}")
+        staged.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}))
+        try:
+            os.link(staged, self.path)
+        finally:
+            staged.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Stop refreshing and remove the lock if it is still ours."""

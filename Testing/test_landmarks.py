@@ -90,6 +90,27 @@ def test_residuals_are_distances(tmp_path):
             read_residuals(tmp_path / "bad.csv")
 
 
+def test_residuals_come_from_the_named_column_and_other_layouts_are_refused(tmp_path):
+    """A landmark number beside the residual is never read as the residual."""
+    from RegistrationMisalignmentLib.cli_evaluation import read_residuals
+    layouts = {"id_first.csv": "landmark,residual_mm\n1,8.5\n2,0.25\n",
+               "x_y_z.csv": "x,y,z,Residual (mm)\n-10,5,3,8.5\n4,4,4,0.25\n",
+               "plain.csv": "8.5\n\n0.25\n"}
+    for name, text in layouts.items():
+        (tmp_path / name).write_text(text)
+        assert read_residuals(tmp_path / name) == [8.5, 0.25], name
+    refused = {"unnamed.csv": ("landmark,distance\n1,8.5\n", "name exactly one of them residual_mm"),
+               "two.csv": ("residual_a,residual_b\n1,2\n", "name exactly one of them residual_mm"),
+               "no_header.csv": ("1,8.5\n2,0.25\n", "2 columns and no header row"),
+               "text.csv": ("residual_mm\n1.5\nabout 2\n", "text.csv:3: cannot parse 'about 2'")}
+    for name, (text, message) in refused.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_residuals(tmp_path / name)
+    with pytest.raises(InputError, match="absent.csv: no such file"):
+        read_residuals(tmp_path / "absent.csv")
+
+
 def test_residual_uses_the_fixed_to_moving_displacement():
     field = sitk.Image([10, 10, 10], sitk.sitkVectorFloat64, 3)
     field.SetOrigin((-5.0, -5.0, -5.0))
@@ -171,8 +192,19 @@ def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, 
     assert "chest warped by a known respiratory field <= 20 mm, seed 4" in markdown
     assert f"| {100 * total['accuracy']:.1f} % |" in markdown
     assert load_model(weights)  # the card still matches the weights
+    assert "registered pairs with given residuals; the residual" in markdown and "elastix in the setups" not in markdown
+    assert (entry["registered_by"], entry["setups"]) == ("given residuals", None)
     assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "missing")]) == 2
     assert "evaluation.json" in capsys.readouterr().err
+    other = tmp_path / "other.safetensors"
+    card_path(other).write_text(json.dumps(dict(card, name="other", weights=other.name, sha256="0" * 64)))
+    assert main(["card-landmarks", "--weights", str(other), "--evaluation", str(tmp_path / "out")]) == 2
+    assert "scores other weights" in capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    del result["provenance"]  # as an evaluate before 0.5.0 wrote it
+    (tmp_path / "out" / "evaluation.json").write_text(json.dumps(result))
+    assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "out")]) == 2
+    assert "did not record the weights it scored" in capsys.readouterr().err
 
 
 def test_a_landmark_pair_from_a_known_field_has_exact_correspondences(small_phantom, tmp_path, capsys):
@@ -225,3 +257,28 @@ def test_protocol_runs_every_setup_and_rejects_mismatched_landmarks(small_pair, 
                         "--setups", "affine,bspline_poor", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["setups"]) == {"affine", "bspline_poor"} and result["total"]["n"] == 6
+
+
+def test_evaluate_and_make_landmark_pair_refuse_bad_options_before_any_work(small_pair, tmp_path, capsys):
+    """An --out that is a file or holds a folder named like an output, no setup, a negative field: one line, exit 2."""
+    write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
+    (tmp_path / "points.csv").write_text("0,0,0\n")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "taken" / "evaluation.md").mkdir(parents=True)
+    evaluate = ["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving", str(tmp_path / "fixed.nrrd"),
+                "--fixed-landmarks", str(tmp_path / "points.csv"), "--moving-landmarks", str(tmp_path / "points.csv")]
+    cases = [(evaluate + ["--out", str(tmp_path / "a_file")], "is a file; give a folder"),
+             (evaluate + ["--out", str(tmp_path / "taken")], "evaluation.md: is a folder"),
+             (evaluate + ["--setups", ","], "names no setup; choose from affine"),
+             (["make-landmark-pair", "--ct", str(tmp_path / "fixed.nrrd"), "--out", str(tmp_path / "a_file")],
+              "is a file; give a folder"),
+             (["make-landmark-pair", "--ct", str(tmp_path / "fixed.nrrd"), "--out", str(tmp_path / "p"),
+               "--max-mm", "-5"], "--max-mm must be more than 0"),
+             (["demo", "--out", str(tmp_path / "d"), "--max-mm", "-3"], "--max-mm must be at least 0")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert main(["make-landmark-pair", "--ct", str(tmp_path / "absent.nii.gz"), "--out", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err.count("absent.nii.gz") == 1
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["evaluation.md"]

@@ -217,6 +217,7 @@ def _add_demo(sub) -> None:
 def run_demo_command(args) -> dict:
     """Run the demo and print the agreement with the known truth."""
     from .demo import run_demo
+    require_at_least(0, max_mm=args.max_mm)
     predictor = load_predictor(args)
     result = run_demo(predictor, args.out, args.ct, args.seed, args.field, args.max_mm,
                       progress=progress_bar(not args.json))

@@ -68,6 +68,24 @@ def require_share(**shares) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
 
 
+def output_folder(folder, *names):
+    """An --out folder, created if needed, checked before any work: a file there, a folder that cannot be written, or
+    one of the file `names` to be written in it that cannot be (a folder of that name, say) is an InputError."""
+    from pathlib import Path
+    from .errors import InputError
+    from .imageio import check_output_path
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {folder}: the folder cannot be created ({exc.strerror}); choose another") from None
+    for name in names:
+        check_output_path(folder / name)
+    return folder
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Add --weights, --device, --max-memory, --threads, --amp and --json."""
     parser.add_argument("--weights", help="weights file (.safetensors; default: the released model)")

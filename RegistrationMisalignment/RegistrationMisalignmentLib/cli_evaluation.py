@@ -6,8 +6,8 @@ import logging
 import math
 from pathlib import Path
 
-from .cli_common import (add_device, add_model_options, load_predictor, progress_bar, require_at_least,
-                         require_at_least_one, set_threads)
+from .cli_common import (add_device, add_model_options, load_predictor, output_folder, progress_bar,
+                         require_at_least, require_at_least_one, set_threads)
 from .errors import InputError
 
 
@@ -302,6 +302,9 @@ def run_training_benchmark_command(args) -> dict:
     return result
 
 
+EVALUATION_FILES = ("evaluation.json", "evaluation.md")  # what `evaluate --out` writes
+
+
 def _add_evaluate(sub) -> None:
     """Register the `evaluate` command (the paper's landmark protocol)."""
     p = sub.add_parser("evaluate", help="landmark protocol: register with elastix, compare predicted and true classes",
@@ -342,6 +345,7 @@ def run_evaluate(args) -> dict:
     from .imageio import read_image, write_bytes
     from .landmark_evaluation import SETUPS, evaluate_landmarks, markdown_table, score, with_comparisons
     from .landmarks import check_inside, read_landmarks
+    out = output_folder(args.out, *EVALUATION_FILES) if args.out else None
     fixed = read_image(args.fixed)
     mask = read_image(args.mask) if args.mask else None
     fixed_points = read_landmarks(args.fixed_landmarks, fixed)
@@ -357,6 +361,7 @@ def run_evaluate(args) -> dict:
         registered = read_image(args.registered_moving)
         result = with_comparisons({name: {"given": score(model, fixed, registered, fixed_points, residual, mask)}
                                    for name, model in dict({None: predictor}, **compared).items()})
+        setups = None
     else:
         if not (args.moving and args.moving_landmarks):
             raise InputError("give --moving and --moving-landmarks (or --registered-moving with --residuals)")
@@ -368,39 +373,68 @@ def run_evaluate(args) -> dict:
         check_inside(moving_points, moving, args.moving_landmarks)
         setups = [s.strip() for s in args.setups.split(",") if s.strip()]
         unknown = [s for s in setups if s not in SETUPS]
+        if not setups:
+            raise InputError(f"--setups {args.setups!r} names no setup; choose from {', '.join(SETUPS)}")
         if unknown:
             raise InputError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
         result = evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups, mask,
                                     progress=progress_bar(not args.json), compared=compared)
+    result["provenance"] = {"weights_sha256": predictor.weights_sha256, "setups": setups,
+                            "registered_by": "given residuals" if setups is None else "elastix",
+                            "pair": landmark_pair_beside(args.fixed)}
     table = markdown_table(result)
-    if args.out:
-        from pathlib import Path
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_bytes(json.dumps(result, indent=1).encode(), Path(args.out) / "evaluation.json")
-        write_bytes(table.encode(), Path(args.out) / "evaluation.md")
+    if out is not None:
+        write_bytes(json.dumps(result, indent=1).encode(), out / "evaluation.json")
+        write_bytes(table.encode(), out / "evaluation.md")
     if not args.json:
         print(table)
     return result
 
 
+def landmark_pair_beside(fixed_path):
+    """The description `make-landmark-pair` wrote beside a fixed image, or None when it is not from such a pair."""
+    description = Path(fixed_path).resolve().parent / "landmark_pair.json"
+    return json.loads(description.read_text()) if description.is_file() else None
+
+
 def read_residuals(path) -> list:
-    """One residual distance (mm) per row of a CSV (a header row is allowed)."""
+    """One residual distance (mm) per fixed landmark from a CSV: its only column, or, under a header row, the one
+    column whose name holds "residual" (e.g. landmark,residual_mm)."""
+    import csv
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; give a CSV with one residual (mm) per fixed landmark")
+    rows = [(i + 1, row) for i, row in enumerate(csv.reader(path.read_text().splitlines())) if "".join(row).strip()]
+    column = 0
+    if rows and not all(_is_number(field) for field in rows[0][1]):
+        header = [name.strip() for name in rows.pop(0)[1]]
+        named = [j for j, name in enumerate(header) if "residual" in name.lower()]
+        if len(header) > 1 and len(named) != 1:
+            raise InputError(f"{path}: columns {', '.join(header)}: name exactly one of them residual_mm (the "
+                             "residual in mm of each fixed landmark), or give that column alone")
+        column = named[0] if named else 0
+    elif rows and len(rows[0][1]) > 1:
+        raise InputError(f"{path}: {len(rows[0][1])} columns and no header row; give one residual (mm) per row, or a "
+                         "header row naming the residual column residual_mm")
     values = []
-    from pathlib import Path
-    for i, line in enumerate(Path(path).read_text().splitlines()):
-        field = line.split(",")[0].strip()
-        if not field:
-            continue
-        try:
-            value = float(field)
-        except ValueError:
-            if i == 0:
-                continue
-            raise InputError(f"{path}:{i + 1}: cannot parse {field!r} as a residual in mm") from None
+    for line, row in rows:
+        field = row[column].strip() if column < len(row) else ""
+        if not _is_number(field):
+            raise InputError(f"{path}:{line}: cannot parse {field!r} as a residual in mm")
+        value = float(field)
         if not value >= 0.0 or value == float("inf"):
-            raise InputError(f"{path}:{i + 1}: a residual is a distance in mm (zero or more), got {field!r}")
+            raise InputError(f"{path}:{line}: a residual is a distance in mm (zero or more), got {field!r}")
         values.append(value)
     return values
+
+
+def _is_number(text: str) -> bool:
+    """Whether a CSV field holds a number (nan and inf included: they are refused as residuals with their line)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _add_ablation(sub) -> None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
-from .cli_common import require_at_least_one
+from .cli_common import output_folder, require_at_least_one, require_positive
+
+PAIR_FILES = ("fixed.nrrd", "moving.nrrd", "fixed_landmarks.csv", "moving_landmarks.csv", "landmark_pair.json")
 
 
 def _add_make_landmark_pair(sub) -> None:
@@ -25,15 +27,15 @@ def _add_make_landmark_pair(sub) -> None:
 
 def run_make_landmark_pair(args) -> dict:
     """Write the pair and its landmarks."""
-    from pathlib import Path
     from .errors import InputError
     from .imageio import read_image, write_bytes, write_image
     from .landmark_pairs import make_landmark_pair
     require_at_least_one(points=args.points)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    require_positive(max_mm=args.max_mm)
+    out = output_folder(args.out, *PAIR_FILES)
+    ct = read_image(args.ct)
     try:
-        pair = make_landmark_pair(read_image(args.ct), args.points, args.field, args.max_mm, args.seed)
+        pair = make_landmark_pair(ct, args.points, args.field, args.max_mm, args.seed)
     except ValueError as exc:
         raise InputError(f"{args.ct}: {exc}") from None
     write_image(pair.fixed, out / "fixed.nrrd")

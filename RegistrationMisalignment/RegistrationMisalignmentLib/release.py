@@ -212,20 +212,28 @@ reliability data per bin are in the JSON card.
         (robustness_markdown(card["robustness"]) if card.get("robustness") else "")
 
 
-def landmark_entry(evaluation_dir) -> dict:
-    """Card entry for an `evaluate --out DIR` result: pooled and per-setup figures of the main model."""
+def landmark_entry(evaluation_dir, card: dict) -> dict:
+    """Card entry for an `evaluate --out DIR` result of the card's weights: pooled and per-setup figures of the main
+    model, how the pair was registered and, for a `make-landmark-pair` pair, its description."""
     evaluation_dir = Path(evaluation_dir)
     try:
         result = json.loads((evaluation_dir / "evaluation.json").read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{evaluation_dir}: no readable evaluation.json ({exc}); pass a folder written by "
                          "`evaluate --out`") from None
-    pair_file = evaluation_dir.parent / "landmark_pair.json"
-    pair = json.loads(pair_file.read_text()) if pair_file.exists() else None
+    provenance = result.get("provenance")
+    if provenance is None:
+        raise InputError(f"{evaluation_dir}: written by an `evaluate` older than 0.5.0, which did not record the "
+                         "weights it scored; run `evaluate` again")
+    if provenance["weights_sha256"] != card["sha256"]:
+        raise InputError(f"{evaluation_dir}: scores other weights (sha256 {provenance['weights_sha256'][:12]}...) "
+                         f"than {card['weights']} ({card['sha256'][:12]}...); run `evaluate --weights` with them")
+    pair = provenance["pair"]
     total = result["total"]
     landmarks = [m for r in result["setups"].values() for m in r["landmarks"]]
-    return {"pair": pair or {"note": "landmark pair of " + evaluation_dir.parent.name},
+    return {"pair": pair or {"note": "landmark pair of " + evaluation_dir.resolve().parent.name},
             "synthetic": pair is not None, "evaluation": str(evaluation_dir),
+            "registered_by": provenance["registered_by"], "setups": provenance["setups"],
             "landmarks": total["n"], "accuracy": total["accuracy"], "average_f1": total["average_f1"],
             "expected_calibration_error": landmark_summary(landmarks)["expected_calibration_error"],
             "per_setup": {name: {"accuracy": r["accuracy"], "average_f1": r["average_f1"]}
@@ -236,7 +244,7 @@ def landmark_entry(evaluation_dir) -> dict:
 def add_landmark_results(weights, evaluation_dirs: list) -> dict:
     """Put the landmark-protocol results of `weights` into its model card (JSON and Markdown); returns the card."""
     card = read_card(weights)
-    card["landmark_protocol"] = [landmark_entry(d) for d in evaluation_dirs]
+    card["landmark_protocol"] = [landmark_entry(d, card) for d in evaluation_dirs]
     write_card(weights, card)
     return card
 
@@ -283,13 +291,14 @@ def _pair_description(pair: dict) -> str:
             f"<= {pair['max_mm']:g} mm, seed {pair['seed']} (synthetic landmarks)")
 
 
-def _reproduce_command(pair: dict, weights_name: str) -> str:
-    """The commands that build a synthetic landmark pair and evaluate the weights on it."""
+def _reproduce_command(entry: dict, weights_name: str) -> str:
+    """The commands that build a synthetic landmark pair and evaluate the weights on it with elastix."""
+    pair, setups = entry["pair"], entry.get("setups")
     return (f"registration-misalignment make-landmark-pair --ct {pair['ct']} --out PAIR --points {pair['points']} "
             f"--field {pair['field']} --max-mm {pair['max_mm']:g} --seed {pair['seed']} && registration-misalignment "
             "evaluate --fixed PAIR/fixed.nrrd --moving PAIR/moving.nrrd --fixed-landmarks PAIR/fixed_landmarks.csv "
             f"--moving-landmarks PAIR/moving_landmarks.csv --weights model_weights/{weights_name} "
-            "--out PAIR/evaluation")
+            + (f"--setups {','.join(setups)} " if setups else "") + "--out PAIR/evaluation")
 
 
 def landmarks_markdown(entries: list, weights_name: str) -> str:
@@ -297,12 +306,17 @@ def landmarks_markdown(entries: list, weights_name: str) -> str:
     rows = [f"| {_pair_description(e['pair'])} | {e['landmarks']} | {100 * e['accuracy']:.1f} % | "
             f"{100 * e['average_f1']:.1f} % | {_percent(e.get('expected_calibration_error'))} | "
             f"`{e['confusion_matrix']}` |" for e in entries]
-    commands = [f"- `{_reproduce_command(e['pair'], weights_name)}`" for e in entries if e["synthetic"]]
-    setups = sorted({name for e in entries for name in e["per_setup"]})
+    by_elastix = [e for e in entries if e.get("registered_by", "elastix") == "elastix"]
+    commands = [f"- `{_reproduce_command(e, weights_name)}`" for e in by_elastix if e["synthetic"]]
+    setups = sorted({name for e in by_elastix for name in e["per_setup"]})
+    reproduce = ("Reproduce (elastix registrations are deterministic):\n" + "\n".join(commands) + "\n"
+                 if commands else "")
+    registered = " and ".join(([f"elastix in the setups {', '.join(setups)}"] if by_elastix else []) +
+                              (["registered pairs with given residuals"] if len(by_elastix) < len(entries) else []))
     return f"""
 ## Landmark protocol
 
-elastix in the setups {', '.join(setups)}; the residual at each fixed landmark binned <= 3 / (3, 6] / > 6 mm
+{registered}; the residual at each fixed landmark binned <= 3 / (3, 6] / > 6 mm
 against the predicted class there (`predict_points`), pooled over the setups; per setup in each `evaluation.md`.
 Synthetic pairs (`make-landmark-pair`) warp a CT by a known field, so every landmark's truth is exact; they are
 no substitute for manually landmarked real pairs (the paper reports 87.1 % accuracy, 66.4 % average F1 on its own).
@@ -311,9 +325,7 @@ no substitute for manually landmarked real pairs (the paper reports 87.1 % accur
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Reproduce (elastix registrations are deterministic):
-{chr(10).join(commands)}
-"""
+{reproduce}"""
 
 
 def _percent(value) -> str:

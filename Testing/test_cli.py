@@ -489,6 +489,13 @@ def test_no_command_prints_the_help(capsys):
     assert "usage:" in capsys.readouterr().err
 
 
+def test_version_prints_the_package_version(capsys):
+    from RegistrationMisalignmentLib import __version__
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"registration-misalignment {__version__}"
+
+
 def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path, capsys, monkeypatch):
     """A bad --out-size or a change refused on resuming is reported before the CTs are read (seconds each)."""
     from RegistrationMisalignmentLib import sources

@@ -14,6 +14,7 @@ from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
+from . import __version__
 from .errors import CapturedWarnings, InputError
 
 
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="registration-misalignment",
                                      description="Show where a chest-CT registration is wrong: a dense map of "
                                                  "correct (<= 3 mm), poor (3-6 mm] and wrong (> 6 mm) regions.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)

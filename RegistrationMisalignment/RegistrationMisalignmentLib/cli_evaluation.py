@@ -152,7 +152,7 @@ def _add_release(sub) -> None:
     p.add_argument("--calibration-samples", type=int, default=48, help="synthetic pairs for the calibration fit")
     _add_temperature_only(p)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
 def run_release(args) -> dict:
@@ -180,7 +180,7 @@ def _add_card_landmarks(sub) -> None:
     p.add_argument("--weights", required=True, help="released weights whose card is updated")
     p.add_argument("--evaluation", action="append", required=True, metavar="DIR",
                    help="folder written by `evaluate --out` with these weights as the main model; repeatable")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
 def run_card_landmarks(args) -> dict:
@@ -314,7 +314,7 @@ def _add_evaluate(sub) -> None:
                                    "pooled. Or give an already registered moving image and its residuals.")
     p.add_argument("--fixed", required=True)
     p.add_argument("--moving", help="moving image to register (not needed with --registered-moving)")
-    p.add_argument("--fixed-landmarks", required=True, help="elastix/ITK point file, CSV (x,y,z mm), .mrk.json, .fcsv")
+    p.add_argument("--fixed-landmarks", required=True, help="elastix/ITK point file, CSV (x,y,z in mm, LPS as ITK and DICOM use), .mrk.json, .fcsv")
     p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same formats)")
     p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned", help="comma-separated elastix setups")
     p.add_argument("--registered-moving", help="moving image already registered to the fixed image")
@@ -452,7 +452,7 @@ def _add_ablation(sub) -> None:
     p.add_argument("--samples", type=int, default=48)
     p.add_argument("--threads", type=int, default=0)
     add_device(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
 def run_ablation_command(args) -> dict:

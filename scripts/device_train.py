@@ -6,7 +6,8 @@ Needs only PyTorch, numpy, safetensors and tqdm (no SimpleITK): the sources come
         --out carry/train_sources.npz                       # here, once (about 48 MB)
     OUT=$OUT BUDGET_S=420 python3 scripts/device_train.py   # there (device tool: carry=["carry/train_sources.npz"])
 Then, back here: registration-misalignment release --run OUT/run ... (see README, "Training your own model").
-Settings: ARCH, FEATURES, HIDDEN, BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SOURCES, DEVICE, INIT_WEIGHTS (fine-tune
+Settings (defaults: the release's recipe, multires_cnn with 12 features and hidden channels, batches of 16 tiles of
+32^3): ARCH, FEATURES, HIDDEN, BATCH, OUT_SIZE, LR, DENSITY_CHANGE, SOURCES, DEVICE, INIT_WEIGHTS (fine-tune
 these weights; the architecture comes from them); LOADER_WORKERS and
 LOADER_DEVICE force one way of feeding the GPU instead of probing synthesis in the training process, loader workers
 synthesising on the GPU, and (estimated) loader workers on the CPU.
@@ -85,8 +86,8 @@ def main() -> None:
     device = resolve_device(os.environ.get("DEVICE", "auto"))
     init_weights = os.environ.get("INIT_WEIGHTS", "")  # fine-tuning: the architecture comes from the weights
     model_config = (fine_tuning_config(init_weights) if init_weights else
-                    ModelConfig(architecture=setting("ARCH", "multires_cnn"), features=setting("FEATURES", 24),
-                                hidden=setting("HIDDEN", 24)))
+                    ModelConfig(architecture=setting("ARCH", "multires_cnn"), features=setting("FEATURES", 12),
+                                hidden=setting("HIDDEN", 12)))
     base = dict(batch_size=setting("BATCH", 16), out_size=setting("OUT_SIZE", 32),
                 learning_rate=setting("LR", 2e-3), density_change=setting("DENSITY_CHANGE", 0.0),
                 source_files=[sources_file], phantom_seeds=[], init_weights=init_weights,

@@ -149,7 +149,6 @@ def hierarchy_loss(logits: dict, targets: dict) -> torch.Tensor:
     return total
 
 
-@torch.no_grad()
 def training_step(model: MisalignmentNet, optimizer, inputs: dict, targets: dict) -> torch.Tensor:
     """One optimiser step on a batch; returns its loss (not read back, so the host does not wait for the device)."""
     loss = hierarchy_loss(model(in_convolution_layout(inputs)), targets)
@@ -160,6 +159,7 @@ def training_step(model: MisalignmentNet, optimizer, inputs: dict, targets: dict
     return loss
 
 
+@torch.no_grad()
 def validate(model: MisalignmentNet, samples: list) -> dict:
     """Metrics of the finest step over lung voxels of validation samples."""
     model.eval()

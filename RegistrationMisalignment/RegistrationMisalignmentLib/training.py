@@ -54,7 +54,7 @@ class TrainConfig:
     # independent of the residual, as in a well registered inhale/exhale pair (0 = off, as in runs before it)
     density_change: float = 0.0
     # synthesis in the training process made in a thread, SYNTHESIS_AHEAD batches ahead of the steps: None = on CUDA
-    # only (on 2 CPU cores it was not clearly faster, BENCHMARKS.md)
+    # only; on 2 CPU cores it was 7-23 % faster (BENCHMARKS.md), `--synthesis-thread on` uses it there
     synthesis_thread: Optional[bool] = None
 
 

@@ -29,6 +29,7 @@ def made_ahead(make: Callable, indices: Iterable, ahead: int) -> Iterator:
         return False
 
     def produce() -> None:
+        """Make every item in turn (or the error that stopped it) and hand it over, then the end."""
         try:
             for index in indices:
                 if not handed_over((make(index), None)):

@@ -206,7 +206,7 @@ def test_evaluate_synthetic_reports_each_seed_and_their_mean(files, capsys):
     seed = max(both["per_seed"], key=lambda r: r["all_lung_voxels"]["n"])["seed"]
     assert main([*common[:-1], "--seed", str(seed)]) == 0
     text = capsys.readouterr().out
-    assert f"seed {seed} accuracy by true residual: 0-2 mm" in text and "of the 3 or 6 mm boundary" in text
+    assert f"seed {seed} accuracy by true residual: 0-2 mm" in text and "the 3 or 6 mm class boundary" in text
     assert f"seed {seed} accuracy by field family: " in text
     assert f"seed {seed} as accurate as the true residual known to Gaussian noise of sigma" in text
     precision = both["mean"]["residual_precision"]

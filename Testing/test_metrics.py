@@ -7,7 +7,8 @@ import pytest
 
 from RegistrationMisalignmentLib.evaluation import pooled_by_family, pooled_by_residual, scores_by_family
 from RegistrationMisalignmentLib.metrics import (REFERENCE_NOISE_MM, RESIDUAL_BAND_EDGES_MM, accuracy_by_residual,
-                                                 classification_report, f1_text, residual_precision)
+                                                 classification_report, errors_near_boundary_text, f1_text,
+                                                 residual_precision)
 
 
 def test_bands_count_accuracy_and_shares_with_upper_bounds_inclusive_like_the_classes():
@@ -22,8 +23,10 @@ def test_bands_count_accuracy_and_shares_with_upper_bounds_inclusive_like_the_cl
     assert bands[(5.0, 6.0)]["n"] == 2 and bands[(5.0, 6.0)]["accuracy"] == 0.0
     assert bands[(7.0, 9.0)]["n"] == 0 and bands[(7.0, 9.0)]["accuracy"] is None
     # errors at 3.0, 5.9 and 6.0 mm: all within 1 mm of a boundary; 5 of the 7 voxels are
-    assert report["errors_near_boundary"] == 1.0
+    assert report["errors"] == 3 and report["errors_near_boundary"] == 1.0
     assert report["voxels_near_boundary"] == pytest.approx(5 / 7)
+    assert errors_near_boundary_text(report) == ("100.0 % of the 3 errors lie within 1 mm of the 3 or 6 mm "
+                                                 "class boundary")
     json.dumps(report, allow_nan=False)  # valid JSON: no infinity for the open band
 
 
@@ -35,7 +38,12 @@ def test_pooling_weights_each_seed_by_its_voxels():
     assert first["n"] == 4 and first["accuracy"] == pytest.approx(3 / 4)
     assert first["predicted"]["poor"] == pytest.approx(1 / 4)
     assert pooled["bands"][1]["n"] == 0 and pooled["bands"][1]["accuracy"] is None
-    assert pooled["errors_near_boundary"] == pytest.approx(np.mean([a["errors_near_boundary"], 0.0]))
+    # b has no errors: it adds nothing to the errors' share, and its voxels weigh in the voxels' share
+    assert b["errors_near_boundary"] is None and "no errors" in errors_near_boundary_text(b)
+    assert pooled["errors"] == 1 and pooled["errors_near_boundary"] == a["errors_near_boundary"] == 0.0
+    near = (3 * a["voxels_near_boundary"] + 2 * b["voxels_near_boundary"]) / 5
+    assert pooled["voxels_near_boundary"] == pytest.approx(near)
+    assert pooled_by_residual([b, b])["errors_near_boundary"] is None
 
 
 def test_scores_by_family_split_the_voxels_and_pool_by_summing_confusion_matrices():

@@ -64,7 +64,7 @@ def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
     """One line per point set (accuracy, average F1, ECE), then the accuracy by true residual."""
     if quiet:
         return
-    from .metrics import band_name
+    from .metrics import band_name, errors_near_boundary_text
     for key in ("all_lung_voxels", "class_stratified_points"):
         r = result[key]
         print(f"{prefix}{key}: accuracy {100 * r['accuracy']:.1f} %  average F1 {100 * r['average_f1']:.1f} %  "
@@ -73,9 +73,8 @@ def _print_synthetic_scores(prefix: str, result: dict, quiet: bool) -> None:
     bands = "  ".join(f"{band_name(b)} {100 * b['accuracy']:.0f} %" for b in report["bands"] if b["n"])
     bands = bands or "no labelled lung voxels"
     print(f"{prefix}accuracy by true residual: {bands}")
-    near, errors = 100 * report["voxels_near_boundary"], 100 * report["errors_near_boundary"]
-    print(f"{prefix}errors within {report['near_boundary_mm']:g} mm of the 3 or 6 mm boundary: {errors:.1f} % "
-          f"(lung voxels there: {near:.1f} %)")
+    print(f"{prefix}{errors_near_boundary_text(report)} (lung voxels within {report['near_boundary_mm']:g} mm of it: "
+          f"{100 * report['voxels_near_boundary']:.1f} %)")
     families = "  ".join(f"{name} {100 * r['accuracy']:.1f} %" for name, r in result["by_family"].items() if r["n"])
     print(f"{prefix}accuracy by field family: {families}")
     precision = result["residual_precision"]

@@ -119,7 +119,7 @@ def mean_residual_precision(reports: list) -> dict:
 
 
 def pooled_by_residual(reports: list) -> dict:
-    """`accuracy_by_residual` reports of several seeds pooled: band figures weighted by voxels, mean error share."""
+    """`accuracy_by_residual` reports of several seeds pooled: band figures weighted by voxels, shares by errors."""
     bands = []
     for parts in zip(*(r["bands"] for r in reports)):
         n = sum(p["n"] for p in parts)
@@ -128,5 +128,10 @@ def pooled_by_residual(reports: list) -> dict:
                       "accuracy": sum(w * p["accuracy"] for w, p in zip(weight, parts) if p["n"]) if n else None,
                       "predicted": {c: sum(w * p["predicted"][c] for w, p in zip(weight, parts))
                                     for c in parts[0]["predicted"]}})
-    return {"bands": bands, "near_boundary_mm": reports[0]["near_boundary_mm"],
-            **{k: float(np.mean([r[k] for r in reports])) for k in ("errors_near_boundary", "voxels_near_boundary")}}
+    errors = sum(r["errors"] for r in reports)
+    voxels = [sum(b["n"] for b in r["bands"]) for r in reports]
+    return {"bands": bands, "near_boundary_mm": reports[0]["near_boundary_mm"], "errors": errors,
+            "errors_near_boundary": sum(r["errors"] * r["errors_near_boundary"] for r in reports if r["errors"]) / errors
+            if errors else None,
+            "voxels_near_boundary": float(np.average([r["voxels_near_boundary"] for r in reports], weights=voxels))
+            if sum(voxels) else 0.0}

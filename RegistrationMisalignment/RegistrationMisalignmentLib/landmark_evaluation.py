@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from . import labels as L
 from .errors import InputError
 from .metrics import (accuracy_by_residual, band_name, classification_report, confusion_matrix,
-                      expected_calibration_error, f1_text)
+                      errors_near_boundary_text, expected_calibration_error, f1_text)
 
 SETUPS = ("affine", "bspline_poor", "bspline_tuned")
 
@@ -161,6 +161,5 @@ def _model_table(result: dict) -> str:
                      f"`{r['confusion_matrix']}`")
     by_residual = result["total"]["by_residual"]
     bands = ", ".join(f"{band_name(b)} {100 * b['accuracy']:.0f} % of {b['n']}" for b in by_residual["bands"] if b["n"])
-    lines += ["", f"Accuracy by true residual, all setups: {bands}; errors within {by_residual['near_boundary_mm']:g} "
-              f"mm of the 3 or 6 mm boundary: {100 * by_residual['errors_near_boundary']:.1f} %."]
+    lines += ["", f"Accuracy by true residual, all setups: {bands}; {errors_near_boundary_text(by_residual)}."]
     return "\n".join(lines) + "\n"

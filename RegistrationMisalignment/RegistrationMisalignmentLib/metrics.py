@@ -115,9 +115,17 @@ def accuracy_by_residual(truth, predicted, residual_mm) -> dict:
                       "predicted": {name: float(f) for name, f in zip(names, shares)}})
     wrong = truth != predicted
     near = np.min(np.abs(residual_mm[:, None] - np.array([CORRECT_MAX_MM, POOR_MAX_MM])), axis=1) <= NEAR_BOUNDARY_MM
-    return {"bands": bands, "near_boundary_mm": NEAR_BOUNDARY_MM,
-            "errors_near_boundary": float(near[wrong].mean()) if wrong.any() else 0.0,
+    return {"bands": bands, "near_boundary_mm": NEAR_BOUNDARY_MM, "errors": int(wrong.sum()),
+            "errors_near_boundary": float(near[wrong].mean()) if wrong.any() else None,  # None: no errors to place
             "voxels_near_boundary": float(near.mean()) if len(near) else 0.0}
+
+
+def errors_near_boundary_text(report: dict) -> str:
+    """The errors' share near the 3 or 6 mm class boundary as a phrase, or that there are no errors."""
+    if report["errors_near_boundary"] is None:
+        return "no errors, so none near the 3 or 6 mm class boundary"
+    return (f"{100 * report['errors_near_boundary']:.1f} % of the {report['errors']} errors lie within "
+            f"{report['near_boundary_mm']:g} mm of the 3 or 6 mm class boundary")
 
 
 def band_name(band: dict) -> str:

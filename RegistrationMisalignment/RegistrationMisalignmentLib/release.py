@@ -17,7 +17,7 @@ from .errors import InputError
 from .evaluation import evaluate_synthetic
 from .imageio import check_output_files, check_output_path, read_image, same_file, write_bytes
 from .landmark_evaluation import landmark_summary
-from .metrics import band_name
+from .metrics import band_name, errors_near_boundary_text
 from .source_cache import cached_source_names
 from .sources import source_from_image
 
@@ -408,8 +408,8 @@ Accuracy by true residual (all lung voxels; each band's voxels, then the share t
 | voxels | {' | '.join(str(b['n']) for b in bands)} |
 | accuracy | {' | '.join(f"{100 * b['accuracy']:.1f} %" for b in bands)} |
 
-{100 * report['errors_near_boundary']:.1f} % of the errors lie within {report['near_boundary_mm']:g} mm of the 3 or 6 mm
-class boundary, where {100 * report['voxels_near_boundary']:.1f} % of the lung voxels are.
+{errors_near_boundary_text(report).capitalize()}; {100 * report['voxels_near_boundary']:.1f} % of the lung voxels lie
+within {report['near_boundary_mm']:g} mm of it.
 """
 
 

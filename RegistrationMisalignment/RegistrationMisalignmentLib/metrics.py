@@ -124,7 +124,8 @@ def errors_near_boundary_text(report: dict) -> str:
     """The errors' share near the 3 or 6 mm class boundary as a phrase, or that there are no errors."""
     if report["errors_near_boundary"] is None:
         return "no errors, so none near the 3 or 6 mm class boundary"
-    return (f"{100 * report['errors_near_boundary']:.1f} % of the {report['errors']} errors lie within "
+    count = f" {report['errors']}" if "errors" in report else ""  # not in reports made before 0.5.0
+    return (f"{100 * report['errors_near_boundary']:.1f} % of the{count} errors lie within "
             f"{report['near_boundary_mm']:g} mm of the 3 or 6 mm class boundary")
 
 

@@ -10,7 +10,7 @@ from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, lo
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
-from RegistrationMisalignmentLib.landmark_evaluation import register, residuals
+from RegistrationMisalignmentLib.landmark_evaluation import register, residuals, warn_if_outside_mask
 from RegistrationMisalignmentLib.metrics import expected_calibration_error
 from RegistrationMisalignmentLib.landmarks import check_inside, read_landmarks
 
@@ -154,7 +154,9 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     code, points, truth = _evaluate_known_field(small_pair, weights, tmp_path, ["--compare", f"same={weights}"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    _, probabilities = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
+    classes, probabilities = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
+    inside = [m["inside_mask"] for m in result["setups"]["given"]["landmarks"]]
+    assert inside == (classes != L.NOT_EVALUATED).tolist() and 0 < sum(inside) < len(points)
     expected = np.zeros((3, 3), dtype=int)
     np.add.at(expected, (truth, probabilities.argmax(1)), 1)
     assert result["setups"]["given"]["confusion_matrix"] == expected.tolist()
@@ -170,6 +172,18 @@ def test_known_field_gives_exactly_known_truth_and_the_predicted_classes(small_p
     ece = expected_calibration_error(probabilities, truth)  # of the landmarks' own probabilities
     assert result["setups"]["given"]["expected_calibration_error"] == pytest.approx(ece, abs=1e-6)
     assert result["total"]["expected_calibration_error"] == pytest.approx(ece, abs=1e-6)
+
+
+def test_many_landmarks_outside_the_mask_get_a_warning_naming_the_likely_causes(caplog):
+    def result(outside, n=20):
+        return {"setups": {"affine": {"landmarks": [{"inside_mask": i >= outside} for i in range(n)]}}}
+    warn_if_outside_mask(result(2), given_mask=False)  # 10 %: a few landmarks at the lungs' edge are normal
+    assert not caplog.records
+    warn_if_outside_mask(result(3), given_mask=False)
+    assert "3 of 20 fixed landmarks lie outside the automatic lung mask" in caplog.text
+    assert "negate x and y of RAS ones" in caplog.text
+    warn_if_outside_mask(result(20), given_mask=True)
+    assert "20 of 20 fixed landmarks lie outside the given mask" in caplog.text
 
 
 def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, tiny_model, tmp_path, capsys):

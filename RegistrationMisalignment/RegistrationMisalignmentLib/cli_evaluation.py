@@ -342,7 +342,8 @@ def run_evaluate(args) -> dict:
     """Run the landmark protocol."""
     import numpy as np
     from .imageio import read_image, write_bytes
-    from .landmark_evaluation import SETUPS, evaluate_landmarks, markdown_table, score, with_comparisons
+    from .landmark_evaluation import (SETUPS, evaluate_landmarks, markdown_table, score, warn_if_outside_mask,
+                                      with_comparisons)
     from .landmarks import check_inside, read_landmarks
     out = output_folder(args.out, *EVALUATION_FILES) if args.out else None
     fixed = read_image(args.fixed)
@@ -378,6 +379,7 @@ def run_evaluate(args) -> dict:
             raise InputError(f"unknown setup(s) {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
         result = evaluate_landmarks(predictor, fixed, moving, fixed_points, moving_points, setups, mask,
                                     progress=progress_bar(not args.json), compared=compared)
+    warn_if_outside_mask(result, given_mask=mask is not None)
     result["provenance"] = {"weights_sha256": predictor.weights_sha256, "setups": setups,
                             "registered_by": "given residuals" if setups is None else "elastix",
                             "pair": landmark_pair_beside(args.fixed)}

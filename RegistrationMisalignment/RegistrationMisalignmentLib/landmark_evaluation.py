@@ -2,6 +2,7 @@
 compare with the predicted class there, and report per setup and pooled."""
 from __future__ import annotations
 
+import logging
 import tempfile
 
 import numpy as np
@@ -13,6 +14,8 @@ from .metrics import (accuracy_by_residual, band_name, classification_report, co
                       errors_near_boundary_text, expected_calibration_error, f1_text)
 
 SETUPS = ("affine", "bspline_poor", "bspline_tuned")
+OUTSIDE_MASK_SHARE = 0.1  # more fixed landmarks than this share outside the mask get a warning
+log = logging.getLogger("RegistrationMisalignment")
 
 
 def _maps(setup: str) -> list:
@@ -85,14 +88,26 @@ def residuals(displacement: sitk.Image, fixed_points: np.ndarray, moving_points:
 def score(predictor, fixed: sitk.Image, registered: sitk.Image, fixed_points: np.ndarray, residual_mm: np.ndarray,
           mask=None) -> dict:
     """Truth (binned residual) against the predicted class at each fixed landmark (arg-max, mask or not)."""
-    _, probabilities = predictor.predict_points(fixed, registered, fixed_points, mask=mask)
+    classes, probabilities = predictor.predict_points(fixed, registered, fixed_points, mask=mask)
     truth = L.class_index(residual_mm)
     predicted = probabilities.argmax(1)
     report = classification_report(confusion_matrix(truth, predicted))
     report["landmarks"] = [{"residual_mm": float(r), "truth": L.CLASS_NAMES[int(t) + 1],
-                            "predicted": L.CLASS_NAMES[int(p) + 1], "probabilities": [float(v) for v in pr]}
-                           for r, t, p, pr in zip(residual_mm, truth, predicted, probabilities)]
+                            "predicted": L.CLASS_NAMES[int(p) + 1], "probabilities": [float(v) for v in pr],
+                            "inside_mask": bool(c != L.NOT_EVALUATED)}
+                           for r, t, p, pr, c in zip(residual_mm, truth, predicted, probabilities, classes)]
     return {**report, **landmark_summary(report["landmarks"])}
+
+
+def warn_if_outside_mask(result: dict, given_mask: bool) -> None:
+    """Warn when many fixed landmarks lie outside the mask: another image's landmarks, or RAS read as LPS."""
+    landmarks = next(iter(result["setups"].values()))["landmarks"]
+    outside = sum(not m["inside_mask"] for m in landmarks)
+    if outside > OUTSIDE_MASK_SHARE * len(landmarks):
+        log.warning(f"{outside} of {len(landmarks)} fixed landmarks lie outside the "
+                    f"{'given mask' if given_mask else 'automatic lung mask'}; the protocol expects landmarks in the "
+                    "lungs: check that they belong to the fixed image and that CSV coordinates are LPS (negate x "
+                    "and y of RAS ones)")
 
 
 def landmark_summary(landmarks: list) -> dict:

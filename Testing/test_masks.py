@@ -98,6 +98,17 @@ def test_half_chest_still_has_lung(case):
     assert np.median(sitk.GetArrayViewFromImage(half)[sitk.GetArrayViewFromImage(lungs) > 0]) < -700.0
 
 
+def test_one_lung_keeps_only_itself_not_small_gas_pockets_elsewhere():
+    z, y, x = np.mgrid[:140, :110, :110]
+    body = np.full(z.shape, -1000, np.int16)
+    body[((y - 55) / 48.0) ** 2 + ((x - 55) / 50.0) ** 2 <= 1] = 40  # the torso
+    body[((z - 95) / 40.0) ** 2 + ((y - 55) / 30.0) ** 2 + ((x - 75) / 20.0) ** 2 <= 1] = -850  # one lung, ~100 mL
+    for centre_y, centre_x in ((40, 35), (70, 75)):  # two bowel gas pockets of ~6 mL, under 10 % of the lung
+        body[((z - 22) / 7.0) ** 2 + ((y - centre_y) / 14.0) ** 2 + ((x - centre_x) / 14.0) ** 2 <= 1] = -800
+    lungs = sitk.GetArrayFromImage(lung_mask(sitk.GetImageFromArray(body)))
+    assert lungs[50:].sum() > 90_000 and lungs[:40].sum() == 0
+
+
 def test_uniform_soft_tissue_gives_empty_lung_mask():
     ct = sitk.Image([40, 40, 40], sitk.sitkInt16) + 40
     ct.SetSpacing((1.0, 1.0, 2.0))

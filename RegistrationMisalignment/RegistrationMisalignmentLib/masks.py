@@ -229,7 +229,7 @@ def _largest_components(mask: sitk.Image, min_voxels: int) -> sitk.Image:
     labels, order, sizes = _components_by_size(sitk.RegionOfInterest(mask, size, index))
     order = order[sizes >= min_voxels]
     sizes = sizes[sizes >= min_voxels]
-    kept = 2 if len(sizes) > 1 and sizes[1] >= SECOND_LUNG_MIN_FRACTION * sizes[0] else len(sizes)
+    kept = 2 if len(sizes) > 1 and sizes[1] >= SECOND_LUNG_MIN_FRACTION * sizes[0] else min(1, len(sizes))
     box = sitk.Image(size, sitk.sitkUInt8)
     box.CopyInformation(labels)
     for value, label in enumerate(order[:kept], start=1):

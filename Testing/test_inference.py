@@ -17,7 +17,7 @@ from RegistrationMisalignmentLib.inference import (MisalignmentPredictor, Output
                                                    smaller_tile, sub_boxes)
 from RegistrationMisalignmentLib.model import input_size
 from RegistrationMisalignmentLib.morphology import box_dilate
-from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, to_fixed_grid
+from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, s1_neighbours_of_mask, to_fixed_grid
 from RegistrationMisalignmentLib.pyramid import context_margin
 
 
@@ -50,6 +50,43 @@ def test_predict_and_predict_points_agree_at_voxel_centres(small_pair, tiny_pred
     classes, point_probs = tiny_predictor.predict_points(small_pair.fixed, small_pair.moving, points)
     assert np.array_equal(classes, labels[tuple(chosen.T)])
     assert np.abs(point_probs[:100] - probs[tuple(chosen[:100].T)]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 0.625), (0.4, 1.3, 2.5)])
+def test_s1_neighbours_are_the_interpolation_neighbours_of_every_mask_voxel(spacing):
+    rng = np.random.default_rng(5)
+    mask = rng.random((23, 30, 27)) > 0.995  # zyx, scattered single voxels
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing(spacing)
+    start, size = np.array([-1, 2, 0]), np.array([40, 40, 64])  # global S1 start and size, xyz
+    expected = np.zeros(size[::-1], dtype=bool)
+    for z, y, x in np.argwhere(mask):
+        below = np.floor(np.array([x, y, z]) * np.array(spacing) - start).astype(int)
+        reach = [slice(max(b, 0), max(b + 2, 0)) for b in below[::-1]]
+        expected[tuple(reach)] = True
+    assert np.array_equal(s1_neighbours_of_mask(image, start, size), expected)
+    assert not s1_neighbours_of_mask(image * 0, start, size).any()
+
+
+def test_a_mask_thinner_than_1_mm_on_a_fine_grid_is_computed_like_its_points(small_pair, tiny_predictor):
+    """One axial slice of a 0.625 mm scan: nearest-neighbour sampling at 1 mm can miss it (all of it was "correct",
+    with probabilities 0, before)."""
+    reference = sitk.Image([64, 64, 40], sitk.sitkInt16)
+    reference.SetSpacing((0.7, 0.7, 0.625))
+    centre = small_pair.fixed.TransformContinuousIndexToPhysicalPoint([s / 2 for s in small_pair.fixed.GetSize()])
+    reference.SetOrigin(tuple(np.array(centre) - [22.4, 22.4, 12.5]))
+    fixed, moving = (sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
+                     for image in (small_pair.fixed, small_pair.moving))
+    for z in (20, 21):  # slice 20 lies nearest to no 1 mm point
+        thin = np.zeros(fixed.GetSize()[::-1], dtype=np.uint8)
+        thin[z, 10:54, 10:54] = 1
+        mask = sitk.GetImageFromArray(thin)
+        mask.CopyInformation(fixed)
+        probabilities = sitk.GetArrayFromImage(tiny_predictor.predict(fixed, moving, mask=mask).probabilities)
+        assert np.allclose(probabilities[z, 10:54, 10:54].sum(-1), 1.0, atol=1e-5)
+        point = fixed.TransformIndexToPhysicalPoint((30, 30, z))
+        _, at_point = tiny_predictor.predict_points(fixed, moving, [point], mask=mask)
+        assert np.abs(at_point[0] - probabilities[z, 30, 30]).max() <= 1e-4
 
 
 def test_result_is_on_the_fixed_grid_with_a_consistent_summary(small_pair, tiny_predictor):

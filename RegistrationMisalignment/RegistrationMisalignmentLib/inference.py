@@ -25,7 +25,7 @@ from .model import MisalignmentNet, check_output_size, folded_for_inference, inp
 from .morphology import box_dilate, box_erode
 from .orientation import in_network_orientation
 from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
-                            to_fixed_grid)
+                            s1_neighbours_of_mask, to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
 
 DEFAULT_MAX_MEMORY_GB = 2.0
@@ -414,11 +414,11 @@ class MisalignmentPredictor:
             return torch.softmax(self.model(batch)[1].float(), 1)[0]
 
     def needed_voxels(self, prepared: PreparedPair) -> np.ndarray:
-        """The region's voxels (zyx, boolean) whose probabilities the map needs: the mask and its interpolation
-        neighbours (2 voxels around)."""
-        ref = prepared.s1_grid(prepared.region_start, prepared.region_size)
-        s1_mask = sitk.Resample(prepared.mask, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        return box_dilate(sitk.GetArrayViewFromImage(s1_mask) > 0, 2)
+        """The region's voxels (zyx, boolean) whose probabilities the map needs: the interpolation neighbours of every
+        mask voxel, even of a mask thinner than 1 mm, and a voxel around them."""
+        neighbours = s1_neighbours_of_mask(prepared.mask, prepared.crop_start + prepared.region_start,
+                                           prepared.region_size)
+        return box_dilate(neighbours, 1)
 
     def boxes_touching_mask(self, prepared: PreparedPair, tile: int) -> list:
         """The output boxes the dense map computes: tiles that hold needed voxels (see `boxes_over_needed`)."""

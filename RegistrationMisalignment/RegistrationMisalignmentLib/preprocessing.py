@@ -135,6 +135,43 @@ def mask_region_s1(fixed: sitk.Image, mask: sitk.Image) -> tuple:
     return BLOCK * np.floor_divide(lo, BLOCK), BLOCK * -np.floor_divide(-hi, BLOCK)
 
 
+def s1_neighbours_of_mask(mask: sitk.Image, global_start_xyz, size_xyz) -> np.ndarray:
+    """The voxels (zyx, boolean) of an S1 grid starting at a global S1 index that are linear-interpolation neighbours
+    of some mask voxel: on each axis, fixed index i lies at S1 index i * spacing, between its floor and the next.
+
+    Every mask voxel counts, however thin the mask and however fine the fixed grid (one axis at a time: the groups of
+    fixed voxels sharing a floor are OR-ed, then set at the floor and the next index)."""
+    if not sitk.GetArrayViewFromImage(mask).any():
+        return np.zeros(np.asarray(size_xyz)[::-1], dtype=bool)
+    index, size = bounding_box(mask)
+    marked = sitk.GetArrayViewFromImage(mask)[tuple(slice(i, i + n) for i, n in zip(index[::-1], size[::-1]))] > 0
+    for axis_xyz, (first, count, spacing) in enumerate(zip(index, size, mask.GetSpacing())):
+        axis = 2 - axis_xyz
+        below = np.floor(np.arange(first, first + count) * (spacing / S1_SPACING)
+                         - global_start_xyz[axis_xyz]).astype(np.int64)
+        groups = np.flatnonzero(np.r_[True, below[1:] != below[:-1]])
+        pooled = marked if len(groups) == count else np.logical_or.reduceat(marked, groups, axis=axis)
+        shape = list(marked.shape)
+        shape[axis] = int(size_xyz[axis_xyz])
+        marked = np.zeros(shape, dtype=bool)
+        for neighbour in (below[groups], below[groups] + 1):
+            _or_rows(np.moveaxis(marked, axis, 0), neighbour, np.moveaxis(pooled, axis, 0))
+    return marked
+
+
+def _or_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """target[rows] |= values along the first axis for increasing, distinct rows; rows outside the target are
+    skipped, consecutive ones are written as a slice (no copy)."""
+    first, stop = np.searchsorted(rows, [0, len(target)])
+    if first == stop:
+        return
+    rows, values = rows[first:stop], values[first:stop]
+    if rows[-1] - rows[0] == len(rows) - 1:
+        target[rows[0]:rows[-1] + 1] |= values
+    else:
+        target[rows] |= values
+
+
 def points_region_s1(fixed: sitk.Image, points_s1: np.ndarray) -> tuple:
     """Global S1 index range (xyz start, stop), block-aligned, covering continuous S1 indices and neighbours."""
     lo = np.floor(points_s1.min(0)).astype(int)

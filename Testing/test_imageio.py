@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from RegistrationMisalignmentLib import imageio
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import read_image, write_image, write_images
 from RegistrationMisalignmentLib.preprocessing import moving_on_fixed_grid, to_fixed_grid
@@ -72,6 +73,35 @@ def test_images_are_written_all_or_none(small_phantom, tmp_path):
     with pytest.raises(InputError, match="could not be written"):
         write_images([(ct, tmp_path / "first.nrrd"), (ct, tmp_path / "second.unknown")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_is_a_folder_stops_the_writing_before_any_file_is_replaced(small_phantom, tmp_path):
+    ct, _ = small_phantom
+    (tmp_path / "labels.nrrd").write_bytes(b"earlier labels")
+    (tmp_path / "probabilities.nrrd").mkdir()
+    with pytest.raises(InputError, match="probabilities.nrrd: is a folder"):
+        write_images([(ct, tmp_path / "labels.nrrd"), (ct, tmp_path / "probabilities.nrrd")])
+    assert (tmp_path / "labels.nrrd").read_bytes() == b"earlier labels"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nrrd", "probabilities.nrrd"]
+
+
+def test_a_rename_that_fails_leaves_no_temporary_file_and_names_what_was_written(small_phantom, tmp_path,
+                                                                               monkeypatch):
+    ct, _ = small_phantom
+    replace, calls = imageio.os.replace, []
+
+    def second_fails(source, destination):
+        calls.append(destination)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        replace(source, destination)
+
+    monkeypatch.setattr(imageio.os, "replace", second_fails)
+    with pytest.raises(InputError) as error:
+        write_images([(ct, tmp_path / "a.nrrd"), (ct, tmp_path / "b.nrrd"), (ct, tmp_path / "c.nrrd")])
+    assert "b.nrrd: could not be written (No space left on device)" in str(error.value)
+    assert str(error.value).endswith(f"already written: {tmp_path / 'a.nrrd'}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nrrd"]
 
 
 def test_unreadable_truncated_and_missing_files_give_one_line_errors(small_phantom, tmp_path):

@@ -149,17 +149,33 @@ def write_image(image: sitk.Image, path, compress: bool = True) -> None:
 
 
 def write_images(images, compress: bool = True) -> None:
-    """Write (image, path) pairs all or none: each to a temporary file beside its path, then all renamed into place."""
+    """Write (image, path) pairs all or none: every path checked, each image written to a temporary file beside its
+    path, then all renamed into place (a rename that still fails removes the files not yet in place, and says which
+    are)."""
+    images = [(image, Path(path)) for image, path in images]
+    for _, path in images:
+        check_output_path(path)
     staged = []
     try:
         for image, path in images:
-            staged.append((_staged_image(image, Path(path), compress), Path(path)))
+            staged.append((_staged_image(image, path, compress), path))
     except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
+        _remove_staged(staged)
         raise
-    for tmp, path in staged:
-        os.replace(tmp, path)
+    for i, (tmp, path) in enumerate(staged):
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            _remove_staged(staged[i:])
+            written = ", ".join(str(p) for _, p in staged[:i])
+            raise InputError(f"{_write_error(path, exc)}{f'; already written: {written}' if written else ''}") \
+                from None
+
+
+def _remove_staged(staged: list) -> None:
+    """Remove staged temporary files (tmp, path) that were not renamed into place."""
+    for tmp, _ in staged:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _staged_image(image: sitk.Image, path: Path, compress: bool) -> str:

@@ -9,7 +9,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 DEVICES = ("auto", "gpu", "cpu")
-PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.60"}
+PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "tqdm": "tqdm>=4.60",
+                    "matplotlib": "matplotlib>=3.5"}  # figures: batch thumbnails, the demo
 POLL_MILLISECONDS = 200
 
 
@@ -47,11 +48,12 @@ class RegistrationMisalignmentLogic(ScriptedLoadableModuleLogic):
         return predict_nodes(fixedVolume, movingVolume, maskNode, transformNode, predictor, progress, probabilities)
 
     def startBackground(self, fixedVolume, movingVolume, maskNode=None, transformNode=None, device="auto",
-                        weights=None, progress=None, amp=False):
-        """Start predicting in a child process; poll() the returned job, then finishBackground()."""
+                        weights=None, progress=None, amp=False, probabilities=False):
+        """Start predicting in a child process; poll() the returned job, then finishBackground() with the same
+        `probabilities`."""
         from RegistrationMisalignmentLib.scene import start_prediction
         return start_prediction(fixedVolume, movingVolume, maskNode, transformNode, weights,
-                                self.usableDevice(device), progress, amp)
+                                self.usableDevice(device), progress, amp, probabilities)
 
     def finishBackground(self, job, fixedVolume, probabilities=False):
         """Create the output nodes from a finished background job."""
@@ -132,23 +134,30 @@ class RegistrationMisalignmentWidget(ScriptedLoadableModuleWidget, VTKObservatio
 
     def onApply(self):
         """Check dependencies, then start the background prediction."""
-        if not self.logic.installDependencies(lambda text: slicer.util.confirmOkCancelDisplay(text)):
+        try:
+            installed = self.logic.installDependencies(lambda text: slicer.util.confirmOkCancelDisplay(text))
+        except Exception as error:  # an offline network or a failed pip: shown, never a silent failure
+            self.showError(f"installing the Python packages failed ({error}); check the network connection or "
+                           "install them from Slicer's Python console")
+            return
+        if not installed:
             self.showStatus("Python packages are missing; prediction not started.")
             return
         import torch
         device = DEVICES[self.ui.deviceComboBox.currentIndex]
         self.deviceNote = "" if device == "cpu" or torch.cuda.is_available() else "No usable GPU: on the CPU. "
         fixedVolume = self.ui.fixedSelector.currentNode()
+        probabilities = self.ui.probabilitiesCheckBox.checked  # as asked at Apply, not at the end
         try:
             self.job = self.logic.startBackground(
                 fixedVolume, self.ui.movingSelector.currentNode(),
                 self.ui.maskSelector.currentNode(), self.ui.transformSelector.currentNode(), device,
-                progress=self.onProgress, amp=self.ui.ampCheckBox.checked)
+                progress=self.onProgress, amp=self.ui.ampCheckBox.checked, probabilities=probabilities)
         except Exception as error:  # shown to the user, never a silent failure
             self.showError(error)
             return
         self.jobFixedVolume = fixedVolume
-        self.jobProbabilities = self.ui.probabilitiesCheckBox.checked  # as asked at Apply, not at the end
+        self.jobProbabilities = probabilities
         self.ui.progressBar.value = 0
         self.timer.start()
         self.updateButtons()

@@ -61,6 +61,16 @@ def test_child_errors_come_back_as_one_line(small_pair, weights):
     assert "\n" not in str(err.value)
 
 
+def test_a_child_that_is_killed_says_so_and_not_its_last_warning(small_pair, tmp_path):
+    killed = tmp_path / "python-killed-by-the-system"
+    killed.write_text("#!/bin/sh\necho 'warning: moving image is on another grid' >&2\nkill -9 $$\n")
+    killed.chmod(0o755)
+    job = BackgroundPrediction(small_pair.fixed, small_pair.moving, device="cpu", python=str(killed))
+    with pytest.raises(InputError, match="was stopped by signal 9 without an error of its own") as err:
+        job.result()
+    assert "another grid" not in str(err.value) and "out of memory?" in str(err.value)
+
+
 def test_background_run_on_scene_nodes(scene, small_pair, tiny_predictor, weights):
     fixed = volume_node(scene, small_pair.fixed, "fixed")
     shifted = sitk.Image(small_pair.moving)
@@ -72,11 +82,13 @@ def test_background_run_on_scene_nodes(scene, small_pair, tiny_predictor, weight
     undo.SetMatrixTransformToParent(matrix)
     expected = tiny_predictor.predict(small_pair.fixed, small_pair.moving).labels
     deformable = grid_transform_node(scene, "deformable registration", -6.0)  # the same, as a non-linear transform
-    for transform in (undo, deformable):  # through a transform file; through a displacement field image
-        job = start_prediction(fixed, moving, transform_node=transform, weights=weights, device="cpu")
+    for transform, asked in ((undo, True), (deformable, False)):  # through a transform file; a displacement field
+        job = start_prediction(fixed, moving, transform_node=transform, weights=weights, device="cpu",
+                               probabilities=asked)
+        assert ("--probabilities" in job.process.args) == asked  # 12 bytes per voxel, written only when asked for
         nodes = add_result_nodes(fixed, job.result(), probabilities=True)
         assert nodes["labels"].GetName() == "fixed misalignment"
-        assert nodes["table"].GetNumberOfRows() == 3 and "probability_wrong" in nodes
+        assert nodes["table"].GetNumberOfRows() == 3 and ("probability_wrong" in nodes) == asked
         assert np.array_equal(slicer.util.arrayFromVolume(nodes["labels"]), sitk.GetArrayViewFromImage(expected))
 
 

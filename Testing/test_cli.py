@@ -443,6 +443,15 @@ def test_outputs_never_overwrite_an_input_or_each_other_and_need_a_3d_format(fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nrrd", "link.nrrd"]
 
 
+def test_the_same_file_as_fixed_and_moving_is_refused(files, tmp_path, capsys):
+    (tmp_path / "moving.nii.gz").symlink_to(files / "moving.nii.gz")
+    argv = ["predict", "--fixed", str(tmp_path / "moving.nii.gz"), "--moving", str(files / "moving.nii.gz"),
+            "--output", str(tmp_path / "labels.nrrd"), "--weights", str(files / "tiny.safetensors")]
+    assert main(argv) == 2
+    assert "--fixed and --moving are the same file" in _error_line(capsys)
+    assert not (tmp_path / "labels.nrrd").exists()
+
+
 def test_a_memory_budget_must_be_positive(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(_predict_argv(files, "--fixed", files / "fixed.nrrd", "--output", tmp_path / "l.nrrd",

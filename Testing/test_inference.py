@@ -307,7 +307,7 @@ def test_voxels_without_moving_data_are_not_evaluated(small_pair, tiny_predictor
     assert result.summary["mask_voxels"] == int((labels > 0).sum())
     covered = 100 * (full[cut:] > 0).sum() / (full > 0).sum()
     assert [w for w in result.summary["warnings"] if "covers only" in w] == [
-        f"the moving image covers only {covered:.0f} % of the region to evaluate (the lungs, or --mask); the rest is "
+        f"the moving image covers only {covered:.0f} % of the region to evaluate (the lungs, or the mask); the rest is "
         "labelled 0, not evaluated"]
     uncovered = np.argwhere(full[:cut] > 0)[0]
     point = fixed.TransformIndexToPhysicalPoint([int(i) for i in uncovered[::-1]])

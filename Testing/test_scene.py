@@ -81,6 +81,7 @@ def test_predict_nodes_creates_the_outputs_and_leaves_inputs_alone(scene, small_
     display.GetColorNode().GetColor(0, unsure)
     display.GetColorNode().GetColor(255, sure)
     assert sum(sure[:3]) > 2 * sum(unsure[:3])  # dark purple when unsure, bright yellow when sure
+    assert display.GetApplyThreshold() and 0 < display.GetLowerThreshold() < 1 / 3  # no colour where not evaluated
     composite = scene.GetFirstNodeByName("Red composite")
     assert composite.GetBackgroundVolumeID() == fixed.GetID()
 
@@ -105,6 +106,8 @@ def test_segments_hold_exactly_the_label_map_voxels(scene, small_pair, tiny_pred
     seg_array = slicer.util.arrayFromVolume(exported)
     label_array = slicer.util.arrayFromVolume(out["labels"])
     segmentation = out["segmentation"].GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert ids == [L.CLASS_NAMES[v] for v in L.CLASS_VALUES]  # class order and IDs, whichever classes occur
     for i in range(segmentation.GetNumberOfSegments()):
         name = segmentation.GetNthSegment(i).GetName()
         value = next(v for v in L.CLASS_VALUES if color_table.GetColorName(v) == name)
@@ -120,6 +123,44 @@ def test_a_second_run_reuses_the_nodes(scene, small_pair, tiny_predictor):
     assert _node_ids(scene) == ids
     for key in ("labels", "colors", "segmentation", "table"):
         assert first[key].GetID() == second[key].GetID()
+
+
+def test_a_renamed_fixed_volume_keeps_its_outputs_renamed_after_it(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "CT")
+    moving = _volume(scene, small_pair.moving, "moving")
+    first = predict_nodes(fixed, moving, predictor=tiny_predictor)
+    fixed.SetName("CT baseline")
+    ids = _node_ids(scene)
+    second = predict_nodes(fixed, moving, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids and second["segmentation"].GetID() == first["segmentation"].GetID()
+    assert second["labels"].GetName() == "CT baseline misalignment"
+
+
+def test_a_saved_scene_imported_into_another_keeps_its_maps_with_its_own_volume(scene, small_pair, tiny_predictor,
+                                                                                tmp_path):
+    saved_fixed = _volume(scene, small_pair.fixed, "CT")
+    saved = predict_nodes(saved_fixed, _volume(scene, small_pair.moving, "moving"), predictor=tiny_predictor)
+    scene.SetURL(str(tmp_path / "saved.mrml"))
+    assert scene.Commit()
+    scene.Clear(False)
+    todays = _volume(scene, small_pair.fixed, "CT")  # takes the saved volume's node ID
+    assert todays.GetID() == saved_fixed.GetID()
+    scene.SetURL(str(tmp_path / "saved.mrml"))
+    assert scene.Import()
+    imported = scene.GetNodeByID(saved["labels"].GetID())
+    imported_fixed = [node for node in slicer.util.getNodes("CT", scene=scene).values() if node.GetID() != todays.GetID()]
+    assert imported is not None and output_segmentation(todays) is None
+    assert output_segmentation(imported_fixed[0]) is not None
+    out = predict_nodes(todays, _volume(scene, small_pair.moving, "moving today"), predictor=tiny_predictor)
+    assert out["labels"].GetID() != imported.GetID()
+
+
+def test_the_same_volume_as_fixed_and_moving_is_refused(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "CT")
+    ids = _node_ids(scene)
+    with pytest.raises(InputError, match="chosen as both fixed and moving"):
+        predict_nodes(fixed, fixed, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids
 
 
 def test_a_failing_run_leaves_the_scene_as_it_was(scene, small_pair, tiny_predictor):

@@ -29,8 +29,9 @@ class BackgroundPrediction:
 
     def __init__(self, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image = None, weights=None,
                  device: str = "auto", progress=None, python: str = None, amp: bool = False,
-                 transform: sitk.Transform = None):
+                 transform: sitk.Transform = None, probabilities: bool = False):
         self.progress = progress or (lambda fraction, message: None)
+        self.probabilities = probabilities  # written and read back only when asked for (12 bytes per voxel)
         self.folder = Path(tempfile.mkdtemp(prefix="registration-misalignment-"))
         self._lines = queue.Queue()
         self._errors = []
@@ -41,8 +42,9 @@ class BackgroundPrediction:
                 write_image(image, self.folder / f"{name}.nrrd", compress=False)
         command = [python or python_executable(), "-m", "RegistrationMisalignmentLib", "predict",
                    "--fixed", str(self.folder / "fixed.nrrd"), "--moving", str(self.folder / "moving.nrrd"),
-                   "--output", str(self.folder / "labels.nrrd"), "--probabilities",
-                   str(self.folder / "probabilities.nrrd"), "--device", device, "--json", "--progress-lines"]
+                   "--output", str(self.folder / "labels.nrrd"), "--device", device, "--json", "--progress-lines"]
+        if probabilities:
+            command += ["--probabilities", str(self.folder / "probabilities.nrrd")]
         if mask is not None:
             command += ["--mask", str(self.folder / "mask.nrrd")]
         if transform is not None:
@@ -113,13 +115,24 @@ class BackgroundPrediction:
             if not self.folder.is_dir():
                 raise InputError("the result of this prediction was already taken; run it again for another copy")
             if self.process.returncode != 0:
-                errors = [e for e in self._errors if e.startswith("error: ")] or self._errors[-1:] or ["unknown"]
-                raise InputError(errors[-1].replace("error: ", "", 1))
+                raise InputError(self._failure())
             summary = json.loads("".join(self._stdout))
-            return PredictionResult(sitk.ReadImage(str(self.folder / "labels.nrrd")),
-                                    sitk.ReadImage(str(self.folder / "probabilities.nrrd")), summary)
+            probabilities = sitk.ReadImage(str(self.folder / "probabilities.nrrd")) if self.probabilities else None
+            return PredictionResult(sitk.ReadImage(str(self.folder / "labels.nrrd")), probabilities, summary)
         finally:
             self.cleanup()
+
+    def _failure(self) -> str:
+        """Why the child failed: its own one-line error, or else how it ended and its last message (not a warning)."""
+        errors = [line for line in self._errors if line.startswith("error: ")]
+        if errors:
+            return errors[-1].replace("error: ", "", 1)
+        code = self.process.returncode
+        ended = f"was stopped by signal {-code}" if code < 0 else f"ended with exit status {code}"
+        messages = [line for line in self._errors if not line.startswith("warning: ")]
+        last = f"; its last message: {messages[-1].strip()}" if messages else ""
+        return (f"the prediction process {ended} without an error of its own (out of memory? close other programs or "
+                f"choose a smaller mask, then run again){last}")
 
     def cleanup(self) -> None:
         """Remove the temporary folder."""

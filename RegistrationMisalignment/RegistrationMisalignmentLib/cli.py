@@ -164,8 +164,12 @@ def _add_predict(sub) -> None:
 
 def run_predict(args) -> dict:
     """Predict a pair and write the label map (and probabilities) atomically, all or none."""
-    from .imageio import IMAGE_FORMAT_HINT, IMAGE_OUTPUT_SUFFIXES, check_output_files, read_image, write_images
+    from .imageio import (IMAGE_FORMAT_HINT, IMAGE_OUTPUT_SUFFIXES, check_output_files, read_image, same_file,
+                          write_images)
     from .transforms import read_transform
+    if same_file(args.fixed, args.moving):
+        raise InputError(f"--fixed and --moving are the same file ({args.moving}); give the registered moving image "
+                         "(a scan against itself is correct everywhere)")
     check_output_files({"--output": args.output, "--probabilities": args.probabilities},
                        {f"the same file as {option}": path for option, path in (
                            ("--fixed", args.fixed), ("--moving", args.moving), ("--mask", args.mask),

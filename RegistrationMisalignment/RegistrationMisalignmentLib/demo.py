@@ -9,7 +9,6 @@ import SimpleITK as sitk
 import torch
 
 from . import labels as L
-from .figures import comparison_png
 from .imageio import read_image, write_bytes, write_image
 from .metrics import classification_report, confusion_matrix
 from .phantom import make_chest_phantom
@@ -72,6 +71,7 @@ def run_demo(predictor, out_dir, ct_path=None, seed: int = 0, family: str = "sin
                        ("labels", result.labels), ("probabilities", result.probabilities)):
         write_image(image, files[key])
     fixed_array = sitk.GetArrayViewFromImage(pair.fixed)
+    from .figures import comparison_png  # matplotlib only where a figure is drawn
     write_bytes(comparison_png(fixed_array, {"truth": truth, "prediction": predicted}), files["figure"])
     report = classification_report(confusion_matrix(truth[inside] - 1, predicted[inside] - 1))
     return {"agreement": report, "files": {k: str(v) for k, v in files.items()}, "summary": result.summary,

@@ -401,7 +401,7 @@ class MisalignmentPredictor:
             # outside the handler, so that the failed tile's tensors are released before retrying
             if limit <= MIN_TILE:
                 raise InputError(f"the {self.device.type} device ran out of memory even with {MIN_TILE}^3 tiles; "
-                                 "free memory or use --device cpu")
+                                 "free GPU memory or run on the CPU (--device cpu; in Slicer, Device: CPU)")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             limit = smaller_tile(limit)

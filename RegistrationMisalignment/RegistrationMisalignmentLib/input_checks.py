@@ -23,8 +23,13 @@ def warn_if_not_ct(image: sitk.Image, name: str) -> None:
     low, high = np.percentile(sampled_voxels(image), [1, 99])
     if low > -500 or high > 5000 or high - low < 500:
         hint = " (a CT stored without its rescale intercept? subtract 1024)" if -50 < low < 50 and high > 1000 else ""
-        log.warning(f"{name}: intensities {low:.0f}..{high:.0f} (1st-99th percentile) do not look like a CT in "
+        log.warning(f"{name}: intensities {_intensity(low)}..{_intensity(high)} (1st-99th percentile) do not look like a CT in "
                     f"Hounsfield units{hint}; the model expects HU, the map may be meaningless")
+
+
+def _intensity(value: float) -> str:
+    """An intensity as text: whole numbers from 10 up, three digits below (a 0..1 image must not read 0..0)."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def warn_if_small(image: sitk.Image, name: str) -> None:

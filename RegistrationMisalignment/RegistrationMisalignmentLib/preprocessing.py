@@ -113,7 +113,8 @@ def evaluation_mask(fixed: sitk.Image, mask, torso: sitk.Image) -> sitk.Image:
                              "Hounsfield units, or pass a mask of the region to evaluate")
         region = "image (no air was found around the body: check that it is a CT in Hounsfield units)" \
             if sitk.GetArrayViewFromImage(torso).all() else "torso"
-        log.warning(f"no lungs found automatically: evaluating the whole {region}; pass --mask to choose the region")
+        log.warning(f"no lungs found automatically: evaluating the whole {region}; choose the region with a mask "
+                    "(--mask; in Slicer, Mask)")
         return torso
     check_volume(mask, "mask")
     if not same_grid(mask, fixed):
@@ -236,12 +237,12 @@ def within_field_of_view(mask: sitk.Image, inside: sitk.Image) -> sitk.Image:
     covered = sitk.And(mask, inside)
     covered_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(covered)))
     if not covered_voxels:
-        raise InputError("the moving image does not cover the region to evaluate (the lungs, or --mask) anywhere; "
+        raise InputError("the moving image does not cover the region to evaluate (the lungs, or the mask) anywhere; "
                          "check that it is the registered image of the same patient and region")
     fraction = covered_voxels / np.count_nonzero(sitk.GetArrayViewFromImage(mask))
     if fraction < MIN_COVERED_FRACTION:
         log.warning(f"the moving image covers only {100 * fraction:.0f} % of the region to evaluate (the lungs, or "
-                    "--mask); the rest is labelled 0, not evaluated")
+                    "the mask); the rest is labelled 0, not evaluated")
     return covered
 
 

@@ -18,7 +18,9 @@ OVERLAY_OPACITY = 0.5
 CONFIDENCE_TABLE_NAME = "RegistrationMisalignment confidence"
 CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 0.144))  # viridis: unsure -> sure
 CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
-FIXED_VOLUME_ATTRIBUTE = "RegistrationMisalignment.FixedVolumeID"  # on output nodes: whose results they hold
+FIXED_VOLUME_REFERENCE = "RegistrationMisalignmentFixedVolume"  # node reference role on output nodes: whose results
+# they hold (a reference, unlike an attribute, follows the volume when a saved scene is imported into another)
+OUTPUT_ATTRIBUTE = "RegistrationMisalignment.Output"  # on output nodes: which output (a key of `output_names`)
 FIELD_SPACING_MM = 2.0  # a non-linear registration transform is sampled this finely for the engine (smooth at 2 mm)
 MAX_FIELD_SAMPLES = 4_000_000  # ... and more coarsely over a larger image (96 MB of float64 vectors at most)
 
@@ -63,6 +65,15 @@ def fixed_image(fixed_node) -> sitk.Image:
         raise InputError(f"the fixed volume {fixed_node.GetName()!r} is under a transform; harden it (Data module: "
                          "right-click, Harden transform) or take it out of the transform, then press Apply")
     return image_from_volume_node(fixed_node)
+
+
+def pair_images(fixed_node, moving_node, transform_node) -> tuple:
+    """(fixed image, moving image as stored, fixed-to-moving transform or None) of two different volumes."""
+    if moving_node.GetID() == fixed_node.GetID():
+        raise InputError(f"the volume {fixed_node.GetName()!r} is chosen as both fixed and moving volume; choose the "
+                         "registered moving volume as moving")
+    fixed = fixed_image(fixed_node)
+    return (fixed, *moving_input(moving_node, transform_node, fixed))
 
 
 def moving_input(moving_node, transform_node, fixed: sitk.Image) -> tuple:
@@ -204,29 +215,37 @@ def _node(scene, class_name: str, name: str, created: list):
     return node
 
 
-def _output_node(scene, class_name: str, name: str, fixed_node, created: list):
-    """The output node of this fixed volume called `name` (tagged with the volume's ID, so that another volume's
-    results or a user's node of the same name are never overwritten), or a new one (recorded in `created`)."""
-    node = _tagged_node(scene, class_name, name, fixed_node)
+def _output_node(scene, class_name: str, key: str, fixed_node, created: list):
+    """This fixed volume's output `key` (found by its reference to the volume, so that another volume's results or a
+    user's node of the same name are never overwritten, and renamed after the volume's current name), or a new one
+    (recorded in `created`)."""
+    name = output_names(fixed_node)[key]
+    node = owned_output(scene, class_name, key, fixed_node)
     if node is None:
         node = scene.AddNewNodeByClass(class_name, name)
-        node.SetAttribute(FIXED_VOLUME_ATTRIBUTE, fixed_node.GetID())
+        node.SetAttribute(OUTPUT_ATTRIBUTE, key)
+        node.SetNodeReferenceID(FIXED_VOLUME_REFERENCE, fixed_node.GetID())
         created.append(node)
+    node.SetName(name)
     return node
 
 
-def _tagged_node(scene, class_name: str, name: str, fixed_node):
-    """The node of `class_name` called `name` that holds results of `fixed_node`, or None."""
+def owned_output(scene, class_name: str, key: str, fixed_node):
+    """The node of `class_name` holding output `key` of `fixed_node`, or None."""
     for node in _nodes_by_class(scene, class_name):
-        if node.GetName() == name and node.GetAttribute(FIXED_VOLUME_ATTRIBUTE) == fixed_node.GetID():
+        if node.GetAttribute(OUTPUT_ATTRIBUTE) == key and _owner_id(node) == fixed_node.GetID():
             return node
     return None
 
 
+def _owner_id(node):
+    """The ID of the fixed volume whose results a node holds, or None for any other node."""
+    return node.GetNodeReferenceID(FIXED_VOLUME_REFERENCE)
+
+
 def output_segmentation(fixed_node):
     """The segmentation of the latest results for this fixed volume, or None (what the opacity slider acts on)."""
-    return _tagged_node(fixed_node.GetScene(), "vtkMRMLSegmentationNode", output_names(fixed_node)["segmentation"],
-                        fixed_node)
+    return owned_output(fixed_node.GetScene(), "vtkMRMLSegmentationNode", "segmentation", fixed_node)
 
 
 def _nodes_by_class(scene, class_name: str) -> list:
@@ -266,13 +285,17 @@ def confidence_image(result) -> sitk.Image:
 
 
 def _color_confidence(node, colors) -> None:
-    """Display a confidence volume coloured from 1/3 (unsure) to 1 (sure)."""
+    """Display a confidence volume coloured from 1/3 (unsure) to 1 (sure), and nothing where the map is not evaluated
+    (0 there, below the threshold)."""
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(colors.GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(*CONFIDENCE_RANGE)
+    display.AutoThresholdOff()
+    display.SetThreshold(CONFIDENCE_RANGE[0] / 2, CONFIDENCE_RANGE[1])
+    display.ApplyThresholdOn()
 
 
 def _fill_labelmap(node, labels: sitk.Image, colors) -> None:
@@ -284,21 +307,17 @@ def _fill_labelmap(node, labels: sitk.Image, colors) -> None:
 
 
 def _fill_segmentation(segmentation_node, labelmap_node, fixed_node) -> None:
-    """Three named, coloured segments (empty ones included) from the label map, shown as a 2-D overlay."""
+    """Three named, coloured segments in class order, with the class names as IDs (empty ones included), from the
+    label map, shown as a 2-D overlay."""
     segmentation = segmentation_node.GetSegmentation()
     segmentation.RemoveAllSegments()
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(fixed_node)
-    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node)
-    present = {segmentation.GetNthSegment(i).GetLabelValue(): segmentation.GetNthSegmentID(i)
-               for i in range(segmentation.GetNumberOfSegments())}
+    segment_ids = vtk.vtkStringArray()  # label value v goes to the v-th of these
     for value in L.CLASS_VALUES:
-        name = L.display_name(value)
-        if value in present:
-            segment = segmentation.GetSegment(present[value])
-            segment.SetName(name)
-            segment.SetColor(*L.CLASS_COLORS[value])
-        else:
-            segmentation.AddEmptySegment(L.CLASS_NAMES[value], name, L.CLASS_COLORS[value])
+        segmentation.AddEmptySegment(L.CLASS_NAMES[value], L.display_name(value), L.CLASS_COLORS[value])
+        segment_ids.InsertNextValue(L.CLASS_NAMES[value])
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node,
+                                                                            segment_ids)
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
     display = segmentation_node.GetDisplayNode()
@@ -357,7 +376,7 @@ def show_overlay(fixed_node, segmentation_node) -> None:
     for composite in _nodes_by_class(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetBackgroundVolumeID(fixed_node.GetID())
     for other in _nodes_by_class(scene, "vtkMRMLSegmentationNode"):
-        owner = other.GetAttribute(FIXED_VOLUME_ATTRIBUTE)
+        owner = _owner_id(other)
         if owner and owner != fixed_node.GetID() and other.GetDisplayNode() is not None:
             other.GetDisplayNode().SetVisibility(False)
     segmentation_node.GetDisplayNode().SetVisibility(True)
@@ -365,25 +384,23 @@ def show_overlay(fixed_node, segmentation_node) -> None:
 
 def predict_nodes(fixed_node, moving_node, mask_node=None, transform_node=None, predictor=None, progress=None,
                   probabilities: bool = False) -> dict:
-    """Predict the misalignment map of two volume nodes and create (or reuse by name) the output nodes."""
+    """Predict the misalignment map of two volume nodes and create the output nodes (or update this volume's)."""
     if predictor is None:
         from .inference import MisalignmentPredictor
         predictor = MisalignmentPredictor.load()
-    fixed = fixed_image(fixed_node)
-    moving, transform = moving_input(moving_node, transform_node, fixed)
+    fixed, moving, transform = pair_images(fixed_node, moving_node, transform_node)
     result = predictor.predict(fixed, moving, mask=mask_image(mask_node, fixed_node), progress=progress,
                                transform=transform)
     return add_result_nodes(fixed_node, result, probabilities)
 
 
 def start_prediction(fixed_node, moving_node, mask_node=None, transform_node=None, weights=None, device="auto",
-                     progress=None, amp: bool = False):
+                     progress=None, amp: bool = False, probabilities: bool = False):
     """Start predicting in a child process (inputs copied to files); finish with add_result_nodes(job.result())."""
     from .background import BackgroundPrediction
-    fixed = fixed_image(fixed_node)
-    moving, transform = moving_input(moving_node, transform_node, fixed)
+    fixed, moving, transform = pair_images(fixed_node, moving_node, transform_node)
     return BackgroundPrediction(fixed, moving, mask_image(mask_node, fixed_node), weights=weights, device=device,
-                                progress=progress, amp=amp, transform=transform)
+                                progress=progress, amp=amp, transform=transform, probabilities=probabilities)
 
 
 def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
@@ -394,7 +411,6 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
     if scene is None:
         raise InputError(f"the fixed volume {fixed_node.GetName()!r} was removed from the scene while predicting; "
                          "nothing was added: load it again and press Apply")
-    names = output_names(fixed_node)
     uncertainty = [f"probability_{L.CLASS_NAMES[value]}" for value in L.CLASS_VALUES] + ["confidence"]
     images = {}
     if probabilities and result.probabilities is not None:
@@ -403,15 +419,15 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
     created = []
     try:
         colors = class_color_table(scene, created)
-        labels = _output_node(scene, "vtkMRMLLabelMapVolumeNode", names["labels"], fixed_node, created)
+        labels = _output_node(scene, "vtkMRMLLabelMapVolumeNode", "labels", fixed_node, created)
         _fill_labelmap(labels, result.labels, colors)
-        segmentation = _output_node(scene, "vtkMRMLSegmentationNode", names["segmentation"], fixed_node, created)
+        segmentation = _output_node(scene, "vtkMRMLSegmentationNode", "segmentation", fixed_node, created)
         _fill_segmentation(segmentation, labels, fixed_node)
-        table = _output_node(scene, "vtkMRMLTableNode", names["table"], fixed_node, created)
+        table = _output_node(scene, "vtkMRMLTableNode", "table", fixed_node, created)
         _fill_table(table, result.summary)
         nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table}
         for key, image in images.items():
-            nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node, created)
+            nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", key, fixed_node, created)
             update_volume_node(nodes[key], image)
         if images:
             _color_confidence(nodes["confidence"], confidence_color_table(scene, created))
@@ -422,7 +438,7 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
         raise
     if not images:  # an earlier run's uncertainty volumes would no longer match this map
         for key in uncertainty:
-            stale = _tagged_node(scene, "vtkMRMLScalarVolumeNode", names[key], fixed_node)
+            stale = owned_output(scene, "vtkMRMLScalarVolumeNode", key, fixed_node)
             if stale is not None:
                 scene.RemoveNode(stale)
     nodes["summary"] = result.summary

@@ -208,6 +208,13 @@ def test_card_landmarks_puts_the_pooled_results_into_the_model_card(small_pair, 
     assert load_model(weights)  # the card still matches the weights
     assert "registered pairs with given residuals; the residual" in markdown and "elastix in the setups" not in markdown
     assert (entry["registered_by"], entry["setups"]) == ("given residuals", None)
+    (tmp_path / "landmark_pair.json").write_text(json.dumps(dict(pair, seed=5)))  # another pair: added beside
+    assert _evaluate_known_field(small_pair, weights, tmp_path)[0] == 0
+    assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "out")]) == 0
+    assert [e["pair"]["seed"] for e in json.loads(card_path(weights).read_text())["landmark_protocol"]] == [4, 5]
+    assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "out")]) == 0
+    assert len(json.loads(card_path(weights).read_text())["landmark_protocol"]) == 2  # the same pair: replaced
+    capsys.readouterr()
     assert main(["card-landmarks", "--weights", str(weights), "--evaluation", str(tmp_path / "missing")]) == 2
     assert "evaluation.json" in capsys.readouterr().err
     other = tmp_path / "other.safetensors"

@@ -104,7 +104,7 @@ def test_card_option_adds_the_results_to_a_released_models_card(small_phantom, t
     shutil.copyfile(released_weights_path(), released)
     shutil.copyfile(card_path(released_weights_path()), card_path(released))
     assert main([*common, "--weights", str(released), "--card"]) == 0
-    capsys.readouterr()
+    assert "it now holds this run's 1 (the section is one run" in capsys.readouterr().err  # had 14
     card = json.loads(card_path(released).read_text())
     assert [c["name"] for c in card["robustness"]["conditions"]] == ["identical"]
     assert card["robustness"]["command"].endswith(f"--condition identical --weights {released}")

@@ -97,8 +97,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads of torch and SimpleITK (default 0: all physical cores available to this "
                              "process)")
     parser.add_argument("--amp", action="store_true",
-                        help="mixed precision (float16 on CUDA, bfloat16 on CPU): faster on a GPU, probabilities "
-                             "within the tolerance stated in BENCHMARKS.md (default: exact float32)")
+                        help="mixed precision (float16 on CUDA, bfloat16 on CPU): faster (1.7-1.9x on a CPU), "
+                             "probabilities within the tolerance stated in BENCHMARKS.md (default: exact float32)")
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary")
 
 

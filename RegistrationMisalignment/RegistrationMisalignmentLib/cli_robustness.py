@@ -1,6 +1,8 @@
 """The `evaluate-robustness` command: the map of a CT against itself, changed as real pairs differ."""
 from __future__ import annotations
 
+import sys
+
 from .cli_common import add_model_options, load_predictor, progress_bar
 
 
@@ -40,7 +42,12 @@ def run_evaluate_robustness(args) -> dict:
     if not args.json:
         _print_robustness(result)
     if args.card:
+        earlier = (read_card(weights).get("robustness") or {}).get("conditions") or []
         add_robustness_results(weights, result, _command(args))
+        if len(earlier) > len(result["conditions"]):
+            print(f"the card's robustness section held {len(earlier)} conditions; it now holds this run's "
+                  f"{len(result['conditions'])} (the section is one run: give every condition to keep them all)",
+                  file=sys.stderr)
     return result
 
 

@@ -242,11 +242,19 @@ def landmark_entry(evaluation_dir, card: dict) -> dict:
 
 
 def add_landmark_results(weights, evaluation_dirs: list) -> dict:
-    """Put the landmark-protocol results of `weights` into its model card (JSON and Markdown); returns the card."""
+    """Put the landmark-protocol results of `weights` into its model card (JSON and Markdown): an entry for a pair the
+    card already holds replaces it, other pairs' entries stay; returns the card."""
     card = read_card(weights)
-    card["landmark_protocol"] = [landmark_entry(d, card) for d in evaluation_dirs]
+    entries = {_pair_key(e): e for e in card.get("landmark_protocol") or []}
+    entries.update((_pair_key(e), e) for e in (landmark_entry(d, card) for d in evaluation_dirs))
+    card["landmark_protocol"] = list(entries.values())
     write_card(weights, card)
     return card
+
+
+def _pair_key(entry: dict) -> str:
+    """What identifies a landmark pair in the card: its description."""
+    return json.dumps(entry["pair"], sort_keys=True)
 
 
 def read_card(weights) -> dict:

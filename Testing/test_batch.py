@@ -245,3 +245,30 @@ def test_a_case_lock_appears_with_its_holder_written_and_a_dead_holder_is_replac
     assert successor.acquire()
     successor.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inputs_inside_the_cases_folder_are_refused_before_any_work(cohort, tmp_path, capsys):
+    """A study laid out as STUDY/cases/ID/ with --out STUDY: replacing a case's folder would delete its scans."""
+    study = tmp_path / "study"
+    (study / "cases" / "p1").mkdir(parents=True)
+    for name in ("fixed.nrrd", "moving.nrrd"):
+        (study / "cases" / "p1" / name).write_bytes((cohort / name).read_bytes())
+    (study / "pairs.csv").write_text("case_id,fixed,moving\np1,cases/p1/fixed.nrrd,cases/p1/moving.nrrd\n")
+    before = sorted(p.relative_to(study) for p in study.rglob("*"))
+    args = ["batch", str(study / "pairs.csv"), "--out", str(study), "--weights", str(cohort / "tiny.safetensors")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: case p1: its fixed input") and "choose another --out" in err and "\n" not in err
+    assert sorted(p.relative_to(study) for p in study.rglob("*")) == before
+
+
+def test_a_case_folder_holding_other_files_is_never_replaced(cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "cases" / "plain").mkdir(parents=True)
+    (out / "cases" / "plain" / "notes.txt").write_text("clinical notes")
+    assert main(_args(cohort, out, "good.csv", "--json")) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["done"], result["failed"]) == (2, 1)
+    assert "did not write (notes.txt)" in result["failures"]["plain"]
+    assert [p.name for p in (out / "cases" / "plain").iterdir()] == ["notes.txt"]
+    assert (out / "cases" / "plain" / "notes.txt").read_text() == "clinical notes" and _leftovers(out) == []

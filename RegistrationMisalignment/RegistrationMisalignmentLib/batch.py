@@ -17,13 +17,14 @@ from . import __version__
 from .batch_cases import Case, input_checksums
 from .case_lock import STAGED_SUFFIX, CaseLock
 from .errors import CapturedWarnings, InputError
-from .figures import thumbnail_pngs
+from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
 from .orientation import in_network_orientation
 
 RECORD_NAME = "case.json"
 LABELS_NAME = "labels.nrrd"
 PROBABILITIES_NAME = "probabilities.nrrd"
+OWN_FILES = frozenset([RECORD_NAME, LABELS_NAME, PROBABILITIES_NAME] + [f"{view}.png" for view in VIEWS])
 _PREDICTORS = {}
 
 
@@ -86,6 +87,7 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
     try:
         _remove_leftovers(folder, case.case_id)
         try:
+            check_own_folder(case_folder(settings.out_dir, case.case_id))
             predictor = predictor_for(settings)
             checksums = input_checksums(case)
             fingerprint = _fingerprint(predictor, checksums, settings)
@@ -106,11 +108,31 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
 
 
 def publish_failure(out_dir, record: dict) -> None:
-    """Publish a failed case's record; if even that cannot be written (e.g. disk full), the caller still has it."""
+    """Publish a failed case's record; if even that cannot be written (e.g. disk full), the caller still has it. A
+    folder holding files batch did not write is left alone (the record's error says so)."""
+    if foreign_files(case_folder(out_dir, record["case_id"])):
+        return
     try:
         publish(out_dir, record["case_id"], {}, record)
-    except OSError:
+    except (OSError, InputError):
         record["error"] += " (this record could not be written to the output folder)"
+
+
+def foreign_files(folder: Path) -> list:
+    """The names in a case's folder that batch does not write (sorted; empty when the folder is missing)."""
+    try:
+        return sorted(path.name for path in folder.iterdir() if path.name not in OWN_FILES or not path.is_file())
+    except FileNotFoundError:
+        return []
+
+
+def check_own_folder(folder: Path) -> None:
+    """Raise InputError if a case's folder holds anything batch did not write: replacing it would delete that."""
+    foreign = foreign_files(folder)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(f"{folder} holds files batch did not write ({shown}), which replacing the folder would "
+                         "delete; move them out or choose another --out")
 
 
 def failed_record(case: Case, error: str) -> dict:
@@ -199,7 +221,9 @@ def publish(out_dir, case_id: str, files: dict, record: dict, timings: dict = No
 
 
 def _swap_in(staging: Path, final: Path) -> None:
-    """Replace `final` by `staging` with renames; the old folder is removed only once the new one is in place."""
+    """Replace `final` by `staging` with renames; the old folder, only batch's own files (checked first), is removed
+    only once the new one is in place."""
+    check_own_folder(final)
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
     if final.exists():
         os.rename(final, old)

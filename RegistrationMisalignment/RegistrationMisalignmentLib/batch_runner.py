@@ -24,6 +24,7 @@ REPORT_NAME = "report.html"
 def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler: str = None,
               flag_wrong_fraction: float = 0.1, progress: bool = True) -> dict:
     """Process every case (skipping finished ones), then write summary.csv and report.html; return the counts."""
+    check_inputs_outside_cases_folder(cases, settings.out_dir)
     cases_folder(settings.out_dir).mkdir(parents=True, exist_ok=True)
     returned = {}
     with tqdm(total=len(cases), unit="case", desc="cases", disable=not progress or None) as bar:
@@ -42,6 +43,16 @@ def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler:
             "busy": counts["busy"], "flagged": flagged, "summary": str(out / SUMMARY_NAME),
             "report": str(out / REPORT_NAME),
             "failures": {r["case_id"]: r["error"] for r in records if r.get("status") == "failed"}}
+
+
+def check_inputs_outside_cases_folder(cases: list, out_dir) -> None:
+    """Raise InputError if an input lies in OUT/cases/, where batch replaces each case's folder."""
+    folder = cases_folder(Path(out_dir).resolve())
+    for case in cases:
+        for column, path in case.inputs().items():
+            if path and Path(path).resolve().is_relative_to(folder):
+                raise InputError(f"case {case.case_id}: its {column} input {path} lies inside {folder}, where batch "
+                                 "replaces each case's folder; move the inputs elsewhere or choose another --out")
 
 
 def _outcome(record: dict) -> str:

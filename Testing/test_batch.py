@@ -1,6 +1,7 @@
 """The `batch` command: per-case outputs, summary and report, resume after Ctrl-C and crashes, concurrent runs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,3 +273,36 @@ def test_a_case_folder_holding_other_files_is_never_replaced(cohort, tmp_path, c
     assert "did not write (notes.txt)" in result["failures"]["plain"]
     assert [p.name for p in (out / "cases" / "plain").iterdir()] == ["notes.txt"]
     assert (out / "cases" / "plain" / "notes.txt").read_text() == "clinical notes" and _leftovers(out) == []
+
+
+@pytest.fixture(scope="module")
+def finished_run(cohort, tmp_path_factory):
+    """An output folder where the good cases have finished."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(_args(cohort, out, "good.csv")) == 0
+    return out
+
+
+def _snapshot(folder):
+    """Every file under a folder with its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--weights", "typo.safetensors", "weights file not found"),
+    ("--threads", "-1", "--threads must be at least 0"),
+    ("--device", "cuda", "no CUDA GPU"),
+])
+def test_a_bad_model_option_is_refused_before_any_case_is_touched(cohort, finished_run, tmp_path, capsys, option,
+                                                                    value, message):
+    import torch
+    if option == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = _snapshot(out)
+    override = [option, str(tmp_path / value) if option == "--weights" else value]  # the last one given counts
+    assert main(_args(cohort, out, "good.csv", *override)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert _snapshot(out) == before

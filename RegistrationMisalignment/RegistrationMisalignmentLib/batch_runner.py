@@ -13,7 +13,9 @@ from tqdm import tqdm
 
 from .batch import (BatchSettings, cases_folder, failed_record, lock_path, publish_failure, read_record,
                     run_case)
-from .devices import default_threads
+from .checkpoint import load_model
+from .cli_common import require_at_least
+from .devices import default_threads, resolve_device
 from .errors import InputError
 from .report import write_report, write_summary_csv
 
@@ -24,6 +26,7 @@ REPORT_NAME = "report.html"
 def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler: str = None,
               flag_wrong_fraction: float = 0.1, progress: bool = True) -> dict:
     """Process every case (skipping finished ones), then write summary.csv and report.html; return the counts."""
+    check_model_options(settings, scheduler)
     check_inputs_outside_cases_folder(cases, settings.out_dir)
     cases_folder(settings.out_dir).mkdir(parents=True, exist_ok=True)
     returned = {}
@@ -43,6 +46,14 @@ def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler:
             "busy": counts["busy"], "flagged": flagged, "summary": str(out / SUMMARY_NAME),
             "report": str(out / REPORT_NAME),
             "failures": {r["case_id"]: r["error"] for r in records if r.get("status") == "failed"}}
+
+
+def check_model_options(settings: BatchSettings, scheduler: str = None) -> None:
+    """Raise InputError for bad weights, threads or device before any case is touched (every case would fail)."""
+    require_at_least(0, threads=settings.threads)
+    if not scheduler:  # a cluster's workers may have the GPU that this machine lacks
+        resolve_device(settings.device)
+    load_model(settings.weights)
 
 
 def check_inputs_outside_cases_folder(cases: list, out_dir) -> None:

@@ -306,3 +306,25 @@ def test_a_bad_model_option_is_refused_before_any_case_is_touched(cohort, finish
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert _snapshot(out) == before
+
+
+def test_a_failed_rerun_keeps_the_earlier_result_and_reports_the_failure(cohort, finished_run, tmp_path, capsys):
+    """An input missing on a rerun (a share not mounted): the finished outputs stay, the summary says 'failed'."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = _snapshot(out / "cases" / "plain")
+    (tmp_path / "unmounted.csv").write_text(f"case_id,fixed,moving\nplain,{cohort / 'fixed.nrrd'},"
+                                            f"{tmp_path / 'share' / 'moving.nrrd'}\n")
+    assert main(_args(tmp_path, out, "unmounted.csv", "--weights", str(cohort / "tiny.safetensors"), "--json")) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] == 1 and "no such file" in result["failures"]["plain"]
+    assert "earlier run" in result["failures"]["plain"]
+    kept = _snapshot(out / "cases" / "plain")
+    failure = json.loads(kept.pop(Path("failure.json")))
+    assert kept == before and failure["status"] == "failed"
+    assert (out / "summary.csv").read_text().splitlines()[1].startswith("plain,failed,")
+
+    assert main(_args(cohort, out, "good.csv", "--json")) == 0  # the share is back: nothing to redo
+    assert json.loads(capsys.readouterr().out)["skipped"] == 3
+    assert _snapshot(out / "cases" / "plain") == before
+    assert (out / "summary.csv").read_text().count(",done,") == 3

@@ -24,7 +24,8 @@ from .orientation import in_network_orientation
 RECORD_NAME = "case.json"
 LABELS_NAME = "labels.nrrd"
 PROBABILITIES_NAME = "probabilities.nrrd"
-OWN_FILES = frozenset([RECORD_NAME, LABELS_NAME, PROBABILITIES_NAME] + [f"{view}.png" for view in VIEWS])
+FAILURE_NAME = "failure.json"  # a failed rerun's record, beside the earlier result it keeps
+OWN_FILES = frozenset([RECORD_NAME, FAILURE_NAME, LABELS_NAME, PROBABILITIES_NAME] + [f"{view}.png" for view in VIEWS])
 _PREDICTORS = {}
 
 
@@ -56,12 +57,22 @@ def lock_path(out_dir, case_id: str) -> Path:
     return cases_folder(out_dir) / f".{case_id}.lock"
 
 
-def read_record(out_dir, case_id: str):
-    """The published record of a case, or None if the case has not finished."""
+def _read_json(path: Path):
+    """A JSON file's content, or None if it is missing or unreadable."""
     try:
-        return json.loads((case_folder(out_dir, case_id) / RECORD_NAME).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_record(out_dir, case_id: str):
+    """The published record of a case, or None if the case has not finished."""
+    return _read_json(case_folder(out_dir, case_id) / RECORD_NAME)
+
+
+def current_record(out_dir, case_id: str):
+    """The record of a case's last run: its failure when it failed after an earlier result, else the published one."""
+    return _read_json(case_folder(out_dir, case_id) / FAILURE_NAME) or read_record(out_dir, case_id)
 
 
 def predictor_for(settings: BatchSettings):
@@ -93,6 +104,7 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
             fingerprint = _fingerprint(predictor, checksums, settings)
             previous = read_record(settings.out_dir, case.case_id)
             if _is_finished(previous, fingerprint, settings.out_dir):
+                (case_folder(settings.out_dir, case.case_id) / FAILURE_NAME).unlink(missing_ok=True)
                 return dict(previous, skipped=True)
             record = _predict_case(case, predictor, settings, fingerprint, started)
         except InputError as exc:
@@ -101,19 +113,26 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
             record = failed_record(case, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
                                    if str(exc).strip() else type(exc).__name__)
         if record["status"] == "failed":
-            publish_failure(settings.out_dir, record)
+            record_failure(settings.out_dir, record)
         return record
     finally:
         lock.release()
 
 
-def publish_failure(out_dir, record: dict) -> None:
-    """Publish a failed case's record; if even that cannot be written (e.g. disk full), the caller still has it. A
+def record_failure(out_dir, record: dict) -> None:
+    """Write a failed case's record without losing an earlier result: beside a finished one (kept, until a run
+    succeeds), else as the case's folder. If even that cannot be written (e.g. disk full), the caller still has it; a
     folder holding files batch did not write is left alone (the record's error says so)."""
-    if foreign_files(case_folder(out_dir, record["case_id"])):
+    folder = case_folder(out_dir, record["case_id"])
+    if foreign_files(folder):
         return
+    previous = read_record(out_dir, record["case_id"])
     try:
-        publish(out_dir, record["case_id"], {}, record)
+        if previous and previous.get("status") == "done":
+            record["error"] += f"; the result of an earlier run ({previous.get('finished')}) is kept in {folder}"
+            write_bytes(json.dumps(record, indent=2).encode(), folder / FAILURE_NAME)
+        else:
+            publish(out_dir, record["case_id"], {}, record)
     except (OSError, InputError):
         record["error"] += " (this record could not be written to the output folder)"
 
@@ -121,9 +140,14 @@ def publish_failure(out_dir, record: dict) -> None:
 def foreign_files(folder: Path) -> list:
     """The names in a case's folder that batch does not write (sorted; empty when the folder is missing)."""
     try:
-        return sorted(path.name for path in folder.iterdir() if path.name not in OWN_FILES or not path.is_file())
+        return sorted(path.name for path in folder.iterdir() if not path.is_file() or not _is_own(path.name))
     except FileNotFoundError:
         return []
+
+
+def _is_own(name: str) -> bool:
+    """Whether batch writes files of this name in a case's folder (the failure record's temporary file included)."""
+    return name in OWN_FILES or name.startswith(f".{FAILURE_NAME}.")
 
 
 def check_own_folder(folder: Path) -> None:
@@ -234,7 +258,7 @@ def _swap_in(staging: Path, final: Path) -> None:
 def _remove_leftovers(folder: Path, case_id: str) -> None:
     """Remove staging and replaced folders that an interrupted run left for this case (we hold its lock)."""
     for pattern in (f".{case_id}.staging-*", f".{case_id}.old-*", f".{case_id}.lock.broken-*",
-                    f".{case_id}.lock.*{STAGED_SUFFIX}"):
+                    f".{case_id}.lock.*{STAGED_SUFFIX}", f"{case_id}/.{FAILURE_NAME}.*"):
         for path in folder.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .batch import (BatchSettings, cases_folder, failed_record, lock_path, publish_failure, read_record,
-                    run_case)
+from .batch import BatchSettings, cases_folder, current_record, failed_record, lock_path, record_failure, run_case
 from .checkpoint import load_model
 from .cli_common import require_at_least
 from .devices import default_threads, resolve_device
@@ -72,10 +71,11 @@ def _outcome(record: dict) -> str:
 
 
 def _final_record(out_dir, case, returned):
-    """What the report shows for a case: 'busy' if another run still holds it, else its published record."""
-    if returned is not None and returned["status"] == "busy" and lock_path(out_dir, case.case_id).exists():
+    """What the report shows for a case: this run's outcome, or for a case another run held, what that run left."""
+    if returned is not None and (returned["status"] != "busy" or lock_path(out_dir, case.case_id).exists()):
         return returned
-    return read_record(out_dir, case.case_id) or returned or failed_record(case, "not finished; run again to resume")
+    return current_record(out_dir, case.case_id) or returned or failed_record(case, "not finished; run again to "
+                                                                                     "resume")
 
 
 def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str):
@@ -123,7 +123,7 @@ def _on_dask(cases: list, settings: BatchSettings, address: str):
                 yield future.result()
             except Exception as exc:  # a worker died too often (KilledWorker) or the cluster went away
                 record = failed_record(futures[future], f"{type(exc).__name__}: {str(exc)[:200]}")
-                publish_failure(settings.out_dir, record)
+                record_failure(settings.out_dir, record)
                 yield record
     finally:
         client.close()

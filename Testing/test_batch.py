@@ -328,3 +328,21 @@ def test_a_failed_rerun_keeps_the_earlier_result_and_reports_the_failure(cohort,
     assert json.loads(capsys.readouterr().out)["skipped"] == 3
     assert _snapshot(out / "cases" / "plain") == before
     assert (out / "summary.csv").read_text().count(",done,") == 3
+
+
+def test_a_killed_worker_fails_no_case_and_the_pool_goes_on(cohort, tmp_path):
+    """kill -9 of one --workers 2 process mid-case (as the out-of-memory killer does): the pool is restarted, the cases
+    it held are redone, the others go on; the counts, summary and exit status agree."""
+    out = tmp_path / "run"
+    run = _run_cli(_args(cohort, out, "good.csv", "--workers", "2", "--json"))
+    lock = _wait_for(lambda: list((out / "cases").glob(".*.lock")) if (out / "cases").exists() else [], run)[0]
+    killed = _wait_for(lambda: json.loads(lock.read_text() or "{}").get("pid"), run)
+    assert killed != run.pid
+    os.kill(killed, signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=300)
+    result = json.loads(stdout)
+    assert run.returncode == 0, stderr[-2000:]
+    assert (result["done"], result["failed"]) == (3, 0) and _leftovers(out) == []
+    assert (out / "summary.csv").read_text().count(",done,") == 3
+    assert all(json.loads((out / "cases" / c / "case.json").read_text())["worker"]["pid"] != killed
+               for c in GOOD_CASES)

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .batch import BatchSettings, cases_folder, current_record, failed_record, lock_path, record_failure, run_case
+from .case_lock import CaseLock
 from .checkpoint import load_model
 from .cli_common import require_at_least
 from .devices import default_threads, resolve_device
@@ -39,12 +40,13 @@ def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler:
     write_summary_csv(records, out / SUMMARY_NAME, flag_wrong_fraction)
     write_report(records, out, flag_wrong_fraction)
     counts = Counter(_outcome(r) for r in returned.values())
+    failures = {c.case_id: returned[c.case_id]["error"] for c in cases
+                if returned.get(c.case_id, {}).get("status") == "failed"}
     flagged = [r["case_id"] for r in records if r.get("status") == "done"
                and r["classes"]["wrong"]["fraction"] > flag_wrong_fraction]
     return {"cases": len(cases), "done": counts["done"], "skipped": counts["skipped"], "failed": counts["failed"],
             "busy": counts["busy"], "flagged": flagged, "summary": str(out / SUMMARY_NAME),
-            "report": str(out / REPORT_NAME),
-            "failures": {r["case_id"]: r["error"] for r in records if r.get("status") == "failed"}}
+            "report": str(out / REPORT_NAME), "failures": failures}
 
 
 def check_model_options(settings: BatchSettings, scheduler: str = None) -> None:
@@ -90,19 +92,54 @@ def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str)
 
 
 def _in_processes(cases: list, settings: BatchSettings, workers: int):
-    """Run cases in `workers` local processes, sharing the cores between them."""
+    """Run cases in `workers` local processes, sharing the cores between them. When a worker dies (killed, out of
+    memory), the pool is restarted for the cases not started, and those held at the time are redone one at a time:
+    only a case whose worker dies again alone fails."""
     settings = replace(settings, threads=settings.threads or max(1, default_threads() // workers))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    queue = list(cases)
+    while queue:
+        interrupted = yield from _in_pool(queue, settings, workers)
+        held = [case for case in interrupted if _held_by_dead_process(settings.out_dir, case)] or interrupted
+        for case in held:
+            if (yield from _in_pool([case], settings, 1)):
+                yield _worker_died(case, settings.out_dir)
+        queue = [case for case in interrupted if case not in held]
+
+
+def _in_pool(cases: list, settings: BatchSettings, workers: int):
+    """Yield the records of the cases that a new pool of `workers` processes finishes; return the others (in order),
+    which it did not because one of its processes died."""
+    broken = set()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = {pool.submit(run_case, case, settings): case for case in cases}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except BrokenProcessPool:
-                yield failed_record(futures[future], "a worker process stopped (out of memory?); "
-                                                     "run the same command again to resume")
+                broken.add(futures[future])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return [case for case in cases if case in broken]
+
+
+def _held_by_dead_process(out_dir, case) -> bool:
+    """Whether a case's lock is left by a process that died holding it (the case was under way)."""
+    path = lock_path(out_dir, case.case_id)
+    return path.exists() and CaseLock(path).abandoned()
+
+
+def _worker_died(case, out_dir) -> dict:
+    """The failed record of a case whose worker process died while it ran alone, written unless another run took it."""
+    record = failed_record(case, "the worker process running it died (out of memory? killed?), also when it ran "
+                                 "alone; run again to retry it")
+    lock = CaseLock(lock_path(out_dir, case.case_id))
+    if lock.acquire():
+        try:
+            record_failure(out_dir, record)
+        finally:
+            lock.release()
+    return record
 
 
 def _on_dask(cases: list, settings: BatchSettings, address: str):

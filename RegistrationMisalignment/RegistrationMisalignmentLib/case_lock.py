@@ -40,7 +40,7 @@ class CaseLock:
             try:
                 self._create()
             except FileExistsError:
-                if not self._abandoned():
+                if not self.abandoned():
                     return False
                 self._break()
                 continue
@@ -85,7 +85,7 @@ class CaseLock:
         except (OSError, ValueError):
             return {}
 
-    def _abandoned(self) -> bool:
+    def abandoned(self) -> bool:
         """True when the holder's process is gone (same machine) or the lock has not been refreshed lately."""
         try:
             age = time.time() - self.path.stat().st_mtime

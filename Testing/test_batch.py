@@ -346,3 +346,17 @@ def test_a_killed_worker_fails_no_case_and_the_pool_goes_on(cohort, tmp_path):
     assert (out / "summary.csv").read_text().count(",done,") == 3
     assert all(json.loads((out / "cases" / c / "case.json").read_text())["worker"]["pid"] != killed
                for c in GOOD_CASES)
+
+
+def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_path):
+    """After a reboot the pid in a left lock may be another live program's: the old heartbeat shows it is abandoned."""
+    import socket
+    from RegistrationMisalignmentLib.case_lock import STALE_AFTER_S, CaseLock
+    path = tmp_path / ".case.lock"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "token": "left-by-a-reboot"}))
+    assert not CaseLock(path).acquire()  # refreshed just now: a live holder
+    os.utime(path, (time.time() - 2 * STALE_AFTER_S,) * 2)
+    lock = CaseLock(path)
+    assert lock.acquire()
+    lock.release()
+    assert list(tmp_path.iterdir()) == []

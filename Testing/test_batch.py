@@ -360,3 +360,20 @@ def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_pa
     assert lock.acquire()
     lock.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_weights_file_replaced_at_the_same_path_is_loaded_again(tiny_model, tmp_path):
+    """A long-lived process (a notebook, a Dask worker) must not keep using the model it cached for that path."""
+    import torch
+    from RegistrationMisalignmentLib.batch import BatchSettings, predictor_for
+    from RegistrationMisalignmentLib.checkpoint import sha256_of
+    from RegistrationMisalignmentLib.model import MisalignmentNet
+    weights = tmp_path / "mine.safetensors"
+    save_weights_with_card(tiny_model, weights)
+    settings = BatchSettings(str(tmp_path / "out"), str(weights), "cpu", threads=1)
+    first = predictor_for(settings)
+    assert predictor_for(settings) is first
+    torch.manual_seed(1)
+    save_weights_with_card(MisalignmentNet(tiny_model.config).eval(), weights)  # retrained, same size
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert predictor_for(settings).weights_sha256 == sha256_of(weights) != first.weights_sha256

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from . import __version__
 from .batch_cases import Case, input_checksums
 from .case_lock import STAGED_SUFFIX, CaseLock
+from .checkpoint import released_weights_path
 from .errors import CapturedWarnings, InputError
 from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
@@ -76,8 +77,9 @@ def current_record(out_dir, case_id: str):
 
 
 def predictor_for(settings: BatchSettings):
-    """The predictor for these settings, loaded once per process (workers reuse it across cases)."""
-    key = (settings.weights, settings.device, settings.max_memory_gb, settings.threads, settings.amp)
+    """The predictor for these settings, loaded once per process (workers reuse it across cases) and again when the
+    weights file changes."""
+    key = (_weights_identity(settings.weights), settings.device, settings.max_memory_gb, settings.threads, settings.amp)
     if key not in _PREDICTORS:
         from .cli_common import set_threads
         from .inference import MisalignmentPredictor
@@ -86,6 +88,16 @@ def predictor_for(settings: BatchSettings):
                                                       amp=settings.amp)
         _PREDICTORS[key].start_warming_up()  # a GPU warms up while the first case is read
     return _PREDICTORS[key]
+
+
+def _weights_identity(weights) -> tuple:
+    """The weights file's path, size and modification time (None for a missing file, which loading reports)."""
+    path = Path(weights) if weights is not None else released_weights_path()
+    try:
+        status = path.stat()
+    except OSError:
+        return str(path), None, None
+    return str(path.resolve()), status.st_size, status.st_mtime_ns
 
 
 def run_case(case: Case, settings: BatchSettings) -> dict:

@@ -377,3 +377,13 @@ def test_a_weights_file_replaced_at_the_same_path_is_loaded_again(tiny_model, tm
     save_weights_with_card(MisalignmentNet(tiny_model.config).eval(), weights)  # retrained, same size
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert predictor_for(settings).weights_sha256 == sha256_of(weights) != first.weights_sha256
+
+
+def test_a_small_flag_threshold_is_printed_as_given_and_the_device_column_sorts(cohort, finished_run, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    assert main(_args(cohort, out, "good.csv", "--flag-wrong-fraction", "0.004")) == 0
+    assert "(wrong > 0.4 %)" in capsys.readouterr().out
+    report = (out / "report.html").read_text()
+    assert "fraction above 0.4 %" in report and report.count('<td class="text" data-sort="cpu">cpu</td>') == 3

@@ -267,10 +267,13 @@ def test_a_case_folder_holding_other_files_is_never_replaced(cohort, tmp_path, c
     out = tmp_path / "run"
     (out / "cases" / "plain").mkdir(parents=True)
     (out / "cases" / "plain" / "notes.txt").write_text("clinical notes")
+    (out / "cases" / "shifted").write_text("a file where the case's folder would go")
     assert main(_args(cohort, out, "good.csv", "--json")) == 1
     result = json.loads(capsys.readouterr().out)
-    assert (result["done"], result["failed"]) == (2, 1)
+    assert (result["done"], result["failed"]) == (1, 2)
     assert "did not write (notes.txt)" in result["failures"]["plain"]
+    assert "did not write (shifted)" in result["failures"]["shifted"]
+    assert (out / "cases" / "shifted").read_text().startswith("a file")
     assert [p.name for p in (out / "cases" / "plain").iterdir()] == ["notes.txt"]
     assert (out / "cases" / "plain" / "notes.txt").read_text() == "clinical notes" and _leftovers(out) == []
 

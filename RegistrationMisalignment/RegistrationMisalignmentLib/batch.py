@@ -150,11 +150,14 @@ def record_failure(out_dir, record: dict) -> None:
 
 
 def foreign_files(folder: Path) -> list:
-    """The names in a case's folder that batch does not write (sorted; empty when the folder is missing)."""
+    """The names in a case's folder that batch does not write (sorted; empty when the folder is missing; the name
+    itself when it is a file)."""
     try:
         return sorted(path.name for path in folder.iterdir() if not path.is_file() or not _is_own(path.name))
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        return [folder.name]
 
 
 def _is_own(name: str) -> bool:

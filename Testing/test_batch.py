@@ -1,6 +1,7 @@
 """The `batch` command: per-case outputs, summary and report, resume after Ctrl-C and crashes, concurrent runs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,147 @@ def test_a_case_lock_appears_with_its_holder_written_and_a_dead_holder_is_replac
     assert successor.acquire()
     successor.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inputs_inside_the_cases_folder_are_refused_before_any_work(cohort, tmp_path, capsys):
+    """A study laid out as STUDY/cases/ID/ with --out STUDY: replacing a case's folder would delete its scans."""
+    study = tmp_path / "study"
+    (study / "cases" / "p1").mkdir(parents=True)
+    for name in ("fixed.nrrd", "moving.nrrd"):
+        (study / "cases" / "p1" / name).write_bytes((cohort / name).read_bytes())
+    (study / "pairs.csv").write_text("case_id,fixed,moving\np1,cases/p1/fixed.nrrd,cases/p1/moving.nrrd\n")
+    before = sorted(p.relative_to(study) for p in study.rglob("*"))
+    args = ["batch", str(study / "pairs.csv"), "--out", str(study), "--weights", str(cohort / "tiny.safetensors")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: case p1: its fixed input") and "choose another --out" in err and "\n" not in err
+    assert sorted(p.relative_to(study) for p in study.rglob("*")) == before
+
+
+def test_a_case_folder_holding_other_files_is_never_replaced(cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "cases" / "plain").mkdir(parents=True)
+    (out / "cases" / "plain" / "notes.txt").write_text("clinical notes")
+    (out / "cases" / "shifted").write_text("a file where the case's folder would go")
+    assert main(_args(cohort, out, "good.csv", "--json")) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["done"], result["failed"]) == (1, 2)
+    assert "did not write (notes.txt)" in result["failures"]["plain"]
+    assert "did not write (shifted)" in result["failures"]["shifted"]
+    assert (out / "cases" / "shifted").read_text().startswith("a file")
+    assert [p.name for p in (out / "cases" / "plain").iterdir()] == ["notes.txt"]
+    assert (out / "cases" / "plain" / "notes.txt").read_text() == "clinical notes" and _leftovers(out) == []
+
+
+@pytest.fixture(scope="module")
+def finished_run(cohort, tmp_path_factory):
+    """An output folder where the good cases have finished."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(_args(cohort, out, "good.csv")) == 0
+    return out
+
+
+def _snapshot(folder):
+    """Every file under a folder with its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--weights", "typo.safetensors", "weights file not found"),
+    ("--threads", "-1", "--threads must be at least 0"),
+    ("--device", "cuda", "no CUDA GPU"),
+])
+def test_a_bad_model_option_is_refused_before_any_case_is_touched(cohort, finished_run, tmp_path, capsys, option,
+                                                                    value, message):
+    import torch
+    if option == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = _snapshot(out)
+    override = [option, str(tmp_path / value) if option == "--weights" else value]  # the last one given counts
+    assert main(_args(cohort, out, "good.csv", *override)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert _snapshot(out) == before
+
+
+def test_a_failed_rerun_keeps_the_earlier_result_and_reports_the_failure(cohort, finished_run, tmp_path, capsys):
+    """An input missing on a rerun (a share not mounted): the finished outputs stay, the summary says 'failed'."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = _snapshot(out / "cases" / "plain")
+    (tmp_path / "unmounted.csv").write_text(f"case_id,fixed,moving\nplain,{cohort / 'fixed.nrrd'},"
+                                            f"{tmp_path / 'share' / 'moving.nrrd'}\n")
+    assert main(_args(tmp_path, out, "unmounted.csv", "--weights", str(cohort / "tiny.safetensors"), "--json")) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] == 1 and "no such file" in result["failures"]["plain"]
+    assert "earlier run" in result["failures"]["plain"]
+    kept = _snapshot(out / "cases" / "plain")
+    failure = json.loads(kept.pop(Path("failure.json")))
+    assert kept == before and failure["status"] == "failed"
+    assert (out / "summary.csv").read_text().splitlines()[1].startswith("plain,failed,")
+
+    assert main(_args(cohort, out, "good.csv", "--json")) == 0  # the share is back: nothing to redo
+    assert json.loads(capsys.readouterr().out)["skipped"] == 3
+    assert _snapshot(out / "cases" / "plain") == before
+    assert (out / "summary.csv").read_text().count(",done,") == 3
+
+
+def test_a_killed_worker_fails_no_case_and_the_pool_goes_on(cohort, tmp_path):
+    """kill -9 of one --workers 2 process mid-case (as the out-of-memory killer does): the pool is restarted, the cases
+    it held are redone, the others go on; the counts, summary and exit status agree."""
+    out = tmp_path / "run"
+    run = _run_cli(_args(cohort, out, "good.csv", "--workers", "2", "--json"))
+    lock = _wait_for(lambda: list((out / "cases").glob(".*.lock")) if (out / "cases").exists() else [], run)[0]
+    killed = _wait_for(lambda: json.loads(lock.read_text() or "{}").get("pid"), run)
+    assert killed != run.pid
+    os.kill(killed, signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=300)
+    result = json.loads(stdout)
+    assert run.returncode == 0, stderr[-2000:]
+    assert (result["done"], result["failed"]) == (3, 0) and _leftovers(out) == []
+    assert (out / "summary.csv").read_text().count(",done,") == 3
+    assert all(json.loads((out / "cases" / c / "case.json").read_text())["worker"]["pid"] != killed
+               for c in GOOD_CASES)
+
+
+def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_path):
+    """After a reboot the pid in a left lock may be another live program's: the old heartbeat shows it is abandoned."""
+    import socket
+    from RegistrationMisalignmentLib.case_lock import STALE_AFTER_S, CaseLock
+    path = tmp_path / ".case.lock"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "token": "left-by-a-reboot"}))
+    assert not CaseLock(path).acquire()  # refreshed just now: a live holder
+    os.utime(path, (time.time() - 2 * STALE_AFTER_S,) * 2)
+    lock = CaseLock(path)
+    assert lock.acquire()
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_weights_file_replaced_at_the_same_path_is_loaded_again(tiny_model, tmp_path):
+    """A long-lived process (a notebook, a Dask worker) must not keep using the model it cached for that path."""
+    import torch
+    from RegistrationMisalignmentLib.batch import BatchSettings, predictor_for
+    from RegistrationMisalignmentLib.checkpoint import sha256_of
+    from RegistrationMisalignmentLib.model import MisalignmentNet
+    weights = tmp_path / "mine.safetensors"
+    save_weights_with_card(tiny_model, weights)
+    settings = BatchSettings(str(tmp_path / "out"), str(weights), "cpu", threads=1)
+    first = predictor_for(settings)
+    assert predictor_for(settings) is first
+    torch.manual_seed(1)
+    save_weights_with_card(MisalignmentNet(tiny_model.config).eval(), weights)  # retrained, same size
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert predictor_for(settings).weights_sha256 == sha256_of(weights) != first.weights_sha256
+
+
+def test_a_small_flag_threshold_is_printed_as_given_and_the_device_column_sorts(cohort, finished_run, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    assert main(_args(cohort, out, "good.csv", "--flag-wrong-fraction", "0.004")) == 0
+    assert "(wrong > 0.4 %)" in capsys.readouterr().out
+    report = (out / "report.html").read_text()
+    assert "fraction above 0.4 %" in report and report.count('<td class="text" data-sort="cpu">cpu</td>') == 3

@@ -16,14 +16,17 @@ import SimpleITK as sitk
 from . import __version__
 from .batch_cases import Case, input_checksums
 from .case_lock import STAGED_SUFFIX, CaseLock
+from .checkpoint import released_weights_path
 from .errors import CapturedWarnings, InputError
-from .figures import thumbnail_pngs
+from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
 from .orientation import in_network_orientation
 
 RECORD_NAME = "case.json"
 LABELS_NAME = "labels.nrrd"
 PROBABILITIES_NAME = "probabilities.nrrd"
+FAILURE_NAME = "failure.json"  # a failed rerun's record, beside the earlier result it keeps
+OWN_FILES = frozenset([RECORD_NAME, FAILURE_NAME, LABELS_NAME, PROBABILITIES_NAME] + [f"{view}.png" for view in VIEWS])
 _PREDICTORS = {}
 
 
@@ -55,17 +58,28 @@ def lock_path(out_dir, case_id: str) -> Path:
     return cases_folder(out_dir) / f".{case_id}.lock"
 
 
-def read_record(out_dir, case_id: str):
-    """The published record of a case, or None if the case has not finished."""
+def _read_json(path: Path):
+    """A JSON file's content, or None if it is missing or unreadable."""
     try:
-        return json.loads((case_folder(out_dir, case_id) / RECORD_NAME).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
+def read_record(out_dir, case_id: str):
+    """The published record of a case, or None if the case has not finished."""
+    return _read_json(case_folder(out_dir, case_id) / RECORD_NAME)
+
+
+def current_record(out_dir, case_id: str):
+    """The record of a case's last run: its failure when it failed after an earlier result, else the published one."""
+    return _read_json(case_folder(out_dir, case_id) / FAILURE_NAME) or read_record(out_dir, case_id)
+
+
 def predictor_for(settings: BatchSettings):
-    """The predictor for these settings, loaded once per process (workers reuse it across cases)."""
-    key = (settings.weights, settings.device, settings.max_memory_gb, settings.threads, settings.amp)
+    """The predictor for these settings, loaded once per process (workers reuse it across cases) and again when the
+    weights file changes."""
+    key = (_weights_identity(settings.weights), settings.device, settings.max_memory_gb, settings.threads, settings.amp)
     if key not in _PREDICTORS:
         from .cli_common import set_threads
         from .inference import MisalignmentPredictor
@@ -74,6 +88,16 @@ def predictor_for(settings: BatchSettings):
                                                       amp=settings.amp)
         _PREDICTORS[key].start_warming_up()  # a GPU warms up while the first case is read
     return _PREDICTORS[key]
+
+
+def _weights_identity(weights) -> tuple:
+    """The weights file's path, size and modification time (None for a missing file, which loading reports)."""
+    path = Path(weights) if weights is not None else released_weights_path()
+    try:
+        status = path.stat()
+    except OSError:
+        return str(path), None, None
+    return str(path.resolve()), status.st_size, status.st_mtime_ns
 
 
 def run_case(case: Case, settings: BatchSettings) -> dict:
@@ -86,11 +110,13 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
     try:
         _remove_leftovers(folder, case.case_id)
         try:
+            check_own_folder(case_folder(settings.out_dir, case.case_id))
             predictor = predictor_for(settings)
             checksums = input_checksums(case)
             fingerprint = _fingerprint(predictor, checksums, settings)
             previous = read_record(settings.out_dir, case.case_id)
             if _is_finished(previous, fingerprint, settings.out_dir):
+                (case_folder(settings.out_dir, case.case_id) / FAILURE_NAME).unlink(missing_ok=True)
                 return dict(previous, skipped=True)
             record = _predict_case(case, predictor, settings, fingerprint, started)
         except InputError as exc:
@@ -99,18 +125,53 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
             record = failed_record(case, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
                                    if str(exc).strip() else type(exc).__name__)
         if record["status"] == "failed":
-            publish_failure(settings.out_dir, record)
+            record_failure(settings.out_dir, record)
         return record
     finally:
         lock.release()
 
 
-def publish_failure(out_dir, record: dict) -> None:
-    """Publish a failed case's record; if even that cannot be written (e.g. disk full), the caller still has it."""
+def record_failure(out_dir, record: dict) -> None:
+    """Write a failed case's record without losing an earlier result: beside a finished one (kept, until a run
+    succeeds), else as the case's folder. If even that cannot be written (e.g. disk full), the caller still has it; a
+    folder holding files batch did not write is left alone (the record's error says so)."""
+    folder = case_folder(out_dir, record["case_id"])
+    if foreign_files(folder):
+        return
+    previous = read_record(out_dir, record["case_id"])
     try:
-        publish(out_dir, record["case_id"], {}, record)
-    except OSError:
+        if previous and previous.get("status") == "done":
+            record["error"] += f"; the result of an earlier run ({previous.get('finished')}) is kept in {folder}"
+            write_bytes(json.dumps(record, indent=2).encode(), folder / FAILURE_NAME)
+        else:
+            publish(out_dir, record["case_id"], {}, record)
+    except (OSError, InputError):
         record["error"] += " (this record could not be written to the output folder)"
+
+
+def foreign_files(folder: Path) -> list:
+    """The names in a case's folder that batch does not write (sorted; empty when the folder is missing; the name
+    itself when it is a file)."""
+    try:
+        return sorted(path.name for path in folder.iterdir() if not path.is_file() or not _is_own(path.name))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return [folder.name]
+
+
+def _is_own(name: str) -> bool:
+    """Whether batch writes files of this name in a case's folder (the failure record's temporary file included)."""
+    return name in OWN_FILES or name.startswith(f".{FAILURE_NAME}.")
+
+
+def check_own_folder(folder: Path) -> None:
+    """Raise InputError if a case's folder holds anything batch did not write: replacing it would delete that."""
+    foreign = foreign_files(folder)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(f"{folder} holds files batch did not write ({shown}), which replacing the folder would "
+                         "delete; move them out or choose another --out")
 
 
 def failed_record(case: Case, error: str) -> dict:
@@ -199,7 +260,9 @@ def publish(out_dir, case_id: str, files: dict, record: dict, timings: dict = No
 
 
 def _swap_in(staging: Path, final: Path) -> None:
-    """Replace `final` by `staging` with renames; the old folder is removed only once the new one is in place."""
+    """Replace `final` by `staging` with renames; the old folder, only batch's own files (checked first), is removed
+    only once the new one is in place."""
+    check_own_folder(final)
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
     if final.exists():
         os.rename(final, old)
@@ -210,7 +273,7 @@ def _swap_in(staging: Path, final: Path) -> None:
 def _remove_leftovers(folder: Path, case_id: str) -> None:
     """Remove staging and replaced folders that an interrupted run left for this case (we hold its lock)."""
     for pattern in (f".{case_id}.staging-*", f".{case_id}.old-*", f".{case_id}.lock.broken-*",
-                    f".{case_id}.lock.*{STAGED_SUFFIX}"):
+                    f".{case_id}.lock.*{STAGED_SUFFIX}", f"{case_id}/.{FAILURE_NAME}.*"):
         for path in folder.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

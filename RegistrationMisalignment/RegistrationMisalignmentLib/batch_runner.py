@@ -11,9 +11,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .batch import (BatchSettings, cases_folder, failed_record, lock_path, publish_failure, read_record,
-                    run_case)
-from .devices import default_threads
+from .batch import BatchSettings, cases_folder, current_record, failed_record, lock_path, record_failure, run_case
+from .case_lock import CaseLock
+from .checkpoint import load_model
+from .cli_common import require_at_least
+from .devices import default_threads, resolve_device
 from .errors import InputError
 from .report import write_report, write_summary_csv
 
@@ -24,6 +26,8 @@ REPORT_NAME = "report.html"
 def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler: str = None,
               flag_wrong_fraction: float = 0.1, progress: bool = True) -> dict:
     """Process every case (skipping finished ones), then write summary.csv and report.html; return the counts."""
+    check_model_options(settings, scheduler)
+    check_inputs_outside_cases_folder(cases, settings.out_dir)
     cases_folder(settings.out_dir).mkdir(parents=True, exist_ok=True)
     returned = {}
     with tqdm(total=len(cases), unit="case", desc="cases", disable=not progress or None) as bar:
@@ -36,12 +40,31 @@ def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler:
     write_summary_csv(records, out / SUMMARY_NAME, flag_wrong_fraction)
     write_report(records, out, flag_wrong_fraction)
     counts = Counter(_outcome(r) for r in returned.values())
+    failures = {c.case_id: returned[c.case_id]["error"] for c in cases
+                if returned.get(c.case_id, {}).get("status") == "failed"}
     flagged = [r["case_id"] for r in records if r.get("status") == "done"
                and r["classes"]["wrong"]["fraction"] > flag_wrong_fraction]
     return {"cases": len(cases), "done": counts["done"], "skipped": counts["skipped"], "failed": counts["failed"],
             "busy": counts["busy"], "flagged": flagged, "summary": str(out / SUMMARY_NAME),
-            "report": str(out / REPORT_NAME),
-            "failures": {r["case_id"]: r["error"] for r in records if r.get("status") == "failed"}}
+            "report": str(out / REPORT_NAME), "failures": failures}
+
+
+def check_model_options(settings: BatchSettings, scheduler: str = None) -> None:
+    """Raise InputError for bad weights, threads or device before any case is touched (every case would fail)."""
+    require_at_least(0, threads=settings.threads)
+    if not scheduler:  # a cluster's workers may have the GPU that this machine lacks
+        resolve_device(settings.device)
+    load_model(settings.weights)
+
+
+def check_inputs_outside_cases_folder(cases: list, out_dir) -> None:
+    """Raise InputError if an input lies in OUT/cases/, where batch replaces each case's folder."""
+    folder = cases_folder(Path(out_dir).resolve())
+    for case in cases:
+        for column, path in case.inputs().items():
+            if path and Path(path).resolve().is_relative_to(folder):
+                raise InputError(f"case {case.case_id}: its {column} input {path} lies inside {folder}, where batch "
+                                 "replaces each case's folder; move the inputs elsewhere or choose another --out")
 
 
 def _outcome(record: dict) -> str:
@@ -50,10 +73,11 @@ def _outcome(record: dict) -> str:
 
 
 def _final_record(out_dir, case, returned):
-    """What the report shows for a case: 'busy' if another run still holds it, else its published record."""
-    if returned is not None and returned["status"] == "busy" and lock_path(out_dir, case.case_id).exists():
+    """What the report shows for a case: this run's outcome, or for a case another run held, what that run left."""
+    if returned is not None and (returned["status"] != "busy" or lock_path(out_dir, case.case_id).exists()):
         return returned
-    return read_record(out_dir, case.case_id) or returned or failed_record(case, "not finished; run again to resume")
+    return current_record(out_dir, case.case_id) or returned or failed_record(case, "not finished; run again to "
+                                                                                     "resume")
 
 
 def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str):
@@ -68,19 +92,54 @@ def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str)
 
 
 def _in_processes(cases: list, settings: BatchSettings, workers: int):
-    """Run cases in `workers` local processes, sharing the cores between them."""
+    """Run cases in `workers` local processes, sharing the cores between them. When a worker dies (killed, out of
+    memory), the pool is restarted for the cases not started, and those held at the time are redone one at a time:
+    only a case whose worker dies again alone fails."""
     settings = replace(settings, threads=settings.threads or max(1, default_threads() // workers))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    queue = list(cases)
+    while queue:
+        interrupted = yield from _in_pool(queue, settings, workers)
+        held = [case for case in interrupted if _held_by_dead_process(settings.out_dir, case)] or interrupted
+        for case in held:
+            if (yield from _in_pool([case], settings, 1)):
+                yield _worker_died(case, settings.out_dir)
+        queue = [case for case in interrupted if case not in held]
+
+
+def _in_pool(cases: list, settings: BatchSettings, workers: int):
+    """Yield the records of the cases that a new pool of `workers` processes finishes; return the others (in order),
+    which it did not because one of its processes died."""
+    broken = set()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = {pool.submit(run_case, case, settings): case for case in cases}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except BrokenProcessPool:
-                yield failed_record(futures[future], "a worker process stopped (out of memory?); "
-                                                     "run the same command again to resume")
+                broken.add(futures[future])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return [case for case in cases if case in broken]
+
+
+def _held_by_dead_process(out_dir, case) -> bool:
+    """Whether a case's lock is left by a process that died holding it (the case was under way)."""
+    path = lock_path(out_dir, case.case_id)
+    return path.exists() and CaseLock(path).abandoned()
+
+
+def _worker_died(case, out_dir) -> dict:
+    """The failed record of a case whose worker process died while it ran alone, written unless another run took it."""
+    record = failed_record(case, "the worker process running it died (out of memory? killed?), also when it ran "
+                                 "alone; run again to retry it")
+    lock = CaseLock(lock_path(out_dir, case.case_id))
+    if lock.acquire():
+        try:
+            record_failure(out_dir, record)
+        finally:
+            lock.release()
+    return record
 
 
 def _on_dask(cases: list, settings: BatchSettings, address: str):
@@ -101,7 +160,7 @@ def _on_dask(cases: list, settings: BatchSettings, address: str):
                 yield future.result()
             except Exception as exc:  # a worker died too often (KilledWorker) or the cluster went away
                 record = failed_record(futures[future], f"{type(exc).__name__}: {str(exc)[:200]}")
-                publish_failure(settings.out_dir, record)
+                record_failure(settings.out_dir, record)
                 yield record
     finally:
         client.close()

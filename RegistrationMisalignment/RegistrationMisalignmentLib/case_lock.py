@@ -40,7 +40,7 @@ class CaseLock:
             try:
                 self._create()
             except FileExistsError:
-                if not self._abandoned():
+                if not self.abandoned():
                     return False
                 self._break()
                 continue
@@ -85,16 +85,18 @@ class CaseLock:
         except (OSError, ValueError):
             return {}
 
-    def _abandoned(self) -> bool:
-        """True when the holder's process is gone (same machine) or the lock has not been refreshed lately."""
+    def abandoned(self) -> bool:
+        """True when the lock has not been refreshed lately, or its holder's process is gone (same machine). A live
+        process with the holder's id is not enough to keep it: after a reboot the id may be another program's."""
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True
+        if age > STALE_AFTER_S:
+            return True
         holder = self._holder()
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            return not _process_alive(holder["pid"])
-        return age > STALE_AFTER_S
+        return (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+                and not _process_alive(holder["pid"]))
 
     def _break(self) -> None:
         """Remove an abandoned lock (renamed first, so that only one breaker removes it)."""

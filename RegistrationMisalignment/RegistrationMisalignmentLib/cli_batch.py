@@ -48,7 +48,7 @@ def run_batch_command(args) -> dict:
     if not args.json:
         print(f"{result['cases']} cases: {result['done']} done, {result['skipped']} already finished, "
               f"{result['failed']} failed, {result['busy']} busy in another run; "
-              f"{len(result['flagged'])} flagged (wrong > {100 * args.flag_wrong_fraction:.0f} %)")
+              f"{len(result['flagged'])} flagged (wrong > {100 * args.flag_wrong_fraction:g} %)")
         for case_id, error in result["failures"].items():
             print(f"  failed {case_id}: {error}", file=sys.stderr)
         print(f"summary: {result['summary']}\nreport:  {result['report']}")

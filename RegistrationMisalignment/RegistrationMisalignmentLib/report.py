@@ -169,7 +169,7 @@ def _table_row(record: dict, out_dir: Path, flag_wrong_fraction: float) -> str:
     confidence = record.get("mean_confidence")
     cells += [_cell(_number(mask_ml, 1), mask_ml), _cell(_number(wrong_ml, 1), wrong_ml),
               _cell(_percent(confidence), confidence), _cell(_number(total_s, 1), total_s),
-              _cell(escape(str(record.get("device") or "")), None, "text"),
+              _cell(escape(str(record.get("device") or "")), record.get("device"), "text"),
               _cell(_thumbnail(record, out_dir, "axial"), None)]
     class_attr = f' class="{css}"' if css else ""
     return f'<tr{class_attr}>{"".join(cells)}</tr>'
@@ -232,7 +232,7 @@ def _header(records: list, flag_wrong_fraction: float) -> str:
                      f"{escape(L.display_name(v))}</span>" for v in L.CLASS_VALUES)
     count_text = "".join(f'<span id="count-{escape(name)}">{escape(name)}: {n}</span>' for name, n in counts.items())
     return (f"<h1>{TITLE}</h1>\n<p class=\"counts\">{count_text}</p>\n<p>Model: {model_text}. Flagged: wrong "
-            f"fraction above {_percent(flag_wrong_fraction)} %.</p>\n<p class=\"legend\">{legend}</p>")
+            f"fraction above {100 * flag_wrong_fraction:g} %.</p>\n<p class=\"legend\">{legend}</p>")
 
 
 def report_html(records: list, out_dir, flag_wrong_fraction: float) -> str:

@@ -223,7 +223,7 @@ def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: d
                           "thumbnails": {view: f"{view}.png" for view in thumbnails}},
               "classes": summary["classes"], "mask_voxels": summary["mask_voxels"], "mask_ml": summary["mask_ml"],
               "mean_confidence": summary["mean_confidence"], "device": summary["device"],
-              "tile_size": summary.get("tile_size"), "worker": _worker()}
+              "precision": summary["precision"], "tile_size": summary.get("tile_size"), "worker": _worker()}
     publish(settings.out_dir, case.case_id, files, record, timings, started)
     return record
 

@@ -129,9 +129,9 @@ def pooled_by_residual(reports: list) -> dict:
                       "predicted": {c: sum(w * p["predicted"][c] for w, p in zip(weight, parts))
                                     for c in parts[0]["predicted"]}})
     errors = sum(r["errors"] for r in reports)
+    near_errors = sum(r["errors"] * r["errors_near_boundary"] for r in reports if r["errors"])
     voxels = [sum(b["n"] for b in r["bands"]) for r in reports]
     return {"bands": bands, "near_boundary_mm": reports[0]["near_boundary_mm"], "errors": errors,
-            "errors_near_boundary": sum(r["errors"] * r["errors_near_boundary"] for r in reports if r["errors"]) / errors
-            if errors else None,
+            "errors_near_boundary": near_errors / errors if errors else None,
             "voxels_near_boundary": float(np.average([r["voxels_near_boundary"] for r in reports], weights=voxels))
             if sum(voxels) else 0.0}

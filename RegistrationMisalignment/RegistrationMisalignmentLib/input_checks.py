@@ -23,8 +23,8 @@ def warn_if_not_ct(image: sitk.Image, name: str) -> None:
     low, high = np.percentile(sampled_voxels(image), [1, 99])
     if low > -500 or high > 5000 or high - low < 500:
         hint = " (a CT stored without its rescale intercept? subtract 1024)" if -50 < low < 50 and high > 1000 else ""
-        log.warning(f"{name}: intensities {_intensity(low)}..{_intensity(high)} (1st-99th percentile) do not look like a CT in "
-                    f"Hounsfield units{hint}; the model expects HU, the map may be meaningless")
+        log.warning(f"{name}: intensities {_intensity(low)}..{_intensity(high)} (1st-99th percentile) do not look "
+                    f"like a CT in Hounsfield units{hint}; the model expects HU, the map may be meaningless")
 
 
 def _intensity(value: float) -> str:

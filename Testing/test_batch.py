@@ -264,6 +264,32 @@ def test_inputs_inside_the_cases_folder_are_refused_before_any_work(cohort, tmp_
     assert sorted(p.relative_to(study) for p in study.rglob("*")) == before
 
 
+def test_inputs_reached_through_a_linked_cases_folder_are_refused_too(cohort, tmp_path, capsys):
+    study = tmp_path / "study"
+    (study / "cases" / "a").mkdir(parents=True)
+    (study / "cases" / "a" / "labels.nrrd").write_bytes((cohort / "fixed.nrrd").read_bytes())  # the user's own mask
+    (tmp_path / "qc").mkdir()
+    (tmp_path / "qc" / "cases").symlink_to(study / "cases")
+    (tmp_path / "pairs.csv").write_text(f"case_id,fixed,moving,mask\na,{cohort / 'fixed.nrrd'},"
+                                        f"{cohort / 'moving.nrrd'},{study / 'cases' / 'a' / 'labels.nrrd'}\n")
+    before = _snapshot(study)
+    args = ["batch", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "qc"), "--weights",
+            str(cohort / "tiny.safetensors")]
+    assert main(args) == 2
+    assert "its mask input" in capsys.readouterr().err and _snapshot(study) == before
+
+
+def test_a_finished_case_with_a_stray_file_in_its_folder_is_still_skipped(cohort, finished_run, tmp_path, capsys):
+    """A .DS_Store (Finder) or a note beside a finished result replaces nothing, so it fails nothing."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / "cases" / "plain" / ".DS_Store").write_bytes(b"finder")
+    assert main(_args(cohort, out, "good.csv", "--json")) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["skipped"], result["failed"]) == (3, 0)
+    assert (out / "cases" / "plain" / ".DS_Store").read_bytes() == b"finder"
+
+
 def test_a_case_folder_holding_other_files_is_never_replaced(cohort, tmp_path, capsys):
     out = tmp_path / "run"
     (out / "cases" / "plain").mkdir(parents=True)
@@ -364,6 +390,45 @@ def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_pa
     assert lock.acquire()
     lock.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_live_holder_keeps_its_lock_however_long_it_is_silent_and_a_reused_pid_does_not(tmp_path):
+    """A suspended run (Ctrl-Z, a sleeping laptop) stops refreshing its lock but still holds the case; a process that
+    took a dead holder's id (after a reboot) is told from it by the boot and the process start time."""
+    import socket
+    from RegistrationMisalignmentLib.case_lock import STALE_AFTER_S, CaseLock, process_identity
+    path = tmp_path / ".case.lock"
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "process": process_identity(os.getppid()),
+              "token": "suspended"}
+    path.write_text(json.dumps(holder))
+    os.utime(path, (time.time() - 10 * STALE_AFTER_S,) * 2)
+    assert not CaseLock(path).acquire()
+    path.write_text(json.dumps(dict(holder, process=holder["process"] + "0", token="before-a-reboot")))
+    os.utime(path, (time.time() - 10 * STALE_AFTER_S,) * 2)
+    lock = CaseLock(path)
+    assert lock.acquire()  # at once, not after STALE_AFTER_S: the live process is not the holder
+    lock.release()
+
+
+def test_a_pool_whose_processes_die_before_any_case_fails_its_cases_instead_of_looping(cohort, tmp_path,
+                                                                                      monkeypatch):
+    from RegistrationMisalignmentLib import batch_runner
+    from RegistrationMisalignmentLib.batch import BatchSettings
+    pools = []
+
+    def dying_pool(cases, settings, workers):
+        pools.append(len(cases))
+        return list(cases)  # every process died before taking a case
+        yield
+
+    monkeypatch.setattr(batch_runner, "_in_pool", dying_pool)
+    cases = read_cases(cohort / "good.csv")
+    settings = BatchSettings(str(tmp_path / "run"), str(cohort / "tiny.safetensors"), "cpu")
+    (tmp_path / "run" / "cases").mkdir(parents=True)
+    records = list(batch_runner._in_processes(cases, settings, 2))
+    assert pools == [3] and [r["status"] for r in records] == ["failed"] * 3
+    assert all("died before starting a case" in r["error"] for r in records)
+    assert all((tmp_path / "run" / "cases" / c.case_id / "case.json").exists() for c in cases)
 
 
 def test_a_weights_file_replaced_at_the_same_path_is_loaded_again(tiny_model, tmp_path):

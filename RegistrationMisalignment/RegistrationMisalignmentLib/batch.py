@@ -102,41 +102,48 @@ def _weights_identity(weights) -> tuple:
 
 def run_case(case: Case, settings: BatchSettings) -> dict:
     """Process one case under its lock and return its record; the case's own problems become a 'failed' record."""
-    folder = cases_folder(settings.out_dir)
-    lock = CaseLock(lock_path(settings.out_dir, case.case_id))
-    if not lock.acquire():
-        return {"case_id": case.case_id, "status": "busy", "error": "being processed by another run"}
-    started = time.perf_counter()
-    try:
-        _remove_leftovers(folder, case.case_id)
-        try:
-            check_own_folder(case_folder(settings.out_dir, case.case_id))
-            predictor = predictor_for(settings)
-            checksums = input_checksums(case)
-            fingerprint = _fingerprint(predictor, checksums, settings)
-            previous = read_record(settings.out_dir, case.case_id)
-            if _is_finished(previous, fingerprint, settings.out_dir):
-                (case_folder(settings.out_dir, case.case_id) / FAILURE_NAME).unlink(missing_ok=True)
-                return dict(previous, skipped=True)
-            record = _predict_case(case, predictor, settings, fingerprint, started)
-        except InputError as exc:
-            record = failed_record(case, str(exc))
-        except (RuntimeError, OSError, MemoryError, ValueError) as exc:
-            record = failed_record(case, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
-                                   if str(exc).strip() else type(exc).__name__)
+    with CaseLock(lock_path(settings.out_dir, case.case_id)).held() as taken:
+        if not taken:
+            return {"case_id": case.case_id, "status": "busy", "error": "being processed by another run"}
+        _remove_leftovers(cases_folder(settings.out_dir), case.case_id)
+        record = _finished_or_predicted(case, settings)
         if record["status"] == "failed":
             record_failure(settings.out_dir, record)
         return record
-    finally:
-        lock.release()
+
+
+def _finished_or_predicted(case: Case, settings: BatchSettings) -> dict:
+    """The case's earlier record when it is finished with the same inputs, model and options, else a new prediction;
+    a failed record for the case's own problems."""
+    started = time.perf_counter()
+    try:
+        predictor = predictor_for(settings)
+        fingerprint = _fingerprint(predictor, input_checksums(case), settings)
+        previous = read_record(settings.out_dir, case.case_id)
+        if _is_finished(previous, fingerprint, settings.out_dir):
+            (case_folder(settings.out_dir, case.case_id) / FAILURE_NAME).unlink(missing_ok=True)
+            return dict(previous, skipped=True)
+        check_own_folder(case_folder(settings.out_dir, case.case_id))  # before the work that would replace it
+        return _predict_case(case, predictor, settings, fingerprint, started)
+    except InputError as exc:
+        return failed_record(case, str(exc))
+    except (RuntimeError, OSError, MemoryError, ValueError) as exc:
+        return failed_record(case, _exception_text(exc))
+
+
+def _exception_text(exc: Exception) -> str:
+    """An unexpected exception as one line: its type and the first line of its message."""
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message.splitlines()[0][:300]}" if message else type(exc).__name__
 
 
 def record_failure(out_dir, record: dict) -> None:
     """Write a failed case's record without losing an earlier result: beside a finished one (kept, until a run
     succeeds), else as the case's folder. If even that cannot be written (e.g. disk full), the caller still has it; a
-    folder holding files batch did not write is left alone (the record's error says so)."""
+    folder holding files batch did not write is left alone; the record's error says either."""
     folder = case_folder(out_dir, record["case_id"])
     if foreign_files(folder):
+        record["error"] += f" (not written into {folder}: it holds files batch did not write)"
         return
     previous = read_record(out_dir, record["case_id"])
     try:

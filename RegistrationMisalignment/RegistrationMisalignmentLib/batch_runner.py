@@ -21,11 +21,15 @@ from .report import write_report, write_summary_csv
 
 SUMMARY_NAME = "summary.csv"
 REPORT_NAME = "report.html"
+LOST_ALONE = "the worker process running it died (out of memory? killed?), also when it ran alone; run again to retry"
+LOST_BEFORE_STARTING = "the worker processes died before starting a case (out of memory loading the model?); run again"
 
 
 def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler: str = None,
               flag_wrong_fraction: float = 0.1, progress: bool = True) -> dict:
     """Process every case (skipping finished ones), then write summary.csv and report.html; return the counts."""
+    if settings.weights:  # workers elsewhere (a cluster) or in another folder read the same file
+        settings = replace(settings, weights=str(Path(settings.weights).resolve()))
     check_model_options(settings, scheduler)
     check_inputs_outside_cases_folder(cases, settings.out_dir)
     cases_folder(settings.out_dir).mkdir(parents=True, exist_ok=True)
@@ -58,13 +62,18 @@ def check_model_options(settings: BatchSettings, scheduler: str = None) -> None:
 
 
 def check_inputs_outside_cases_folder(cases: list, out_dir) -> None:
-    """Raise InputError if an input lies in OUT/cases/, where batch replaces each case's folder."""
-    folder = cases_folder(Path(out_dir).resolve())
+    """Raise InputError if an input lies in OUT/cases/, where batch replaces each case's folder (also reached through
+    a link, or named in another letter case on a file system that ignores case)."""
+    folder = cases_folder(out_dir)
+    if not folder.exists():
+        return  # nothing there yet, so no input there either
     for case in cases:
         for column, path in case.inputs().items():
-            if path and Path(path).resolve().is_relative_to(folder):
-                raise InputError(f"case {case.case_id}: its {column} input {path} lies inside {folder}, where batch "
-                                 "replaces each case's folder; move the inputs elsewhere or choose another --out")
+            if path and any(parent.exists() and os.path.samefile(parent, folder)
+                            for parent in Path(path).resolve().parents):
+                raise InputError(f"case {case.case_id}: its {column} input {path} lies inside {folder.resolve()}, "
+                                 "where batch replaces each case's folder; move the inputs elsewhere or choose another "
+                                 "--out")
 
 
 def _outcome(record: dict) -> str:
@@ -93,16 +102,21 @@ def _execute(cases: list, settings: BatchSettings, workers: int, scheduler: str)
 
 def _in_processes(cases: list, settings: BatchSettings, workers: int):
     """Run cases in `workers` local processes, sharing the cores between them. When a worker dies (killed, out of
-    memory), the pool is restarted for the cases not started, and those held at the time are redone one at a time:
-    only a case whose worker dies again alone fails."""
-    settings = replace(settings, threads=settings.threads or max(1, default_threads() // workers))
+    memory), the cases held by dead processes are redone one at a time (only a case whose worker dies again alone
+    fails) and the others go on in a new pool; if a pool ends with no case finished or held, its cases fail (its
+    processes die before they start one)."""
+    shared = replace(settings, threads=settings.threads or max(1, default_threads() // workers))
     queue = list(cases)
     while queue:
-        interrupted = yield from _in_pool(queue, settings, workers)
-        held = [case for case in interrupted if _held_by_dead_process(settings.out_dir, case)] or interrupted
+        interrupted = yield from _in_pool(queue, shared, workers)
+        held = [case for case in interrupted if _held_by_dead_process(settings.out_dir, case)]
         for case in held:
             if (yield from _in_pool([case], settings, 1)):
-                yield _worker_died(case, settings.out_dir)
+                yield _record_lost_case(case, settings.out_dir, LOST_ALONE)
+        if interrupted and not held and len(interrupted) == len(queue):
+            for case in interrupted:
+                yield _record_lost_case(case, settings.out_dir, LOST_BEFORE_STARTING)
+            return
         queue = [case for case in interrupted if case not in held]
 
 
@@ -129,16 +143,13 @@ def _held_by_dead_process(out_dir, case) -> bool:
     return path.exists() and CaseLock(path).abandoned()
 
 
-def _worker_died(case, out_dir) -> dict:
-    """The failed record of a case whose worker process died while it ran alone, written unless another run took it."""
-    record = failed_record(case, "the worker process running it died (out of memory? killed?), also when it ran "
-                                 "alone; run again to retry it")
-    lock = CaseLock(lock_path(out_dir, case.case_id))
-    if lock.acquire():
-        try:
+def _record_lost_case(case, out_dir, error: str) -> dict:
+    """The failed record of a case whose process was lost, written under the case's lock unless another run holds
+    it."""
+    record = failed_record(case, error)
+    with CaseLock(lock_path(out_dir, case.case_id)).held() as taken:
+        if taken:
             record_failure(out_dir, record)
-        finally:
-            lock.release()
     return record
 
 
@@ -159,8 +170,6 @@ def _on_dask(cases: list, settings: BatchSettings, address: str):
             try:
                 yield future.result()
             except Exception as exc:  # a worker died too often (KilledWorker) or the cluster went away
-                record = failed_record(futures[future], f"{type(exc).__name__}: {str(exc)[:200]}")
-                record_failure(settings.out_dir, record)
-                yield record
+                yield _record_lost_case(futures[future], settings.out_dir, f"{type(exc).__name__}: {str(exc)[:200]}")
     finally:
         client.close()

@@ -7,11 +7,23 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = 120.0  # a lock not refreshed for this long is abandoned (its holder is gone)
 STAGED_SUFFIX = ".staged"  # a lock file being written, before it is linked into place
+
+
+def process_identity(pid: int):
+    """This machine's boot and the start time of process `pid` (Linux): a live holder's, unlike a process that took
+    its id later, matches what the lock recorded; None where the system does not tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{fields[19]}"  # the 22nd field of stat, counted from the state after the command name
 
 
 def _process_alive(pid: int) -> bool:
@@ -29,10 +41,21 @@ class CaseLock:
     """An exclusive lock file, refreshed while held; abandoned locks (dead holder, or silent too long) are broken."""
 
     def __init__(self, path):
+        """A lock at `path`, not taken yet."""
         self.path = Path(path)
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._heartbeat = None
+
+    @contextmanager
+    def held(self):
+        """Yield whether the lock was taken (False: a live holder has it); released on leaving if taken."""
+        taken = self.acquire()
+        try:
+            yield taken
+        finally:
+            if taken:
+                self.release()
 
     def acquire(self) -> bool:
         """Take the lock; False when a live holder has it."""
@@ -56,7 +79,8 @@ class CaseLock:
         it is hard-linked into place, so a holder killed at any moment never leaves an empty lock that others could
         not tell from a live one."""
         staged = self.path.with_name(f"{self.path.name}.{self.token}{STAGED_SUFFIX}")
-        staged.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}))
+        staged.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                      "process": process_identity(os.getpid()), "token": self.token}))
         try:
             os.link(staged, self.path)
         finally:
@@ -71,12 +95,13 @@ class CaseLock:
             self.path.unlink(missing_ok=True)
 
     def _refresh(self) -> None:
-        """Touch the lock file regularly so other machines can tell it is alive."""
+        """Touch the lock file regularly so other machines can tell it is alive (a failed touch, e.g. a passing
+        network file system error, is tried again at the next beat)."""
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 os.utime(self.path)
             except OSError:
-                return
+                continue
 
     def _holder(self) -> dict:
         """The lock file's content (empty if missing or unreadable)."""
@@ -86,17 +111,21 @@ class CaseLock:
             return {}
 
     def abandoned(self) -> bool:
-        """True when the lock has not been refreshed lately, or its holder's process is gone (same machine). A live
-        process with the holder's id is not enough to keep it: after a reboot the id may be another program's."""
+        """True when the lock's holder is gone. On this machine: its process has died, or its id now belongs to
+        another process (after a reboot, say; told by `process_identity`), while the holder itself keeps the lock
+        however long it is silent (suspended, say). Elsewhere, or where the system cannot tell: the lock has not been
+        refreshed for STALE_AFTER_S."""
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True
-        if age > STALE_AFTER_S:
-            return True
         holder = self._holder()
-        return (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-                and not _process_alive(holder["pid"]))
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            if not _process_alive(holder["pid"]):
+                return True
+            if holder.get("process") is not None and process_identity(holder["pid"]) is not None:
+                return process_identity(holder["pid"]) != holder["process"]
+        return age > STALE_AFTER_S
 
     def _break(self) -> None:
         """Remove an abandoned lock (renamed first, so that only one breaker removes it)."""

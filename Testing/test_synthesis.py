@@ -54,6 +54,24 @@ def test_targets_are_the_binned_field_magnitude_at_every_level(source, monkeypat
         assert len(valid) > 0 and set(valid.tolist()) == {expected}
 
 
+def test_the_lungs_scored_are_the_fixed_images_the_source_lungs_warped_by_the_field(source, monkeypatch):
+    """The fixed image is the source at x + u(x); so are its lungs, over which the metrics count (as at inference,
+    where the lungs come from the fixed image)."""
+    def constant_field(shift_mm):
+        def field(family, hu, *args):
+            shifted = torch.zeros((3,) + tuple(hu.shape))
+            shifted[1] = shift_mm
+            return shifted
+        return field
+
+    lungs = {}
+    for shift in (0.0, 8.0):
+        monkeypatch.setattr(synthesis, "make_field", constant_field(shift))
+        lungs[shift] = make_sample(source, CONFIG, 32, seed=12).lungs  # the same crop: the field draws nothing
+    assert lungs[0.0][:, 8:].any() and not torch.equal(lungs[8.0], lungs[0.0])
+    assert torch.equal(lungs[8.0][:, :-8], lungs[0.0][:, 8:])
+
+
 @pytest.mark.parametrize("seed", [3, 8, 10])
 def test_finest_targets_are_the_binned_residual_of_the_sample(source, seed):
     sample = make_sample(source, CONFIG, 16, seed=seed)
@@ -209,6 +227,15 @@ def test_thick_slices_average_along_z_only():
     assert thick.shape == hu.shape
     assert float(thick[5].mean()) < 300.0 and float(thick[:, 0, 0].sum()) == pytest.approx(300.0, rel=0.2)
     assert torch.allclose(thick[:, 0, 0], thick[:, 3, 3])
+
+
+@pytest.mark.parametrize("depth, thickness", [(304, 3), (130, 2), (128, 3)])
+def test_thick_slices_move_nothing_along_z(depth, thickness):
+    """A linear ramp's slab means, interpolated back, are the ramp itself away from the ends (it was stretched by up
+    to 2 voxels when the depth was not a whole number of slabs)."""
+    ramp = torch.arange(depth, dtype=torch.float32).view(depth, 1, 1).expand(depth, 2, 2).contiguous()
+    back = thick_slices(ramp, thickness)[thickness:-thickness, 0, 0]
+    assert torch.allclose(back, ramp[thickness:-thickness, 0, 0], atol=1e-3)
 
 
 def test_class_labels_of_a_sample_cover_the_three_classes_over_families(source):

@@ -54,7 +54,7 @@ class Sample:
 
     inputs: dict
     targets: dict
-    lungs: torch.Tensor  # S1 output region, bool
+    lungs: torch.Tensor  # S1 output region, bool: the fixed image's lungs (the source's, warped)
     family: str
     residual_mm: torch.Tensor  # S1 output region, |u| in mm (the continuous truth behind targets[1])
 
@@ -215,10 +215,13 @@ def breathing_density(hu: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def thick_slices(hu: torch.Tensor, thickness: int) -> torch.Tensor:
-    """Simulate a scan with `thickness`-mm slices along z, linearly interpolated back to 1 mm."""
+    """Simulate a scan with `thickness`-mm slices along z, linearly interpolated back to 1 mm: each slab's mean sits
+    at the slab's centre, so nothing moves (z is padded by its last slice to whole slabs, then cropped)."""
     d = hu.shape[0]
-    pooled = F.avg_pool1d(hu.permute(1, 2, 0).reshape(1, -1, d), thickness, thickness, ceil_mode=True)
-    back = F.interpolate(pooled, size=d, mode="linear", align_corners=False)
+    columns = hu.permute(1, 2, 0).reshape(1, -1, d)
+    whole = F.pad(columns, (0, -d % thickness), mode="replicate")
+    pooled = F.avg_pool1d(whole, thickness, thickness)
+    back = F.interpolate(pooled, scale_factor=thickness, mode="linear", align_corners=False)[..., :d]
     return back.reshape(hu.shape[1], hu.shape[2], d).permute(2, 0, 1).contiguous()
 
 
@@ -357,7 +360,8 @@ def _synthesise(sources_and_seeds, config: ModelConfig, out_size: int, device, f
     crop = (Ellipsis,) + (slice(lo_t, lo_t + s4_span),) * 3
     targets = level_targets(magnitude[crop], (inside * body)[crop], config, out_size)
     out = (Ellipsis,) + (slice(margin, margin + out_size),) * 3
-    lungs = torch.stack([d.lungs[core][out] for d in drafts]) > 0
+    source_lungs = torch.stack([d.lungs for d in drafts]).unsqueeze(1).float()
+    lungs = warp(source_lungs, fields[out], WARP_MARGIN + margin)[:, 0] > 0.5  # the fixed image's, as at inference
     return _Batch(inputs, targets, lungs, magnitude[out], [d.family for d in drafts])
 
 

@@ -325,6 +325,20 @@ def test_the_class_table_calls_confidence_calibrated_only_for_calibrated_weights
     assert "(uncalibrated weights: not the share" in _class_table(dict(summary, calibrated=False))
 
 
+def test_a_fine_tune_refuses_as_held_out_a_ct_its_starting_weights_trained_on(files, tmp_path, capsys, caplog):
+    first_ct, second_ct = str(files / "moving.nii.gz"), str(files / "fixed.nrrd")
+    small = ["--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1", "--batch-size", "1",
+             "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--json"]
+    assert main(["train", "--ct", first_ct, *small, "--out", str(tmp_path / "first")]) == 0
+    assert main(["train", "--ct", second_ct, *small, "--out", str(tmp_path / "second"), "--init-weights",
+                 str(tmp_path / "first" / "weights.safetensors")]) == 0
+    assert "--seed 0 is the seed" in caplog.text and "repeats its training tiles" in caplog.text
+    capsys.readouterr()
+    assert main(["release", "--run", str(tmp_path / "second"), "--weights-out", str(tmp_path / "r.safetensors"),
+                 "--heldout-ct", first_ct, "--samples", "1"]) == 2
+    assert "is a training CT of this run or of the weights it started from (moving.nii.gz)" in _error_line(capsys)
+
+
 def test_a_release_trained_on_cached_sources_names_their_cts_and_refuses_one_as_held_out(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import card_path
     ct, heldout, sources = str(files / "moving.nii.gz"), str(files / "fixed.nrrd"), tmp_path / "sources.npz"
@@ -357,6 +371,9 @@ def test_counts_below_one_are_refused_with_the_option_named(files, tmp_path, cap
         assert main(argv) == 2, argv
         name, value = option.split()
         assert _error_line(capsys).endswith(f"{name} must be at least 1, got {value}"), argv
+    assert main(["evaluate-synthetic", "--ct", ct, "--seed", "0", "--seed", "1000"]) == 2  # the calibration's pairs
+    assert _error_line(capsys).endswith("--seed must be below 1000 (larger seeds draw the pairs of the calibration "
+                                        "fit), got 1000")
 
 
 def test_training_options_out_of_range_are_refused_before_any_work(files, tmp_path, capsys):
@@ -370,6 +387,8 @@ def test_training_options_out_of_range_are_refused_before_any_work(files, tmp_pa
              (["--learning-rate", "-1"], "--learning-rate must be more than 0, got -1.0"),
              (["--time-limit", "0"], "--time-limit must be more than 0, got 0.0"),
              (["--seed", "-1"], "--seed must be at least 0, got -1"),
+             (["--seed", "300"], "--seed must be below 100 (larger seeds draw the pairs of validation, held-out "
+                                 "evaluation and calibration), got 300"),
              (["--loader-workers", "-1"], "--loader-workers must be at least 0, got -1"),
              (["--phantoms", "0"], "no training data: give --ct"),
              (["--out", str(tmp_path / "a_file")], "is a file; give a run folder"),

@@ -72,6 +72,16 @@ def test_the_lungs_scored_are_the_fixed_images_the_source_lungs_warped_by_the_fi
     assert torch.equal(lungs[8.0][:, :-8], lungs[0.0][:, 8:])
 
 
+def test_every_architecture_gets_the_same_pairs_from_a_seed(source):
+    """The ablation trains and scores its architectures on the same data: the single CNN too, though it needs less
+    context around a tile."""
+    samples = [make_sample(source, ModelConfig(features=4, hidden=4, architecture=architecture), 16, seed=21)
+               for architecture in ("hierarchical_lstm", "multires_cnn", "single_cnn")]
+    for other in samples[1:]:
+        assert torch.equal(other.residual_mm, samples[0].residual_mm) and torch.equal(other.lungs, samples[0].lungs)
+        assert torch.equal(other.targets[1], samples[0].targets[1]) and other.family == samples[0].family
+
+
 @pytest.mark.parametrize("seed", [3, 8, 10])
 def test_finest_targets_are_the_binned_residual_of_the_sample(source, seed):
     sample = make_sample(source, CONFIG, 16, seed=seed)

@@ -187,6 +187,7 @@ def test_resuming_with_other_data_starting_weights_or_fewer_steps_is_refused_and
               f"--ct {tmp_path / 'a.nii.gz'} \\(asked {tmp_path / 'b.nii.gz'}\\)"),
              (replace(started, source_files=["cache.npz"]), f"--sources none \\(asked {tmp_path / 'cache.npz'}\\)"),
              (replace(started, phantom_seeds=[0, 1]), "--phantoms 1 \\(asked 2\\)"),
+             (replace(started, phantom_seeds=[5]), "phantom seeds \\[0\\] \\(asked \\[5\\]\\)"),
              (replace(started, init_weights="w.safetensors", init_weights_sha256="ab" * 32),
               "--init-weights none \\(random weights\\) \\(asked w.safetensors\\)"),
              (replace(started, steps=3), "--steps 4 \\(asked 3: only more may be asked\\)")]

@@ -104,3 +104,16 @@ def load_model(path=None, map_location="cpu") -> MisalignmentNet:
         raise InputError(f"{path}: not a valid weights file ({reason}); pass a .safetensors file "
                          "written by 'registration-misalignment train'") from None
     return model.eval()
+
+
+def training_settings_of(weights):
+    """The training settings (a `TrainConfig` as a dict) that made a weights file: from its model card, or from the
+    training run folder it is the weights of; None when neither tells."""
+    path = Path(weights)
+    if card_path(path).is_file():
+        return json.loads(card_path(path).read_text()).get("training")
+    state = path.parent / "training_state.pt"
+    if path.name == "weights.safetensors" and state.is_file():
+        import torch
+        return json.loads(torch.load(state, map_location="cpu", weights_only=True)["train_config"])
+    return None

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor, progress_bar,
-                         progress_lines, require_at_least, require_at_least_one, require_positive, require_share,
-                         set_threads)
+                         progress_lines, require_at_least, require_at_least_one, require_below, require_positive,
+                         require_share, set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
@@ -69,6 +69,7 @@ def run_train(args) -> dict:
     require_share(density_change=args.density_change)
     require_at_least_one(steps=args.steps, batch_size=args.batch_size, validate_every=args.validate_every)
     require_at_least(0, seed=args.seed, phantoms=args.phantoms, loader_workers=args.loader_workers)
+    require_below(100, "larger seeds draw the pairs of validation, held-out evaluation and calibration", seed=args.seed)
     require_positive(learning_rate=args.learning_rate)
     if args.time_limit is not None:
         require_positive(time_limit=args.time_limit)

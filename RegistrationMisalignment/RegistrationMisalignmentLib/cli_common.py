@@ -47,6 +47,14 @@ def require_at_least(minimum: int, **values) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
+def require_below(limit: int, reason: str, **values) -> None:
+    """Raise a clear error for a whole-number option (given as option_name=value) at or above `limit`."""
+    from .errors import InputError
+    for name, value in values.items():
+        if value >= limit:
+            raise InputError(f"--{name.replace('_', '-')} must be below {limit} ({reason}), got {value}")
+
+
 def require_at_least_one(**counts) -> None:
     """Raise a clear error for a count option (given as option_name=value) below 1."""
     require_at_least(1, **counts)

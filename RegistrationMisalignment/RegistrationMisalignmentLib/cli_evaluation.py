@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, load_predictor, output_folder, progress_bar,
-                         require_at_least, require_at_least_one, set_threads)
+                         require_at_least, require_at_least_one, require_below, set_threads)
 from .errors import InputError
 
 
@@ -37,6 +37,7 @@ def run_evaluate_synthetic(args) -> dict:
     require_at_least_one(samples=args.samples)
     seeds = sorted(set(args.seed or [0]), key=(args.seed or [0]).index)  # each seed once, in the order given
     require_at_least(0, seed=min(seeds))
+    require_below(1000, "larger seeds draw the pairs of the calibration fit", seed=max(seeds))
     set_threads(args.threads)
     source = source_from_image(str(args.ct), read_image(args.ct))
     weights = args.weights or released_weights_path()

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .calibration import calibrate_weights
-from .checkpoint import WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, load_model, sha256_of
+from .checkpoint import (WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, load_model, sha256_of,
+                         training_settings_of)
 from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
@@ -32,7 +33,8 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
     state = _training_state(run_dir)
     train = json.loads(state["train_config"])
     training_cts = training_ct_names(train)
-    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, training_cts)
+    starting_cts = starting_weights_ct_names(train)
+    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, training_cts + starting_cts)
     if state["step"] < train["steps"]:
         log.warning(f"{run_dir} stopped at step {state['step']} of the {train['steps']} asked (a time limit or an "
                     "interruption); releasing its weights as they are (rerun its `train` command to finish it)")
@@ -58,6 +60,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             "parameters": sum(p.numel() for p in model.parameters()),
             "training": train,
             "training_cts": training_cts,
+            "starting_weights_cts": starting_cts,  # what the weights a fine-tune started from were trained on
             "training_steps": state["step"],
             "training_steps_asked": train["steps"],
             "training_seconds": history[-1]["seconds"] if history else None,
@@ -98,9 +101,28 @@ def training_ct_names(train: dict) -> list:
     return names
 
 
+def starting_weights_ct_names(train: dict) -> list:
+    """The CTs that the weights a fine-tuned run started from were trained on: from their model card, or from the
+    run folder they are the weights of, followed back through its own start (empty for random weights; a warning when
+    they cannot be told)."""
+    init = train.get("init_weights")
+    if not init:
+        return []
+    path = Path(init)
+    card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    if "training_cts" in card:
+        return card["training_cts"] + card.get("starting_weights_cts", [])
+    earlier = None if card else training_settings_of(path)
+    if earlier is not None:
+        return training_ct_names(earlier) + starting_weights_ct_names(earlier)
+    log.warning(f"{init}: which CTs these starting weights were trained on is not known (no model card naming them, "
+                "no training run beside them); the held-out check covers this run's own CTs only")
+    return []
+
+
 def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct, training_cts) -> None:
     """Raise InputError, before any work, for a release that would overwrite the run's weights, evaluate on a CT
-    the run trained on, or calibrate on the held-out CT."""
+    the run (or the weights it started from) trained on, or calibrate on the held-out CT."""
     check_output_files({"--weights-out": weights_out}, {"the run's own weights": run_dir / "weights.safetensors"},
                        WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
     for path in (card_path(weights_out), weights_out.with_suffix(".md")):  # published with the weights
@@ -115,8 +137,8 @@ def check_heldout_unseen(heldout_ct, training_cts) -> None:
     """Raise InputError when the held-out CT is one of the training CTs (paths or names)."""
     for training_ct in training_cts:
         if _same_ct(heldout_ct, training_ct):
-            raise InputError(f"--heldout-ct {heldout_ct} is a training CT of this run ({training_ct}); evaluate on a "
-                             "CT the run never saw")
+            raise InputError(f"--heldout-ct {heldout_ct} is a training CT of this run or of the weights it started "
+                             f"from ({training_ct}); evaluate on a CT they never saw")
 
 
 def _stopped_early(card: dict) -> str:

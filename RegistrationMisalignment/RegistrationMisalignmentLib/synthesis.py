@@ -288,12 +288,19 @@ class _Draft:
     field: torch.Tensor
 
 
+def sampling_margin(config: ModelConfig, out_size: int) -> int:
+    """S1 voxels around a sample's output tile over which its source is cropped and its field drawn: the context of
+    the full three-step network (or more), whatever the architecture, so that the ablation's architectures are
+    trained and scored on the same pairs (the single CNN, with less context, cuts its patches from the middle)."""
+    return max(context_margin(config, out_size), context_margin(ModelConfig(), out_size))
+
+
 def _draft(source: Source, config: ModelConfig, out_size: int, seed: int, device, family: str) -> _Draft:
     """Draw a sample's family, magnitude and centre, crop the source there and make its field."""
     gen = torch.Generator().manual_seed(seed)
     family = family or FAMILIES[int(torch.multinomial(torch.tensor(FAMILY_WEIGHTS), 1, generator=gen))]
     max_mm = MAX_MAGNITUDES_MM[int(torch.randint(0, len(MAX_MAGNITUDES_MM), (), generator=gen))] * _rand(gen, 0.6, 1.0)
-    size = out_size + 2 * context_margin(config, out_size)
+    size = out_size + 2 * sampling_margin(config, out_size)
     centre = source.lung_voxels[int(torch.randint(0, len(source.lung_voxels), (), generator=gen))].tolist()
     lo = [(c - size // 2) for c in centre]
     hu, torso, lungs, inside = _crop_padded(source, lo, size + 2 * WARP_MARGIN, WARP_MARGIN, device)
@@ -340,7 +347,7 @@ def _synthesise(sources_and_seeds, config: ModelConfig, out_size: int, device, f
     """What is drawn is made per sample, in the order of `make_sample`; the warp, the sponge model, the pyramid,
     the patches and the targets are computed for all samples at once (on a GPU, a fraction of the launches)."""
     drafts = [_draft(source, config, out_size, seed, device, family) for source, seed in sources_and_seeds]
-    margin = context_margin(config, out_size)
+    margin = sampling_margin(config, out_size)
     size = out_size + 2 * margin
     core = (slice(WARP_MARGIN, WARP_MARGIN + size),) * 3
     fields = torch.stack([d.field for d in drafts])

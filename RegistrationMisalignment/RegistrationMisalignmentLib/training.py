@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import export_weights, load_model
+from .checkpoint import export_weights, load_model, training_settings_of
 from .errors import InputError
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
@@ -196,6 +197,17 @@ def fine_tuning_config(weights_path, **requested) -> ModelConfig:
     return initial.uncalibrated()
 
 
+def warn_if_same_tiles(train: TrainConfig) -> None:
+    """Warn when a fine-tune has the --seed its starting weights were trained with: its sources, crops and fields
+    would repeat theirs, tile for tile (only the augmentation differs)."""
+    earlier = training_settings_of(train.init_weights)
+    if earlier is not None and earlier.get("seed") == train.seed:
+        logging.getLogger("RegistrationMisalignment").warning(
+            f"--seed {train.seed} is the seed {train.init_weights} was trained with: this fine-tune repeats its "
+            "training tiles (the same crops and fields; only the augmentation differs); give another --seed for new "
+            "ones")
+
+
 def start_from_weights(model: MisalignmentNet, weights_path) -> None:
     """Copy the tensors of a weights file into `model` (fine-tuning); the architectures must match."""
     initial = load_model(weights_path)
@@ -236,8 +248,11 @@ def _differing_data(stored: dict, asked: dict) -> list:
         before, now = ([str(Path(path).resolve()) for path in paths] for paths in (stored.get(key, []), asked[key]))
         if before != now:
             differing.append(f"{option} {' '.join(before) or 'none'} (asked {' '.join(now) or 'none'})")
-    if len(stored.get("phantom_seeds", [])) != len(asked["phantom_seeds"]):
-        differing.append(f"--phantoms {len(stored.get('phantom_seeds', []))} (asked {len(asked['phantom_seeds'])})")
+    before, now = list(stored.get("phantom_seeds", [])), list(asked["phantom_seeds"])
+    if len(before) != len(now):
+        differing.append(f"--phantoms {len(before)} (asked {len(now)})")
+    elif before != now:  # the command line gives seeds 0..N-1, the Python API any
+        differing.append(f"phantom seeds {before} (asked {now})")
     if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:
         differing.append(f"--init-weights {stored.get('init_weights') or 'none (random weights)'} "
                          f"(asked {asked['init_weights'] or 'none'})")
@@ -292,6 +307,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     elif train_config.init_weights:
         start_from_weights(model, train_config.init_weights)
         log(f"fine-tuning from {train_config.init_weights}")
+        warn_if_same_tiles(train_config)
     if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made
         sources = [source.to(device) for source in sources]
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,

@@ -455,7 +455,8 @@ def test_outputs_never_overwrite_an_input_or_each_other_and_need_a_3d_format(fil
                                                                    "with .nrrd, .nii.gz, .nii or .mha"),
                            (["--output", tmp_path / "labels.nrrd", "--probabilities", tmp_path / "p.txt"],
                             "--probabilities"),
-                           (["--output", tmp_path / "labels"], "not a file format")]:
+                           (["--output", tmp_path / "labels"], "not a file format"),
+                           (["--output", tmp_path / "labels.MHA"], "or .mha (lower case)")]:  # ITK would not read it
         assert main(_predict_argv(files, "--fixed", fixed, *extra)) == 2, extra
         assert message in _error_line(capsys), extra
     assert fixed.read_bytes() == before

@@ -1,5 +1,6 @@
 """Reading every supported format, rejecting bad images, writing atomically, preparing pairs."""
 import logging
+import struct
 
 import numpy as np
 import pytest
@@ -43,6 +44,17 @@ def test_dicom_folder_is_read_as_a_volume(small_phantom, tmp_path):
     volume = read_image(tmp_path)
     assert volume.GetSize() == sub.GetSize()
     assert np.array_equal(sitk.GetArrayViewFromImage(volume), sitk.GetArrayViewFromImage(sub))
+
+
+def test_a_dicom_series_too_large_for_memory_is_refused_before_it_is_read(small_phantom, tmp_path, monkeypatch):
+    ct, _ = small_phantom
+    sub = ct[:, :, 20:30]
+    _write_dicom_series(sub, tmp_path, "1.2.826.0.1.3680043.2.1125.4")
+    voxels = sub.GetNumberOfPixels()
+    monkeypatch.setattr(imageio, "available_memory_bytes", lambda: voxels * imageio.BYTES_PER_VOXEL - 1)
+    size = "x".join(str(n) for n in sub.GetSize())
+    with pytest.raises(InputError, match=f"{tmp_path}: {size} voxels need about"):
+        read_image(tmp_path)
 
 
 def test_a_folder_with_several_dicom_series_reads_the_largest_with_a_warning(small_phantom, tmp_path, caplog):
@@ -102,6 +114,31 @@ def test_a_rename_that_fails_leaves_no_temporary_file_and_names_what_was_written
     assert "b.nrrd: could not be written (No space left on device)" in str(error.value)
     assert str(error.value).endswith(f"already written: {tmp_path / 'a.nrrd'}")
     assert [p.name for p in tmp_path.iterdir()] == ["a.nrrd"]
+
+
+def test_a_nifti_of_unsigned_values_with_a_rescale_is_read_in_hounsfield_units(tmp_path):
+    """dcm2niix and others store CT as unsigned 16-bit with an intercept of -1024: 2 bytes a voxel on disk, 4 once
+    rescaled (the completeness check once counted 4 and called such files truncated)."""
+    hu = np.random.default_rng(0).integers(-1024, 2000, (12, 16, 20)).astype(np.int16)
+    path = tmp_path / "ct.nii"
+    sitk.WriteImage(sitk.GetImageFromArray((hu.astype(np.int32) + 1024).astype(np.uint16)), str(path))
+    header = bytearray(path.read_bytes())
+    header[112:120] = struct.pack("<2f", 1.0, -1024.0)  # scl_slope, scl_inter
+    path.write_bytes(bytes(header))
+    assert np.array_equal(sitk.GetArrayFromImage(read_image(path)), hu.astype(np.float32))
+    path.write_bytes(bytes(header)[:-100])
+    with pytest.raises(InputError, match="file is truncated"):
+        read_image(path)
+
+
+def test_the_bytes_a_nifti_needs_come_from_its_header_offset_and_stored_size():
+    header = bytearray(348)
+    header[0:4] = struct.pack("<i", 348)
+    header[40:56] = struct.pack("<8h", 3, 10, 20, 30, 1, 1, 1, 1)
+    header[72:74] = struct.pack("<h", 16)
+    header[108:112] = struct.pack("<f", 4448.0)  # an extension before the voxels
+    assert imageio.nifti_data_end(bytes(header)) == 4448 + 10 * 20 * 30 * 2
+    assert imageio.nifti_data_end(b"not a nifti header") is None
 
 
 def test_unreadable_truncated_and_missing_files_give_one_line_errors(small_phantom, tmp_path):

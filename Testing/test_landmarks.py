@@ -109,6 +109,11 @@ def test_residuals_come_from_the_named_column_and_other_layouts_are_refused(tmp_
             read_residuals(tmp_path / name)
     with pytest.raises(InputError, match="absent.csv: no such file"):
         read_residuals(tmp_path / "absent.csv")
+    (tmp_path / "excel.csv").write_bytes("\ufeff8.5\n0.25\n".encode())  # "CSV UTF-8" starts with a byte-order mark
+    assert read_residuals(tmp_path / "excel.csv") == [8.5, 0.25]
+    (tmp_path / "latin1.csv").write_bytes("r\xe9sidu_mm\n8.5\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin1.csv: not UTF-8 text"):
+        read_residuals(tmp_path / "latin1.csv")
 
 
 def test_residual_uses_the_fixed_to_moving_displacement():
@@ -280,6 +285,16 @@ def test_protocol_runs_every_setup_and_rejects_mismatched_landmarks(small_pair, 
     assert set(result["setups"]) == {"affine", "bspline_poor"} and result["total"]["n"] == 6
 
 
+def test_a_damaged_landmark_pair_description_is_refused_before_any_work(small_pair, weights, tmp_path, capsys):
+    write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
+    np.savetxt(tmp_path / "fixed.csv", [[0.0, 0.0, 0.0]], delimiter=",")
+    (tmp_path / "landmark_pair.json").write_text('{"ct": "chest.nii.gz", ')
+    assert main(["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--fixed-landmarks", str(tmp_path / "fixed.csv"),
+                 "--registered-moving", str(tmp_path / "missing.nrrd"), "--residuals", str(tmp_path / "r.csv"),
+                 "--weights", str(weights)]) == 2
+    assert "landmark_pair.json: not a readable landmark pair description" in capsys.readouterr().err
+
+
 def test_evaluate_and_make_landmark_pair_refuse_bad_options_before_any_work(small_pair, tmp_path, capsys):
     """An --out that is a file or holds a folder named like an output, no setup, a negative field: one line, exit 2."""
     write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
@@ -295,7 +310,12 @@ def test_evaluate_and_make_landmark_pair_refuse_bad_options_before_any_work(smal
               "is a file; give a folder"),
              (["make-landmark-pair", "--ct", str(tmp_path / "fixed.nrrd"), "--out", str(tmp_path / "p"),
                "--max-mm", "-5"], "--max-mm must be more than 0"),
-             (["demo", "--out", str(tmp_path / "d"), "--max-mm", "-3"], "--max-mm must be at least 0")]
+             (["make-landmark-pair", "--ct", str(tmp_path / "fixed.nrrd"), "--out", str(tmp_path / "p"),
+               "--seed", "-1"], "--seed must be at least 0, got -1"),
+             (["demo", "--out", str(tmp_path / "d"), "--max-mm", "-3"], "--max-mm must be more than 0"),
+             (["demo", "--out", str(tmp_path / "d"), "--max-mm", "nan"], "--max-mm must be more than 0"),
+             (["demo", "--out", str(tmp_path / "d"), "--seed", "-1"], "--seed must be at least 0, got -1"),
+             (["demo", "--out", str(tmp_path / "a_file")], "is a file; give a folder")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()

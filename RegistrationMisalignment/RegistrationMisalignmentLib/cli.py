@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor, progress_bar,
-                         progress_lines, require_at_least, require_at_least_one, require_below, require_positive,
-                         require_share, set_threads)
+from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor,
+                         output_folder, progress_bar, progress_lines, require_at_least, require_at_least_one,
+                         require_below, require_positive, require_share, set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
@@ -222,8 +222,11 @@ def _add_demo(sub) -> None:
 
 def run_demo_command(args) -> dict:
     """Run the demo and print the agreement with the known truth."""
-    from .demo import run_demo
-    require_at_least(0, max_mm=args.max_mm)
+    from .demo import DEMO_FILES, run_demo
+    from .metrics import f1_text
+    require_at_least(0, seed=args.seed)
+    require_positive(max_mm=args.max_mm)
+    output_folder(args.out, *DEMO_FILES.values())
     predictor = load_predictor(args)
     result = run_demo(predictor, args.out, args.ct, args.seed, args.field, args.max_mm,
                       progress=progress_bar(not args.json))
@@ -233,8 +236,9 @@ def run_demo_command(args) -> dict:
         print(f"agreement with the known field inside the lungs ({report['n']} voxels): "
               f"accuracy {100 * report['accuracy']:.1f} %, average F1 {100 * report['average_f1']:.1f} %")
         for name, c in report["per_class"].items():
-            print(f"  {name:8s} precision {100 * c['precision']:5.1f} %  recall {100 * c['recall']:5.1f} %  "
-                  f"F1 {100 * c['f1']:5.1f} %  ({c['support']} voxels)")
+            scores = "-" if f1_text(c) == "-" else (f"precision {100 * c['precision']:5.1f} %  recall "
+                                                    f"{100 * c['recall']:5.1f} %  F1 {100 * c['f1']:5.1f} %")
+            print(f"  {name:8s} {scores}  ({c['support']} voxels)")
     return result
 
 

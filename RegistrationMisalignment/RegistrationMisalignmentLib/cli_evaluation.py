@@ -347,6 +347,7 @@ def run_evaluate(args) -> dict:
                                       with_comparisons)
     from .landmarks import check_inside, read_landmarks
     out = output_folder(args.out, *EVALUATION_FILES) if args.out else None
+    pair = landmark_pair_beside(args.fixed)  # read before any work
     fixed = read_image(args.fixed)
     mask = read_image(args.mask) if args.mask else None
     fixed_points = read_landmarks(args.fixed_landmarks, fixed)
@@ -383,7 +384,7 @@ def run_evaluate(args) -> dict:
     warn_if_outside_mask(result, given_mask=mask is not None)
     result["provenance"] = {"weights_sha256": predictor.weights_sha256, "setups": setups,
                             "registered_by": "given residuals" if setups is None else "elastix",
-                            "pair": landmark_pair_beside(args.fixed)}
+                            "pair": pair}
     table = markdown_table(result)
     if out is not None:
         write_bytes(json.dumps(result, indent=1).encode(), out / "evaluation.json")
@@ -396,17 +397,24 @@ def run_evaluate(args) -> dict:
 def landmark_pair_beside(fixed_path):
     """The description `make-landmark-pair` wrote beside a fixed image, or None when it is not from such a pair."""
     description = Path(fixed_path).resolve().parent / "landmark_pair.json"
-    return json.loads(description.read_text()) if description.is_file() else None
+    if not description.is_file():
+        return None
+    try:
+        return json.loads(description.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{description}: not a readable landmark pair description ({exc}); write it again with "
+                         "`make-landmark-pair`, or remove it") from None
 
 
 def read_residuals(path) -> list:
     """One residual distance (mm) per fixed landmark from a CSV: its only column, or, under a header row, the one
     column whose name holds "residual" (e.g. landmark,residual_mm)."""
     import csv
+    from .landmarks import text_of
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; give a CSV with one residual (mm) per fixed landmark")
-    rows = [(i + 1, row) for i, row in enumerate(csv.reader(path.read_text().splitlines())) if "".join(row).strip()]
+    rows = [(i + 1, row) for i, row in enumerate(csv.reader(text_of(path).splitlines())) if "".join(row).strip()]
     column = 0
     if rows and not all(_is_number(field) for field in rows[0][1]):
         header = [name.strip() for name in rows.pop(0)[1]]

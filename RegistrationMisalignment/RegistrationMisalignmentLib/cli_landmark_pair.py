@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from .cli_common import output_folder, require_at_least_one, require_positive
+from .cli_common import output_folder, require_at_least, require_at_least_one, require_positive
 
 PAIR_FILES = ("fixed.nrrd", "moving.nrrd", "fixed_landmarks.csv", "moving_landmarks.csv", "landmark_pair.json")
 
@@ -31,6 +32,7 @@ def run_make_landmark_pair(args) -> dict:
     from .imageio import read_image, write_bytes, write_image
     from .landmark_pairs import make_landmark_pair
     require_at_least_one(points=args.points)
+    require_at_least(0, seed=args.seed)
     require_positive(max_mm=args.max_mm)
     out = output_folder(args.out, *PAIR_FILES)
     ct = read_image(args.ct)
@@ -42,7 +44,7 @@ def run_make_landmark_pair(args) -> dict:
     write_image(pair.moving, out / "moving.nrrd")
     for name, points in (("fixed_landmarks.csv", pair.fixed_points), ("moving_landmarks.csv", pair.moving_points)):
         write_bytes(("x,y,z\n" + "".join(f"{x:.4f},{y:.4f},{z:.4f}\n" for x, y, z in points)).encode(), out / name)
-    description = {"ct": str(args.ct), "field": args.field, "max_mm": args.max_mm, "seed": args.seed,
+    description = {"ct": str(Path(args.ct).resolve()), "field": args.field, "max_mm": args.max_mm, "seed": args.seed,
                    "points": args.points, "note": "synthetic deformation with exactly known correspondences"}
     write_bytes(json.dumps(description, indent=1).encode(), out / "landmark_pair.json")
     if not args.json:

@@ -51,6 +51,10 @@ def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+DEMO_FILES = {"fixed": "fixed.nrrd", "moving": "moving.nrrd", "truth": "truth.nrrd", "labels": "labels.nrrd",
+              "probabilities": "probabilities.nrrd", "figure": "demo.png"}
+
+
 def run_demo(predictor, out_dir, ct_path=None, seed: int = 0, family: str = "single_frequency",
              max_mm: float = 12.0, progress=None) -> dict:
     """Build the pair, predict, write NRRDs and a PNG to `out_dir`, and return the agreement with the truth."""
@@ -64,9 +68,7 @@ def run_demo(predictor, out_dir, ct_path=None, seed: int = 0, family: str = "sin
     truth = np.where(inside, L.label_value(pair.magnitude_mm), L.NOT_EVALUATED).astype(np.uint8)
     truth_image = sitk.GetImageFromArray(truth)
     truth_image.CopyInformation(pair.fixed)
-    files = {"fixed": out_dir / "fixed.nrrd", "moving": out_dir / "moving.nrrd", "truth": out_dir / "truth.nrrd",
-             "labels": out_dir / "labels.nrrd", "probabilities": out_dir / "probabilities.nrrd",
-             "figure": out_dir / "demo.png"}
+    files = {key: out_dir / name for key, name in DEMO_FILES.items()}
     for key, image in (("fixed", pair.fixed), ("moving", pair.moving), ("truth", truth_image),
                        ("labels", result.labels), ("probabilities", result.probabilities)):
         write_image(image, files[key])

@@ -5,8 +5,9 @@ import gzip
 import itertools
 import logging
 import os
-import zlib
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from .errors import InputError, library_reason
 log = logging.getLogger("RegistrationMisalignment")
 
 NIFTI_MIN_HEADER = 352
+NIFTI2_HEADER = 540  # bytes of a NIfTI-2 header (a NIfTI-1 header has 348)
 SUBFOLDERS_SEARCHED = 50  # for a DICOM series when a folder holds none itself (named in the error)
 # Peak memory of a prediction per fixed-image voxel, with margin: 19 bytes measured on a 512x512x600 CT, 23 with
 # --probabilities (BENCHMARKS.md).
@@ -24,7 +26,7 @@ BYTES_PER_VOXEL = 24
 # Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
 # the temporary file can be renamed into place).
 IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
-IMAGE_FORMAT_HINT = "not a file format for a 3-D map; end the name with .nrrd, .nii.gz, .nii or .mha"
+IMAGE_FORMAT_HINT = "not a file format for a 3-D map; end the name with .nrrd, .nii.gz, .nii or .mha (lower case)"
 
 
 def read_image(path) -> sitk.Image:
@@ -58,17 +60,20 @@ def available_memory_bytes() -> int:
     return 1 << 62
 
 
-def _check_fits_in_memory(path: Path) -> None:
-    """Raise InputError before reading when the header describes a volume too large to process in memory."""
+def _check_fits_in_memory(path: Path, slices: int = None) -> None:
+    """Raise InputError before reading when the header describes a volume too large to process in memory (for a
+    DICOM series, the first file's header and the number of `slices`)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    voxels = int(np.prod(reader.GetSize(), dtype=np.float64))
-    needed, available = voxels * BYTES_PER_VOXEL, available_memory_bytes()
+    size = list(reader.GetSize())
+    if slices is not None:
+        size = size[:2] + [slices]
+    needed, available = int(np.prod(size, dtype=np.float64)) * BYTES_PER_VOXEL, available_memory_bytes()
     if needed > available:
-        size = "x".join(str(n) for n in reader.GetSize())
-        raise InputError(f"{path}: {size} voxels need about {needed / 2 ** 30:.0f} GiB of memory but "
-                         f"{available / 2 ** 30:.0f} GiB is available; crop or downsample the image first")
+        raise InputError(f"{path if slices is None else path.parent}: {'x'.join(str(n) for n in size)} voxels need "
+                         f"about {needed / 2 ** 30:.0f} GiB of memory but {available / 2 ** 30:.0f} GiB is available; "
+                         "crop or downsample the image first")
 
 
 def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
@@ -76,19 +81,49 @@ def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return
-    needed = NIFTI_MIN_HEADER + image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
-    if name.endswith(".gz"):
-        available = 0
-        try:
-            with gzip.open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 22), b""):
-                    available += len(chunk)
-        except (EOFError, OSError, zlib.error):
-            available = -1
-    else:
-        available = path.stat().st_size
-    if available < needed:
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            needed = nifti_data_end(handle.read(NIFTI2_HEADER))
+    except (EOFError, OSError, zlib.error):
+        needed = None
+    if needed is None:  # stored in a way this check does not know: ITK's own reading stands
+        needed = NIFTI_MIN_HEADER + image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+    if _stored_bytes(path, name.endswith(".gz")) < needed:
         raise InputError(f"{path}: file is truncated (holds less data than its header says); copy it again")
+
+
+def nifti_data_end(header: bytes):
+    """The bytes a NIfTI-1 or NIfTI-2 file needs up to its last voxel, from its header (the voxels' offset, count and
+    stored size, before any rescaling); None for a header that is neither."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bits, offset = struct.unpack(order + "h", header[72:74])[0], struct.unpack(order + "f", header[108:112])[0]
+            break
+        if len(header) >= NIFTI2_HEADER and struct.unpack(order + "i", header[:4])[0] == NIFTI2_HEADER:
+            dims = struct.unpack(order + "8q", header[16:80])
+            bits, offset = struct.unpack(order + "h", header[14:16])[0], struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7:
+        return None
+    return int(offset) + int(np.prod(dims[1:1 + dims[0]], dtype=np.int64)) * bits // 8
+
+
+def _stored_bytes(path: Path, compressed: bool) -> int:
+    """The bytes a file holds, uncompressed (-1 for a damaged compressed file)."""
+    if not compressed:
+        return path.stat().st_size
+    stored = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                stored += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return -1
+    return stored
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -103,6 +138,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         log.warning(f"{folder}: holds {len(series)} DICOM series; reading the largest ({len(files)} files, series "
                     f"instance UID {uid}); put each series in its own folder to choose another")
+    _check_fits_in_memory(Path(files[0]), slices=len(files))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
@@ -242,7 +278,7 @@ def check_output_files(outputs: dict, inputs: dict, suffixes: tuple, format_hint
     given = {option: path for option, path in outputs.items() if path}
     for option, path in given.items():
         check_output_path(path)
-        if not str(path).lower().endswith(suffixes):
+        if not str(path).endswith(suffixes):  # in lower case: ITK reads and writes by the exact suffix
             raise InputError(f"{option} {path}: {format_hint}")
     named = list(given.items())
     for i, (option, path) in enumerate(named):

@@ -32,6 +32,15 @@ def read_landmarks(path, image: sitk.Image = None) -> np.ndarray:
     return points
 
 
+def text_of(path: Path) -> str:
+    """A text file's content (UTF-8; a byte-order mark, as spreadsheets write, dropped), or an InputError naming the
+    file when it is not such text."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save it as UTF-8 (CSV UTF-8 in a spreadsheet)") from None
+
+
 def _floats(values, path: Path, line: int) -> list:
     """Three floats from text fields, or an InputError naming the file and line."""
     try:
@@ -52,7 +61,7 @@ def millimetres(point) -> str:
 
 def _read_elastix(path: Path, image) -> np.ndarray:
     """elastix point file: 'point' or 'index', the count, then one point per line."""
-    lines = [(number, l.split()) for number, l in enumerate(path.read_text().splitlines(), start=1) if l.strip()]
+    lines = [(number, l.split()) for number, l in enumerate(text_of(path).splitlines(), start=1) if l.strip()]
     if len(lines) < 2 or lines[0][1][0].lower() not in ("point", "index"):
         raise InputError(f"{path}: not an elastix point file (first line must be 'point' or 'index')")
     try:
@@ -71,7 +80,7 @@ def _read_elastix(path: Path, image) -> np.ndarray:
 
 def _read_csv(path: Path) -> np.ndarray:
     """CSV with x,y,z in mm (LPS) per row; one header row allowed (errors name the file's line)."""
-    rows = [(line, r) for line, r in enumerate(csv.reader(path.read_text().splitlines()), start=1)
+    rows = [(line, r) for line, r in enumerate(csv.reader(text_of(path).splitlines()), start=1)
             if any(c.strip() for c in r)]
     if rows and not _is_numeric(rows[0][1]):
         rows = rows[1:]
@@ -90,7 +99,7 @@ def _is_numeric(row) -> bool:
 def _read_markups_json(path: Path) -> np.ndarray:
     """Slicer markups JSON: control point positions in the file's coordinate system (LPS default)."""
     try:
-        markups = json.loads(path.read_text())["markups"][0]
+        markups = json.loads(text_of(path))["markups"][0]
         system = markups.get("coordinateSystem", "LPS")
         control_points = list(markups["controlPoints"])
     except (ValueError, KeyError, IndexError, TypeError):
@@ -109,7 +118,7 @@ def _read_fcsv(path: Path) -> np.ndarray:
     """Slicer fiducial CSV (.fcsv): id,x,y,z,...; '# CoordinateSystem' says RAS (or 0) or LPS (or 1)."""
     system = "RAS"
     points = []
-    for i, line in enumerate(path.read_text().splitlines()):
+    for i, line in enumerate(text_of(path).splitlines()):
         if line.startswith("#"):
             if "CoordinateSystem" in line:
                 value = line.split("=", 1)[1].strip()

@@ -285,6 +285,19 @@ def test_protocol_runs_every_setup_and_rejects_mismatched_landmarks(small_pair, 
     assert set(result["setups"]) == {"affine", "bspline_poor"} and result["total"]["n"] == 6
 
 
+def test_evaluate_without_elastix_says_so_before_making_its_out_folder(tmp_path, capsys, monkeypatch):
+    from RegistrationMisalignmentLib import landmark_evaluation
+
+    def missing():
+        raise InputError("the landmark protocol needs elastix: pip install itk-elastix")
+
+    monkeypatch.setattr(landmark_evaluation, "elastix_module", missing)
+    args = ["evaluate", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--fixed-landmarks", "f.csv", "--moving-landmarks",
+            "m.csv", "--out", str(tmp_path / "evaluation")]
+    assert main(args) == 2 and "needs elastix" in capsys.readouterr().err
+    assert not (tmp_path / "evaluation").exists()
+
+
 def test_a_damaged_landmark_pair_description_is_refused_before_any_work(small_pair, weights, tmp_path, capsys):
     write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
     np.savetxt(tmp_path / "fixed.csv", [[0.0, 0.0, 0.0]], delimiter=",")

@@ -21,12 +21,23 @@ WEIGHTS_FORMAT_HINT = "name the file .safetensors"
 
 
 def released_weights_path() -> Path:
-    """The released weights: $REGISTRATION_MISALIGNMENT_WEIGHTS, the source tree, or the installed data folder."""
+    """The released weights: $REGISTRATION_MISALIGNMENT_WEIGHTS, the source tree, where the installed distribution
+    put them (any prefix: a virtual environment, --user, --prefix), or the environment's data folder."""
     if os.environ.get(WEIGHTS_ENV):
         return Path(os.environ[WEIGHTS_ENV])
-    candidates = [Path(__file__).resolve().parents[2] / "model_weights" / RELEASED_NAME,
+    candidates = [Path(__file__).resolve().parents[2] / "model_weights" / RELEASED_NAME, *_installed_weights(),
                   Path(sys.prefix) / "share" / "registration-misalignment" / "model_weights" / RELEASED_NAME]
     return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def _installed_weights() -> list:
+    """The released weights file(s) that pip recorded for the installed distribution (none when not installed)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    try:
+        files = distribution("registration-misalignment").files or []
+    except PackageNotFoundError:
+        return []
+    return [Path(file.locate()).resolve() for file in files if file.name == RELEASED_NAME]
 
 
 def sha256_of(path) -> str:
@@ -89,7 +100,8 @@ def load_model(path=None, map_location="cpu") -> MisalignmentNet:
     """Load weights (default: the released model), verifying the sha256 in the model card; never runs code."""
     path = Path(path) if path is not None else released_weights_path()
     if not path.is_file():
-        advice = "reinstall the package" if path == released_weights_path() else "check the path of the weights file"
+        advice = (f"reinstall the package, or set {WEIGHTS_ENV} to the weights file" if path == released_weights_path()
+                  else "check the path of the weights file")
         raise InputError(f"{path}: weights file not found; {advice}")
     expected = expected_sha256(path)
     if expected is not None and sha256_of(path) != expected:

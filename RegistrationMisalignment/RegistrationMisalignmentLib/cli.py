@@ -213,10 +213,11 @@ def _add_demo(sub) -> None:
                                    "predict the misalignment map, write NRRDs and a PNG, print the agreement.")
     p.add_argument("--ct", help="use this CT instead of the procedural phantom")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--seed", type=int, default=0, help="phantom and field seed")
+    p.add_argument("--seed", type=int, default=0, help="phantom and field seed (default 0)")
     p.add_argument("--field", default="single_frequency",
-                   choices=["single_frequency", "mixed_frequency", "respiratory", "zero"])
-    p.add_argument("--max-mm", type=float, default=12.0, help="largest displacement of the field (mm)")
+                   choices=["single_frequency", "mixed_frequency", "respiratory", "zero"],
+                   help="family of the synthetic deformation (default single_frequency)")
+    p.add_argument("--max-mm", type=float, default=12.0, help="largest displacement of the field in mm (default 12)")
     add_model_options(p)
 
 
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Show where a chest-CT registration is wrong: a dense map of "
                                                  "correct (<= 3 mm), poor (3-6 mm] and wrong (> 6 mm) regions.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, _ in COMMANDS.values():
         add(sub)
     return parser

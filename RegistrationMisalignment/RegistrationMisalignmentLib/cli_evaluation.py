@@ -316,7 +316,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--moving", help="moving image to register (not needed with --registered-moving)")
     p.add_argument("--fixed-landmarks", required=True, help="elastix/ITK point file, CSV (x,y,z in mm, LPS as ITK and DICOM use), .mrk.json, .fcsv")
     p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same formats)")
-    p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned", help="comma-separated elastix setups")
+    p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned",
+                   help="comma-separated elastix setups, any of affine, bspline_poor, bspline_tuned (default: all)")
     p.add_argument("--registered-moving", help="moving image already registered to the fixed image")
     p.add_argument("--residuals", help="with --registered-moving: CSV with the residual (mm) of each fixed landmark")
     p.add_argument("--mask", help="mask for the prediction (default: automatic lung mask)")
@@ -343,9 +344,11 @@ def run_evaluate(args) -> dict:
     """Run the landmark protocol."""
     import numpy as np
     from .imageio import read_image, write_bytes
-    from .landmark_evaluation import (SETUPS, evaluate_landmarks, markdown_table, score, warn_if_outside_mask,
-                                      with_comparisons)
+    from .landmark_evaluation import (SETUPS, elastix_module, evaluate_landmarks, markdown_table, score,
+                                      warn_if_outside_mask, with_comparisons)
     from .landmarks import check_inside, read_landmarks
+    if not args.registered_moving:
+        elastix_module()  # missing: said before --out is made, with nothing to write there
     out = output_folder(args.out, *EVALUATION_FILES) if args.out else None
     pair = landmark_pair_beside(args.fixed)  # read before any work
     fixed = read_image(args.fixed)

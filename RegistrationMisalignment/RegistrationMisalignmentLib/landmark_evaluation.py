@@ -31,7 +31,7 @@ def _maps(setup: str) -> list:
     raise ValueError(f"unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
 
 
-def _itk():
+def elastix_module():
     """The itk module with elastix, or a clear error saying how to install it."""
     try:
         import itk
@@ -43,7 +43,7 @@ def _itk():
 
 def _to_itk(image: sitk.Image):
     """SimpleITK image -> float32 ITK image with the same geometry."""
-    itk = _itk()
+    itk = elastix_module()
     out = itk.GetImageFromArray(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))
     out.SetOrigin(image.GetOrigin())
     out.SetSpacing(image.GetSpacing())
@@ -60,7 +60,7 @@ def _from_itk(array: np.ndarray, reference: sitk.Image, vector: bool = False) ->
 
 def register(fixed: sitk.Image, moving: sitk.Image, setup: str) -> tuple:
     """Register moving to fixed with elastix; return (moving resampled onto the fixed grid, displacement field)."""
-    itk = _itk()
+    itk = elastix_module()
     parameters = itk.ParameterObject.New()
     for kind, resolutions, overrides in _maps(setup):
         parameter_map = parameters.GetDefaultParameterMap(kind, resolutions)

@@ -22,7 +22,8 @@ from .report import write_report, write_summary_csv
 SUMMARY_NAME = "summary.csv"
 REPORT_NAME = "report.html"
 LOST_ALONE = "the worker process running it died (out of memory? killed?), also when it ran alone; run again to retry"
-LOST_BEFORE_STARTING = "the worker processes died before starting a case (out of memory loading the model?); run again"
+LOST_BEFORE_STARTING = ("the worker processes died before starting a case (out of memory loading the model? or, from a "
+                        "Python script, run_batch not under if __name__ == '__main__'); run again")
 
 
 def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler: str = None,

@@ -57,7 +57,8 @@ class BackgroundPrediction:
             [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
         try:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            encoding="utf-8", errors="replace", env=env)  # not the locale's: Slicer may set "C"
+                                            # UTF-8, not the locale's encoding: Slicer may set "C"
+                                            encoding="utf-8", errors="replace", env=env)
         except OSError as exc:
             self.cleanup()
             raise InputError(f"the prediction process could not be started ({exc.strerror or exc}): {command[0]}") \

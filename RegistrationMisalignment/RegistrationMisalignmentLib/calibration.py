@@ -88,7 +88,8 @@ def calibrate(model: MisalignmentNet, source, samples: int = 48, out_size: int =
         scale, bias = fit_scale_and_bias(logits, truth)
     if not math.exp(LOG_TEMPERATURE_RANGE[0]) * 1.001 < scale < math.exp(LOG_TEMPERATURE_RANGE[1]) / 1.001:
         log.warning(f"the calibration's scale of the logits reached the limit of its range ({scale:.3g}): the model "
-                    "is far from calibrated on these pairs (too few training steps?); its probabilities stay unreliable")
+                    "is far from calibrated on these pairs (too few training steps?); its probabilities stay "
+                    "unreliable")
     temperature_before, bias_before = model.config.temperature, model.config.class_bias
     # softmax(scale * (head / T + b0) + bias) = softmax(head / (T / scale) + scale * b0 + bias)
     model.config.temperature = temperature_before / scale

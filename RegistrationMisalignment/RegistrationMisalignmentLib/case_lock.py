@@ -123,8 +123,9 @@ class CaseLock:
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             if not _process_alive(holder["pid"]):
                 return True
-            if holder.get("process") is not None and process_identity(holder["pid"]) is not None:
-                return process_identity(holder["pid"]) != holder["process"]
+            now = process_identity(holder["pid"])
+            if holder.get("process") is not None and now is not None:
+                return now != holder["process"]
         return age > STALE_AFTER_S
 
     def _break(self) -> None:

@@ -48,7 +48,8 @@ def _add_train(sub) -> None:
     p.add_argument("--density-change", type=float, default=0.0,
                    help="share of training pairs (0-1) in which one image's lungs get the density of another "
                         "breathing state, independent of the residual (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads of torch and SimpleITK (default 0: all physical cores available)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of torch and SimpleITK (default 0: all physical cores available)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="synthesise training pairs in this many processes while the device trains (GPU)")
     p.add_argument("--loader-device", choices=["cpu", "cuda"], default="cpu",

@@ -314,7 +314,8 @@ def _add_evaluate(sub) -> None:
                                    "pooled. Or give an already registered moving image and its residuals.")
     p.add_argument("--fixed", required=True)
     p.add_argument("--moving", help="moving image to register (not needed with --registered-moving)")
-    p.add_argument("--fixed-landmarks", required=True, help="elastix/ITK point file, CSV (x,y,z in mm, LPS as ITK and DICOM use), .mrk.json, .fcsv")
+    p.add_argument("--fixed-landmarks", required=True,
+                   help="elastix/ITK point file, CSV (x,y,z in mm, LPS as ITK and DICOM use), .mrk.json, .fcsv")
     p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same formats)")
     p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned",
                    help="comma-separated elastix setups, any of affine, bspline_poor, bspline_tuned (default: all)")

@@ -215,8 +215,8 @@ def _remove_staged(staged: list) -> None:
 
 
 def _staged_image(image: sitk.Image, path: Path, compress: bool) -> str:
-    """Write an image to a new temporary file in `path`'s folder, with `path`'s format; returns the temporary name."""
-    _check_writable(path.parent)
+    """Write an image to a new temporary file in `path`'s folder (checked by `write_images`), with `path`'s format;
+    returns the temporary name."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".nrrd", dir=path.parent)
     os.close(fd)
     try:

@@ -367,8 +367,9 @@ def _synthesise(sources_and_seeds, config: ModelConfig, out_size: int, device, f
     crop = (Ellipsis,) + (slice(lo_t, lo_t + s4_span),) * 3
     targets = level_targets(magnitude[crop], (inside * body)[crop], config, out_size)
     out = (Ellipsis,) + (slice(margin, margin + out_size),) * 3
-    source_lungs = torch.stack([d.lungs for d in drafts]).unsqueeze(1).float()
-    lungs = warp(source_lungs, fields[out], WARP_MARGIN + margin)[:, 0] > 0.5  # the fixed image's, as at inference
+    reach = (slice(margin, margin + out_size + 2 * WARP_MARGIN),) * 3  # the output region and the warp's reach
+    source_lungs = torch.stack([d.lungs[reach] for d in drafts]).unsqueeze(1).float()
+    lungs = warp(source_lungs, fields[out], WARP_MARGIN)[:, 0] > 0.5  # the fixed image's, as at inference
     return _Batch(inputs, targets, lungs, magnitude[out], [d.family for d in drafts])
 
 

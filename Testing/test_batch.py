@@ -91,9 +91,9 @@ def test_batch_writes_each_case_summary_and_report_and_resumes(cohort, tmp_path,
     broken = json.loads((out / "cases" / "broken" / "case.json").read_text())
     assert broken["status"] == "failed"
     assert sorted(p.name for p in (out / "cases" / "broken").iterdir()) == ["case.json"]
-    summary = (out / "summary.csv").read_text().splitlines()
+    summary = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert len(summary) == 5 and summary[0].startswith("case_id,status")
-    report = (out / "report.html").read_text()
+    report = (out / "report.html").read_text(encoding="utf-8")
     assert all(case_id in report for case_id in GOOD_CASES + ["broken"])
     assert _leftovers(out) == []
 

@@ -68,6 +68,11 @@ def image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+def register_colors_module_nodes(scene) -> None:
+    """Register the colour legend node class, as Slicer's Colors module does at start-up."""
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+
+
 @pytest.fixture
 def scene():
     """A headless MRML scene with the application, colour and segmentation logics registered first."""
@@ -75,6 +80,7 @@ def scene():
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
     app_logic.GetColorLogic().SetMRMLScene(scene)
+    register_colors_module_nodes(scene)
     segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
     segmentations.SetMRMLScene(scene)
     scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", "Red composite")

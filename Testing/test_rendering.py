@@ -86,3 +86,20 @@ def test_screenshot_shows_three_slice_views_with_the_predicted_overlay(tiny_pred
     coloured = np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2]) > 60
     for panel in np.split(coloured, 3, axis=1):
         assert panel.sum() > 50  # every view cuts through the lungs' overlay
+
+
+def test_the_slice_view_shows_the_colour_legend_beside_the_overlay(app, small_pair):
+    fixed = add_ct_node(app.scene, small_pair.fixed, "legend fixed")
+    summary = {"classes": {L.CLASS_NAMES[v]: {"voxels": 0, "ml": 0.0, "fraction": 0.0} for v in L.CLASS_VALUES}}
+    nodes = add_result_nodes(fixed, PredictionResult(_known_labels(small_pair.fixed), None, summary))
+    app.red.get_view_node().JumpSliceByCentering(*nodes["labels"].GetImageData().GetCenter())
+    app.red.fit_view_to_content()
+    pixels = view_pixels(app.red)
+    off_map = _labels_under_pixels(app.red, nodes["labels"], pixels.shape[:2]) == L.NOT_EVALUATED
+    swatches = {}
+    for value in L.CLASS_VALUES:
+        colour = np.array(L.CLASS_COLORS[value]) * 255
+        rows, _ = np.nonzero(off_map & (np.abs(pixels - colour).max(axis=-1) < 30))  # full colour: not blended
+        assert rows.size > 100, L.CLASS_NAMES[value]
+        swatches[value] = np.median(rows)
+    assert swatches[L.WRONG] > swatches[L.POOR] > swatches[L.CORRECT]  # wrong on top (row 0 is the bottom)

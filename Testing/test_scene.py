@@ -338,3 +338,55 @@ def test_a_run_that_fails_while_making_its_images_leaves_the_earlier_results_who
         add_result_nodes(fixed, other, probabilities=True)
     assert _node_ids(scene) == ids
     assert all(np.array_equal(slicer.util.arrayFromVolume(first[key]), before[key]) for key in before)
+
+
+def _legend(node):
+    return slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node.GetDisplayNode())
+
+
+def _legend_ids(scene):
+    return {node.GetID() for node in scene_nodes(scene, "vtkMRMLColorLegendDisplayNode")}
+
+
+def scene_nodes(scene, class_name):
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+def test_the_overlay_has_a_colour_legend_of_the_three_classes_in_the_slice_views(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    moving = _volume(scene, small_pair.moving, "moving")
+    nodes = predict_nodes(fixed, moving, predictor=tiny_predictor, probabilities=True)
+    legend = _legend(nodes["segmentation"])
+    assert legend.GetVisibility() and legend.GetVisibility2D() and not legend.GetVisibility3D()
+    assert legend.GetUseColorNamesForLabels() and legend.GetTitleText() == "Registration misalignment"
+    assert legend.GetPrimaryDisplayNode() is nodes["segmentation"].GetDisplayNode()
+    colors = legend.GetPrimaryDisplayNode().GetColorNode()
+    named = [colors.GetColorName(i) for i in range(colors.GetNumberOfColors()) if colors.GetColorDefined(i)]
+    assert named == ["correct (<= 3 mm)", "poor (3-6 mm)", "wrong (> 6 mm)"]  # "not evaluated" is not listed
+    segments = nodes["segmentation"].GetSegmentation()
+    for value in L.CLASS_VALUES:
+        rgba = [0.0] * 4
+        colors.GetColor(value, rgba)
+        assert np.allclose(rgba[:3], segments.GetSegment(L.CLASS_NAMES[value]).GetColor(), atol=1 / 255)
+    confidence = _legend(nodes["confidence"])
+    assert confidence.GetTitleText() == "Confidence of the map" and not confidence.GetUseColorNamesForLabels()
+    assert _legend_ids(scene) == {legend.GetID(), confidence.GetID()}
+    again = predict_nodes(fixed, moving, predictor=tiny_predictor)  # reused; the confidence volume's goes with it
+    assert _legend_ids(scene) == {legend.GetID()} and _legend(again["segmentation"]) is legend
+
+
+def test_a_run_failing_after_its_nodes_were_made_leaves_no_legend_behind(scene, small_pair, tiny_predictor,
+                                                                           monkeypatch):
+    import RegistrationMisalignmentLib.scene as scene_module
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    moving = _volume(scene, small_pair.moving, "moving")
+    ids = _node_ids(scene)
+
+    def fail(*_):
+        raise MemoryError("no memory for the statistics")
+
+    monkeypatch.setattr(scene_module, "_fill_table", fail)
+    with pytest.raises(MemoryError):
+        predict_nodes(fixed, moving, predictor=tiny_predictor)
+    assert _node_ids(scene) == ids

@@ -30,10 +30,12 @@ LUNG_WINDOW = (1500, -500)
 
 def offscreen_slice_views(size: int = 400, orientations=ORIENTATIONS):
     """A headless Slicer application (trame-slicer) and one offscreen slice view per orientation."""
+    import slicer
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
     vtk_messages_off()
     app = SlicerApp()
+    app.scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # as Slicer's Colors module does
     app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
     views = []
     for orientation in orientations:

@@ -18,6 +18,8 @@ OVERLAY_OPACITY = 0.5
 CONFIDENCE_TABLE_NAME = "RegistrationMisalignment confidence"
 CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 0.144))  # viridis: unsure -> sure
 CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
+LEGEND_TITLES = {"segmentation": "Registration misalignment", "confidence": "Confidence of the map"}
+LEGEND_SIZE = (0.25, 0.4)  # fractions of the view: wide enough for the class names to be read in a 400-pixel view
 FIXED_VOLUME_REFERENCE = "RegistrationMisalignmentFixedVolume"  # node reference role on output nodes: whose results
 # they hold (a reference, unlike an attribute, follows the volume when a saved scene is imported into another)
 OUTPUT_ATTRIBUTE = "RegistrationMisalignment.Output"  # on output nodes: which output (a key of `output_names`)
@@ -184,6 +186,15 @@ def temporary_nodes(scene):
                 scene.RemoveNode(node)
 
 
+def remove_with_display_nodes(scene, node) -> None:
+    """Remove a node and its display nodes (colour legends included), which the scene would otherwise keep."""
+    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+        if node.IsA("vtkMRMLDisplayableNode") else []
+    for removed in displays + [node]:
+        if removed is not None and scene.IsNodePresent(removed):
+            scene.RemoveNode(removed)
+
+
 def mask_image(mask_node, fixed_node):
     """The mask as a SimpleITK image: a label map volume (with the transform it is under), or all segments of a
     segmentation (hidden ones too) exported on the fixed grid."""
@@ -260,6 +271,7 @@ def class_color_table(scene, created: list):
     table.SetTypeToUser()
     table.SetNumberOfColors(len(L.CLASS_VALUES) + 1)
     table.SetColor(L.NOT_EVALUATED, L.CLASS_NAMES[L.NOT_EVALUATED], 0.0, 0.0, 0.0, 0.0)
+    table.SetColorDefined(L.NOT_EVALUATED, False)  # transparent, and left out of the colour legend
     for value in L.CLASS_VALUES:
         table.SetColor(value, L.display_name(value), *L.CLASS_COLORS[value], 1.0)
     return table
@@ -284,9 +296,9 @@ def confidence_image(result) -> sitk.Image:
     return image
 
 
-def _color_confidence(node, colors) -> None:
+def _color_confidence(node, colors, created: list) -> None:
     """Display a confidence volume coloured from 1/3 (unsure) to 1 (sure), and nothing where the map is not evaluated
-    (0 there, below the threshold)."""
+    (0 there, below the threshold), with its colour legend."""
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
@@ -296,6 +308,21 @@ def _color_confidence(node, colors) -> None:
     display.AutoThresholdOff()
     display.SetThreshold(CONFIDENCE_RANGE[0] / 2, CONFIDENCE_RANGE[1])
     display.ApplyThresholdOn()
+    show_color_legend(display, LEGEND_TITLES["confidence"], created)
+
+
+def show_color_legend(display_node, title: str, created: list):
+    """Slicer's colour legend of a displayed output (its colour table's names or range), in the slice views that show
+    the output (not in 3-D views, where the overlay is not drawn); reused on later runs, a new one recorded in
+    `created`."""
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(display_node)
+    if legend is None:
+        legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(display_node)
+        created.append(legend)
+    legend.SetTitleText(title)
+    legend.SetSize(*LEGEND_SIZE)
+    legend.SetVisibility3D(False)
+    return legend
 
 
 def _fill_labelmap(node, labels: sitk.Image, colors) -> None:
@@ -306,9 +333,9 @@ def _fill_labelmap(node, labels: sitk.Image, colors) -> None:
     node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
 
 
-def _fill_segmentation(segmentation_node, labelmap_node, fixed_node) -> None:
+def _fill_segmentation(segmentation_node, labelmap_node, fixed_node, colors, created: list) -> None:
     """Three named, coloured segments in class order, with the class names as IDs (empty ones included), from the
-    label map, shown as a 2-D overlay."""
+    label map, shown as a 2-D overlay with a colour legend of the classes."""
     segmentation = segmentation_node.GetSegmentation()
     segmentation.RemoveAllSegments()
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(fixed_node)
@@ -323,6 +350,8 @@ def _fill_segmentation(segmentation_node, labelmap_node, fixed_node) -> None:
     display = segmentation_node.GetDisplayNode()
     display.SetVisibility2DFill(True)
     display.SetOpacity2DFill(OVERLAY_OPACITY)
+    display.SetAndObserveColorNodeID(colors.GetID())  # the segments' colours and names, for the legend to show
+    show_color_legend(display, LEGEND_TITLES["segmentation"], created)
 
 
 def _fill_table(table_node, summary: dict) -> None:
@@ -422,7 +451,7 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
         labels = _output_node(scene, "vtkMRMLLabelMapVolumeNode", "labels", fixed_node, created)
         _fill_labelmap(labels, result.labels, colors)
         segmentation = _output_node(scene, "vtkMRMLSegmentationNode", "segmentation", fixed_node, created)
-        _fill_segmentation(segmentation, labels, fixed_node)
+        _fill_segmentation(segmentation, labels, fixed_node, colors, created)
         table = _output_node(scene, "vtkMRMLTableNode", "table", fixed_node, created)
         _fill_table(table, result.summary)
         nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table}
@@ -430,16 +459,16 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
             nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", key, fixed_node, created)
             update_volume_node(nodes[key], image)
         if images:
-            _color_confidence(nodes["confidence"], confidence_color_table(scene, created))
+            _color_confidence(nodes["confidence"], confidence_color_table(scene, created), created)
         show_overlay(fixed_node, segmentation)
     except BaseException:
         for node in created:
-            scene.RemoveNode(node)
+            remove_with_display_nodes(scene, node)
         raise
     if not images:  # an earlier run's uncertainty volumes would no longer match this map
         for key in uncertainty:
             stale = owned_output(scene, "vtkMRMLScalarVolumeNode", key, fixed_node)
             if stale is not None:
-                scene.RemoveNode(stale)
+                remove_with_display_nodes(scene, stale)
     nodes["summary"] = result.summary
     return nodes

@@ -148,7 +148,8 @@ def test_a_saved_scene_imported_into_another_keeps_its_maps_with_its_own_volume(
     scene.SetURL(str(tmp_path / "saved.mrml"))
     assert scene.Import()
     imported = scene.GetNodeByID(saved["labels"].GetID())
-    imported_fixed = [node for node in slicer.util.getNodes("CT", scene=scene).values() if node.GetID() != todays.GetID()]
+    imported_fixed = [node for node in slicer.util.getNodes("CT", scene=scene).values()
+                      if node.GetID() != todays.GetID()]
     assert imported is not None and output_segmentation(todays) is None
     assert output_segmentation(imported_fixed[0]) is not None
     out = predict_nodes(todays, _volume(scene, small_pair.moving, "moving today"), predictor=tiny_predictor)
@@ -234,8 +235,8 @@ def test_a_segmentation_mask_limits_the_evaluated_region(scene, small_pair, tiny
 def test_the_status_after_a_prediction_shows_its_classes_confidence_and_warnings(scene, small_pair, tiny_predictor):
     fixed = _volume(scene, small_pair.fixed, "fixed")
     coarse = sitk.Resample(small_pair.moving, [n // 2 for n in small_pair.moving.GetSize()], sitk.Transform(),
-                           sitk.sitkLinear, small_pair.moving.GetOrigin(), [2 * v for v in small_pair.moving.GetSpacing()],
-                           small_pair.moving.GetDirection(), -1024)
+                           sitk.sitkLinear, small_pair.moving.GetOrigin(),
+                           [2 * v for v in small_pair.moving.GetSpacing()], small_pair.moving.GetDirection(), -1024)
     summary = predict_nodes(fixed, _volume(scene, coarse, "coarse moving"), predictor=tiny_predictor)["summary"]
     lines = status_text(summary).splitlines()
     assert lines[0].startswith("correct: ") and "mean confidence: " in lines[0]

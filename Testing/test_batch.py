@@ -377,6 +377,49 @@ def test_a_killed_worker_fails_no_case_and_the_pool_goes_on(cohort, tmp_path):
                for c in GOOD_CASES)
 
 
+def _cases_csv(folder, cohort, moving_by_case):
+    """A PAIRS.csv in `folder` of cases with the cohort's fixed image and these moving images (absolute paths)."""
+    csv = folder / "pairs.csv"
+    csv.write_text("case_id,fixed,moving\n" + "".join(f"{case_id},{cohort / 'fixed.nrrd'},{cohort / moving}\n"
+                                                       for case_id, moving in moving_by_case.items()))
+    return csv
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_warning_on_stderr_names_its_case_once_and_the_records_keep_it_alone(cohort, tmp_path, workers):
+    """Warnings of many cases on one stderr: each line says which case warned, in this process or a worker."""
+    csv = _cases_csv(tmp_path, cohort, {"off-grid-a": "moving_shifted.nrrd", "plain": "moving.nrrd",
+                                        "off-grid-b": "moving_shifted.nrrd"})
+    out = tmp_path / "run"
+    run = _run_cli(_args(cohort, out, csv, "--workers", workers, "--json"))
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-2000:]
+    warnings = {case_id: json.loads((out / "cases" / case_id / "case.json").read_text())["warnings"]
+                for case_id in ("off-grid-a", "plain", "off-grid-b")}
+    assert warnings["plain"] == [] and warnings["off-grid-a"] == warnings["off-grid-b"]
+    assert "another grid" in warnings["off-grid-a"][0]  # as the engine words it, without the case id
+    assert sorted(stderr.splitlines()) == sorted(f"warning: {case_id}: {message}" for case_id, messages in
+                                                 warnings.items() for message in messages)
+
+
+def test_a_named_block_names_the_warnings_in_the_log_and_captures_keep_them_alone(caplog):
+    import logging
+    import threading
+    from RegistrationMisalignmentLib.errors import CapturedWarnings, warnings_named
+    log = logging.getLogger("RegistrationMisalignment")
+    with warnings_named("p001"), CapturedWarnings() as outer:
+        with CapturedWarnings() as inner:
+            log.warning("first")
+        log.warning("second of %d", 2)
+        other = threading.Thread(target=log.warning, args=("from another thread",))
+        other.start()
+        other.join()
+    log.warning("after")
+    assert inner == ["first"] and outer == ["first", "second of 2"]
+    assert [r.getMessage() for r in caplog.records] == ["p001: first", "p001: second of 2", "from another thread",
+                                                        "after"]
+
+
 def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_path):
     """After a reboot the pid in a left lock may be another live program's: the old heartbeat shows it is abandoned."""
     import socket

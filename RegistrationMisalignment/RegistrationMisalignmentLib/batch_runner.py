@@ -16,7 +16,7 @@ from .case_lock import CaseLock
 from .checkpoint import load_model
 from .cli_common import require_at_least
 from .devices import default_threads, resolve_device
-from .errors import InputError
+from .errors import InputError, show_warnings
 from .report import write_report, write_summary_csv
 
 SUMMARY_NAME = "summary.csv"
@@ -125,7 +125,8 @@ def _in_pool(cases: list, settings: BatchSettings, workers: int):
     """Yield the records of the cases that a new pool of `workers` processes finishes; return the others (in order),
     which it did not because one of its processes died."""
     broken = set()
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=show_warnings)  # the workers print the warnings as the command line does
     try:
         futures = {pool.submit(run_case, case, settings): case for case in cases}
         for future in as_completed(futures):

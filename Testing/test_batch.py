@@ -420,6 +420,14 @@ def test_a_named_block_names_the_warnings_in_the_log_and_captures_keep_them_alon
                                                         "after"]
 
 
+def _running(pid):
+    """Whether process `pid` runs (a zombie, ended but not yet reaped, does not; Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_path):
     """After a reboot the pid in a left lock may be another live program's: the old heartbeat shows it is abandoned."""
     import socket
@@ -450,6 +458,27 @@ def test_a_live_holder_keeps_its_lock_however_long_it_is_silent_and_a_reused_pid
     lock = CaseLock(path)
     assert lock.acquire()  # at once, not after STALE_AFTER_S: the live process is not the holder
     lock.release()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' states from /proc")
+def test_a_holder_that_ended_but_is_not_reaped_yet_is_dead(tmp_path):
+    """A worker whose parent was killed stays a zombie until the system reaps it: its lock is broken at once."""
+    import socket
+    from RegistrationMisalignmentLib.case_lock import CaseLock, process_identity
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        path = tmp_path / ".case.lock"
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid,
+                                    "process": process_identity(holder.pid), "token": "ended"}))
+        assert not CaseLock(path).acquire()  # alive
+        holder.stdin.close()  # it ends, and stays a zombie until waited for
+        _wait_for(lambda: not _running(holder.pid), timeout=30)
+        assert Path(f"/proc/{holder.pid}").exists()
+        lock = CaseLock(path)
+        assert lock.acquire()
+        lock.release()
+    finally:
+        holder.wait()
 
 
 def test_a_pool_whose_processes_die_before_any_case_fails_its_cases_instead_of_looping(cohort, tmp_path,

@@ -420,12 +420,57 @@ def test_a_named_block_names_the_warnings_in_the_log_and_captures_keep_them_alon
                                                         "after"]
 
 
+def _children(pid):
+    """The ids of the processes whose parent is `pid` (Linux)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    return children
+
+
 def _running(pid):
     """Whether process `pid` runs (a zombie, ended but not yet reaped, does not; Linux)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _still_running(pids, seconds):
+    """The processes of `pids` that still run after up to `seconds` of waiting for them to end (Linux)."""
+    end = time.time() + seconds
+    while any(map(_running, pids)) and time.time() < end:
+        time.sleep(0.05)
+    return [pid for pid in pids if _running(pid)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' parents from /proc")
+def test_workers_end_within_seconds_when_their_parent_is_killed_and_the_next_run_finishes(cohort, tmp_path):
+    """kill -9 of a --workers 2 run: its workers stop at once instead of going on with their queue, and the next run
+    breaks the lock of the case they were computing and finishes every case."""
+    csv = _cases_csv(tmp_path, cohort, {f"case{n}": "moving.nrrd" for n in range(4)})
+    out = tmp_path / "run"
+    run = _run_cli(_args(cohort, out, csv, "--workers", "2", "--json"))
+    _wait_for(lambda: _finished(out), run)  # both workers have started and more cases are queued
+    workers = _children(run.pid)
+    run.kill()
+    run.wait(timeout=60)
+    run.stdout.close()  # not read to the end: left workers would hold them open
+    run.stderr.close()
+    left = _still_running(workers, 10.0)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)  # a failure leaves no process behind
+    assert len(workers) >= 2 and left == []
+    rerun = _run_cli(_args(cohort, out, csv, "--json"))
+    stdout, stderr = rerun.communicate(timeout=300)
+    result = json.loads(stdout)
+    assert rerun.returncode == 0, stderr[-2000:]
+    assert (result["done"] + result["skipped"], result["failed"], result["busy"]) == (4, 0, 0)
+    assert _leftovers(out) == []
 
 
 def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_path):

@@ -377,6 +377,102 @@ def test_a_killed_worker_fails_no_case_and_the_pool_goes_on(cohort, tmp_path):
                for c in GOOD_CASES)
 
 
+def _cases_csv(folder, cohort, moving_by_case):
+    """A PAIRS.csv in `folder` of cases with the cohort's fixed image and these moving images (absolute paths)."""
+    csv = folder / "pairs.csv"
+    csv.write_text("case_id,fixed,moving\n" + "".join(f"{case_id},{cohort / 'fixed.nrrd'},{cohort / moving}\n"
+                                                       for case_id, moving in moving_by_case.items()))
+    return csv
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_warning_on_stderr_names_its_case_once_and_the_records_keep_it_alone(cohort, tmp_path, workers):
+    """Warnings of many cases on one stderr: each line says which case warned, in this process or a worker."""
+    csv = _cases_csv(tmp_path, cohort, {"off-grid-a": "moving_shifted.nrrd", "plain": "moving.nrrd",
+                                        "off-grid-b": "moving_shifted.nrrd"})
+    out = tmp_path / "run"
+    run = _run_cli(_args(cohort, out, csv, "--workers", workers, "--json"))
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-2000:]
+    warnings = {case_id: json.loads((out / "cases" / case_id / "case.json").read_text())["warnings"]
+                for case_id in ("off-grid-a", "plain", "off-grid-b")}
+    assert warnings["plain"] == [] and warnings["off-grid-a"] == warnings["off-grid-b"]
+    assert "another grid" in warnings["off-grid-a"][0]  # as the engine words it, without the case id
+    assert sorted(stderr.splitlines()) == sorted(f"warning: {case_id}: {message}" for case_id, messages in
+                                                 warnings.items() for message in messages)
+
+
+def test_a_named_block_names_the_warnings_in_the_log_and_captures_keep_them_alone(caplog):
+    import logging
+    import threading
+    from RegistrationMisalignmentLib.errors import CapturedWarnings, warnings_named
+    log = logging.getLogger("RegistrationMisalignment")
+    with warnings_named("p001"), CapturedWarnings() as outer:
+        with CapturedWarnings() as inner:
+            log.warning("first")
+        log.warning("second of %d", 2)
+        other = threading.Thread(target=log.warning, args=("from another thread",))
+        other.start()
+        other.join()
+    log.warning("after")
+    assert inner == ["first"] and outer == ["first", "second of 2"]
+    assert [r.getMessage() for r in caplog.records] == ["p001: first", "p001: second of 2", "from another thread",
+                                                        "after"]
+
+
+def _children(pid):
+    """The ids of the processes whose parent is `pid` (Linux)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    return children
+
+
+def _running(pid):
+    """Whether process `pid` runs (a zombie, ended but not yet reaped, does not; Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _still_running(pids, seconds):
+    """The processes of `pids` that still run after up to `seconds` of waiting for them to end (Linux)."""
+    end = time.time() + seconds
+    while any(map(_running, pids)) and time.time() < end:
+        time.sleep(0.05)
+    return [pid for pid in pids if _running(pid)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' parents from /proc")
+def test_workers_end_within_seconds_when_their_parent_is_killed_and_the_next_run_finishes(cohort, tmp_path):
+    """kill -9 of a --workers 2 run: its workers stop at once instead of going on with their queue, and the next run
+    breaks the lock of the case they were computing and finishes every case."""
+    csv = _cases_csv(tmp_path, cohort, {f"case{n}": "moving.nrrd" for n in range(4)})
+    out = tmp_path / "run"
+    run = _run_cli(_args(cohort, out, csv, "--workers", "2", "--json"))
+    _wait_for(lambda: _finished(out), run)  # both workers have started and more cases are queued
+    workers = _children(run.pid)
+    run.kill()
+    run.wait(timeout=60)
+    run.stdout.close()  # not read to the end: left workers would hold them open
+    run.stderr.close()
+    left = _still_running(workers, 10.0)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)  # a failure leaves no process behind
+    assert len(workers) >= 2 and left == []
+    rerun = _run_cli(_args(cohort, out, csv, "--json"))
+    stdout, stderr = rerun.communicate(timeout=300)
+    result = json.loads(stdout)
+    assert rerun.returncode == 0, stderr[-2000:]
+    assert (result["done"] + result["skipped"], result["failed"], result["busy"]) == (4, 0, 0)
+    assert _leftovers(out) == []
+
+
 def test_a_lock_not_refreshed_for_long_is_broken_even_if_its_pid_is_alive(tmp_path):
     """After a reboot the pid in a left lock may be another live program's: the old heartbeat shows it is abandoned."""
     import socket
@@ -407,6 +503,27 @@ def test_a_live_holder_keeps_its_lock_however_long_it_is_silent_and_a_reused_pid
     lock = CaseLock(path)
     assert lock.acquire()  # at once, not after STALE_AFTER_S: the live process is not the holder
     lock.release()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' states from /proc")
+def test_a_holder_that_ended_but_is_not_reaped_yet_is_dead(tmp_path):
+    """A worker whose parent was killed stays a zombie until the system reaps it: its lock is broken at once."""
+    import socket
+    from RegistrationMisalignmentLib.case_lock import CaseLock, process_identity
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        path = tmp_path / ".case.lock"
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid,
+                                    "process": process_identity(holder.pid), "token": "ended"}))
+        assert not CaseLock(path).acquire()  # alive
+        holder.stdin.close()  # it ends, and stays a zombie until waited for
+        _wait_for(lambda: not _running(holder.pid), timeout=30)
+        assert Path(f"/proc/{holder.pid}").exists()
+        lock = CaseLock(path)
+        assert lock.acquire()
+        lock.release()
+    finally:
+        holder.wait()
 
 
 def test_a_pool_whose_processes_die_before_any_case_fails_its_cases_instead_of_looping(cohort, tmp_path,

@@ -17,7 +17,7 @@ from . import __version__
 from .batch_cases import Case, input_checksums
 from .case_lock import STAGED_SUFFIX, CaseLock
 from .checkpoint import released_weights_path
-from .errors import CapturedWarnings, InputError
+from .errors import CapturedWarnings, InputError, warnings_named
 from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
 from .orientation import in_network_orientation
@@ -101,8 +101,9 @@ def _weights_identity(weights) -> tuple:
 
 
 def run_case(case: Case, settings: BatchSettings) -> dict:
-    """Process one case under its lock and return its record; the case's own problems become a 'failed' record."""
-    with CaseLock(lock_path(settings.out_dir, case.case_id)).held() as taken:
+    """Process one case under its lock and return its record; the case's own problems become a 'failed' record. The
+    log shows the case's warnings as `CASE_ID: message` (its record keeps them without the id)."""
+    with warnings_named(case.case_id), CaseLock(lock_path(settings.out_dir, case.case_id)).held() as taken:
         if not taken:
             return {"case_id": case.case_id, "status": "busy", "error": "being processed by another run"}
         _remove_leftovers(cases_folder(settings.out_dir), case.case_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -16,7 +17,7 @@ from .case_lock import CaseLock
 from .checkpoint import load_model
 from .cli_common import require_at_least
 from .devices import default_threads, resolve_device
-from .errors import InputError
+from .errors import InputError, show_warnings
 from .report import write_report, write_summary_csv
 
 SUMMARY_NAME = "summary.csv"
@@ -125,7 +126,8 @@ def _in_pool(cases: list, settings: BatchSettings, workers: int):
     """Yield the records of the cases that a new pool of `workers` processes finishes; return the others (in order),
     which it did not because one of its processes died."""
     broken = set()
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker)
     try:
         futures = {pool.submit(run_case, case, settings): case for case in cases}
         for future in as_completed(futures):
@@ -136,6 +138,19 @@ def _in_pool(cases: list, settings: BatchSettings, workers: int):
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [case for case in cases if case in broken]
+
+
+def _start_worker() -> None:
+    """Set up a worker process: it prints the engine's warnings as the command line does and ends with its parent."""
+    show_warnings()
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """Wait until the parent process ends (killed, say), then end this worker at once rather than let it finish its
+    queue: a case under way leaves no result, and its lock names a dead process, which the next run breaks."""
+    multiprocessing.parent_process().join()  # wakes when the parent ends, on Linux, macOS and Windows alike
+    os._exit(1)
 
 
 def _held_by_dead_process(out_dir, case) -> bool:

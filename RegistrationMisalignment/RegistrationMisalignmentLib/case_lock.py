@@ -15,26 +15,37 @@ STALE_AFTER_S = 120.0  # a lock not refreshed for this long is abandoned (its ho
 STAGED_SUFFIX = ".staged"  # a lock file being written, before it is linked into place
 
 
+def _process_status(pid: int):
+    """The fields of process `pid`'s status after its command name, its state first (Linux); None where the system
+    does not tell."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_identity(pid: int):
     """This machine's boot and the start time of process `pid` (Linux): a live holder's, unlike a process that took
     its id later, matches what the lock recorded; None where the system does not tell."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    except OSError:
         return None
-    return f"{boot}:{fields[19]}"  # the 22nd field of stat, counted from the state after the command name
+    fields = _process_status(pid)
+    return f"{boot}:{fields[19]}" if fields else None  # the 22nd field of stat, counted from the state
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
+    """Whether a process with this id runs on this machine: not a zombie, ended but not yet reaped (as the workers of
+    a killed run are for a moment; told on Linux)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    fields = _process_status(pid)
+    return not fields or fields[0] != "Z"
 
 
 class CaseLock:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
 from . import __version__
-from .errors import CapturedWarnings, InputError
+from .errors import CapturedWarnings, InputError, show_warnings
 
 
 def _add_train(sub) -> None:
@@ -269,7 +268,7 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    show_warnings()
     try:
         result = COMMANDS[args.command][1](args)
     except InputError as exc:

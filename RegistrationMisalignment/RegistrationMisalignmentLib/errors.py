@@ -1,7 +1,10 @@
-"""What users see of a problem: the one exception type shown as a one-line message, and captured warnings."""
+"""What users see of a problem: the one exception type shown as a one-line message, and the engine's warnings."""
 import logging
 import re
 import threading
+from contextlib import contextmanager
+
+_LOG = logging.getLogger("RegistrationMisalignment")
 
 
 class InputError(ValueError):
@@ -17,16 +20,52 @@ def library_reason(exc: BaseException, limit: int = 160) -> str:
     return re.sub(r"\s*\(0x[0-9a-fA-F]+\)", "", text.splitlines()[-1])[:limit]
 
 
+class _ThisThread(threading.local):
+    """Per thread: the captures open and the names its warnings are shown under (innermost last)."""
+
+    def __init__(self):
+        self.captures, self.names = [], []
+
+
+_THREAD = _ThisThread()
+
+
+def _pass_on(record: logging.LogRecord) -> bool:
+    """Log filter: give a warning to its thread's open captures, then show it under the thread's innermost name."""
+    if record.levelno >= logging.WARNING:
+        message = record.getMessage()
+        for capture in _THREAD.captures:
+            capture.append(message)
+        if _THREAD.names:
+            record.msg, record.args = f"{_THREAD.names[-1]}: {message}", ()
+    return True
+
+
+_LOG.addFilter(_pass_on)
+
+
 class CapturedWarnings(list):
     """Collects the engine's warnings logged by this thread while the block runs (they still reach the log)."""
 
     def __enter__(self):
-        self._thread = threading.get_ident()
-        self._handler = logging.Handler(logging.WARNING)
-        self._handler.emit = lambda rec: self.append(rec.getMessage()) if rec.thread == self._thread else None
-        logging.getLogger("RegistrationMisalignment").addHandler(self._handler)
+        _THREAD.captures.append(self)
         return self
 
     def __exit__(self, *exc):
-        logging.getLogger("RegistrationMisalignment").removeHandler(self._handler)
+        _THREAD.captures.pop()  # blocks end in the order opposite to their start: this one is the last open
         return False
+
+
+@contextmanager
+def warnings_named(name: str):
+    """While the block runs, the log shows the engine's warnings logged by this thread as `name: message`."""
+    _THREAD.names.append(name)
+    try:
+        yield
+    finally:
+        _THREAD.names.pop()
+
+
+def show_warnings() -> None:
+    """Print the engine's warnings on stderr as `warning: ...` lines, unless the program has set up logging."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")

@@ -16,6 +16,7 @@ from RegistrationMisalignmentLib.batch_cases import read_cases
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
+from RegistrationMisalignmentLib.regions import wrong_regions
 
 from conftest import image_like, save_weights_with_card
 
@@ -85,6 +86,9 @@ def test_batch_writes_each_case_summary_and_report_and_resumes(cohort, tmp_path,
         with_probabilities = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "probabilities.nrrd")))
         largest = with_probabilities.max(-1)[_labels(out, case_id) > 0]
         assert record["mean_confidence"] == pytest.approx(float(largest.mean()), abs=1e-5)
+        labels_image = sitk.ReadImage(str(folder / "labels.nrrd"))
+        assert {key: record[key] for key in ("wrong_region_count", "wrong_regions")} == pytest.approx(
+            wrong_regions(labels_image))
     assert np.array_equal(_labels(out, "shifted"), _labels(out, "plain"))  # the transform undoes the shift
     masked = _labels(out, "masked")
     assert masked.any() and not masked[:, :, masked.shape[2] // 2:].any()

@@ -19,6 +19,7 @@ from RegistrationMisalignmentLib.model import input_size
 from RegistrationMisalignmentLib.morphology import box_dilate
 from RegistrationMisalignmentLib.preprocessing import crop_to_s1, mask_region_s1, s1_neighbours_of_mask, to_fixed_grid
 from RegistrationMisalignmentLib.pyramid import context_margin
+from RegistrationMisalignmentLib.regions import wrong_regions
 
 
 def test_dense_tiles_equal_per_patch_evaluation_at_random_points(small_pair, tiny_predictor):
@@ -112,6 +113,10 @@ def test_result_is_on_the_fixed_grid_with_a_consistent_summary(small_pair, tiny_
         sum(c["fraction"] for c in summary["classes"].values()) - 1.0) < 1e-9
     assert calls[0] == 0.0 and calls[-1] == 1.0 and calls == sorted(calls)
     assert summary["timings_s"]["total"] >= summary["timings_s"]["network"] > 0
+    regions = wrong_regions(result.labels)
+    assert summary["wrong_region_count"] == regions["wrong_region_count"]
+    assert summary["wrong_regions"] == regions["wrong_regions"]
+    assert sum(r["voxels"] for r in regions["wrong_regions"]) <= summary["classes"]["wrong"]["voxels"]
 
 
 def test_a_user_mask_limits_the_evaluated_region(small_pair, tiny_predictor):

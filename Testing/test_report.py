@@ -71,6 +71,9 @@ def cohort(tmp_path_factory):
     records = [_record("p003"), _record("p002", (0.1, 0.8, 0.1), 9.5, 0.91),
                _record("p&1", (0.3, 0.2, 0.5), 12.0, 0.62)]
     records[1]["warnings"] = WARNINGS
+    records[1].update(wrong_region_count=0, wrong_regions=[])
+    records[2].update(wrong_region_count=7, wrong_regions=[{"ml": 123.4, "voxels": 123400,
+                                                            "centre_lps_mm": [1.0, 2.0, 3.0], "extent_mm": [9, 9, 9]}])
     pngs = _thumbnails()
     for record in records[1:]:
         case_dir = out_dir / "cases" / record["case_id"]
@@ -178,8 +181,11 @@ def test_summary_csv_rows_and_flags(cohort, tmp_path):
         rows = {row["case_id"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["p003", "p002", "p&1"]
     assert list(rows["p&1"]) == ["case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
-                                 "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "total_s",
-                                 "device", "weights_sha256", "flagged", "warnings"]
+                                 "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "wrong_regions",
+                                 "largest_wrong_region_ml", "total_s", "device", "weights_sha256", "flagged",
+                                 "warnings"]
+    assert [(row["wrong_regions"], row["largest_wrong_region_ml"]) for row in rows.values()] == [
+        ("", ""), ("0", "0.0"), ("7", "123.4")]
     assert rows["p002"]["warnings"] == " | ".join(WARNINGS) and rows["p&1"]["warnings"] == ""
     assert {case: row["flagged"] for case, row in rows.items()} == {"p003": "False", "p002": "False", "p&1": "True"}
     assert rows["p&1"]["wrong_fraction"] == "0.5" and float(rows["p&1"]["wrong_ml"]) == 500.0
@@ -207,6 +213,8 @@ def test_report_is_escaped_self_contained_and_flags_the_right_rows(cohort):
     assert "warning: intensities &lt;unusual&gt;" in html
     confidence = [h["text"] for h in page.headers].index("mean confidence %")
     assert [row["cells"][confidence] for row in page.rows] == ["62.0", "91.0", "\u2014"]
+    largest = [h["text"] for h in page.headers].index("largest wrong region (mL)")
+    assert [row["cells"][largest] for row in page.rows] == ["123.4", "0.0", "\u2014"]
     assert html.count("no coronal image") == 0, "p002 is not among the worst cases when one case is flagged"
     assert [r["case_id"] for r in worst_cases(records, THRESHOLD)] == ["p&1"]
     for view in VIEWS:
@@ -256,11 +264,11 @@ def test_chromium_runs_the_sort_script(cohort, tmp_path):
                                                        (2, "desc", ["p&1", "p002", "p003"])])
 def test_clicking_a_header_sorts_numerically(cohort, tmp_path, clicks, direction, order):
     out_dir, records = cohort
-    click = "<script>var th = document.querySelectorAll('th')[8];" + " th.click();" * clicks + "</script>"
+    click = "<script>var th = document.querySelectorAll('th')[9];" + " th.click();" * clicks + "</script>"
     page_path = out_dir / f"clicked-{clicks}.html"
     page_path.write_text(report_html(records, out_dir, THRESHOLD).replace("</body>", click + "</body>"), "utf-8")
     page = Page(chromium(tmp_path, "--dump-dom", page_path.as_uri()))
-    assert page.headers[8]["text"] == "total (s)"
+    assert page.headers[9]["text"] == "total (s)"
     assert f"sorted-{direction}" in page.header("total (s)")["attrs"]["class"]
     assert "sorted" not in page.header("wrong %")["attrs"]["class"]
     assert page.case_ids() == order, "12.0 s must sort after 9.5 s (numeric, not text); failed cases last"

@@ -8,6 +8,7 @@ import vtk
 from RegistrationMisalignmentLib import labels as L
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.preprocessing import moving_on_fixed_grid
+from RegistrationMisalignmentLib.regions import wrong_regions
 from RegistrationMisalignmentLib.scene import (MAX_FIELD_SAMPLES, add_result_nodes, field_size, field_spacing,
                                                image_from_volume_node, image_in_world, mask_image, moving_input,
                                                output_segmentation, predict_nodes, status_text)
@@ -240,11 +241,12 @@ def test_the_status_after_a_prediction_shows_its_classes_confidence_and_warnings
     summary = predict_nodes(fixed, _volume(scene, coarse, "coarse moving"), predictor=tiny_predictor)["summary"]
     lines = status_text(summary).splitlines()
     assert lines[0].startswith("correct: ") and "mean confidence: " in lines[0]
-    assert lines[1:] == [f"Warning: {w}" for w in summary["warnings"]] and "another grid" in lines[1]
+    assert lines[1].endswith("called wrong" if not summary["wrong_regions"] else "mm RAS")
+    assert lines[2:] == [f"Warning: {w}" for w in summary["warnings"]] and "another grid" in lines[2]
     summary["warnings"] = []
-    assert status_text(summary).splitlines() == lines[:1]
+    assert status_text(summary).splitlines() == lines[:2]
     summary["warnings"] = None
-    assert status_text(summary).splitlines() == lines[:1]
+    assert status_text(summary).splitlines() == lines[:2]
     summary["classes"] = {"correct": {"ml": 995.6, "fraction": 0.9956}, "poor": {"ml": 4.0, "fraction": 0.004},
                           "wrong": {"ml": 0.4, "fraction": 0.0004}}
     assert status_text(summary).startswith("correct: 996 mL (99.6 %)  poor: 4.0 mL (0.4 %)  wrong: 0.4 mL (< 0.1 %)")
@@ -391,3 +393,29 @@ def test_a_run_failing_after_its_nodes_were_made_leaves_no_legend_behind(scene, 
     with pytest.raises(MemoryError):
         predict_nodes(fixed, moving, predictor=tiny_predictor)
     assert _node_ids(scene) == ids
+
+
+def test_the_largest_regions_called_wrong_are_listed_as_points_to_jump_to(scene, small_pair, tiny_predictor):
+    fixed = _volume(scene, small_pair.fixed, "fixed")
+    result = tiny_predictor.predict(small_pair.fixed, small_pair.moving)
+    labels = np.zeros(sitk.GetArrayViewFromImage(small_pair.fixed).shape, dtype=np.uint8)
+    labels[10:20, 10:30, 10:20] = L.WRONG  # 2000 voxels
+    labels[30:34, 30:35, 30:35] = L.WRONG  # 100 voxels
+    labels[40:42, 40:42, 40:42] = L.POOR
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(small_pair.fixed)
+    result = type(result)(image, None, dict(result.summary, **wrong_regions(image)))
+    nodes = add_result_nodes(fixed, result)
+    points = nodes["regions"]
+    assert points.GetName() == "fixed misalignment wrong regions" and points.GetLocked()
+    voxel_ml = np.prod(small_pair.fixed.GetSpacing()) / 1000
+    assert [points.GetNthControlPointLabel(i) for i in range(points.GetNumberOfControlPoints())] == [
+        f"wrong 1: {2000 * voxel_ml:.1f} mL", f"wrong 2: {100 * voxel_ml:.1f} mL"]
+    centre_lps = small_pair.fixed.TransformContinuousIndexToPhysicalPoint((14.5, 19.5, 14.5))
+    assert np.allclose(points.GetNthControlPointPositionVector(0), np.diag([-1, -1, 1]) @ centre_lps)
+    assert "2 regions called wrong; the largest" in status_text(result.summary)
+    none = type(result)(sitk.Image(image.GetSize(), sitk.sitkUInt8), None, dict(result.summary, **wrong_regions(
+        sitk.Image(image.GetSize(), sitk.sitkUInt8))))
+    again = add_result_nodes(fixed, none)
+    assert again["regions"] is points and points.GetNumberOfControlPoints() == 0
+    assert "no region called wrong" in status_text(none.summary)

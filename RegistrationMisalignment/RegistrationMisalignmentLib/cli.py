@@ -15,6 +15,7 @@ from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
 from . import __version__
 from .errors import CapturedWarnings, InputError, show_warnings
+from .regions import regions_text
 
 
 def _add_train(sub) -> None:
@@ -194,7 +195,7 @@ def run_predict(args) -> dict:
 
 
 def _class_table(summary: dict) -> str:
-    """Human-readable lines: mL and percentage of the mask per class."""
+    """Human-readable lines: mL and percentage of the mask per class, confidence, the regions called wrong."""
     lines = [f"evaluated {summary['mask_ml']:.1f} mL"]
     for name, c in summary["classes"].items():
         lines.append(f"  {name:8s} {c['ml']:9.1f} mL  {100 * c['fraction']:5.1f} %")
@@ -203,6 +204,7 @@ def _class_table(summary: dict) -> str:
                    "uncalibrated weights: not the share of voxels whose class is right; calibrate with `release "
                    "--calibration-ct` or `calibrate`")
         lines.append(f"mean confidence {100 * summary['mean_confidence']:.1f} % ({meaning})")
+    lines.append(regions_text(summary))
     return "\n".join(lines)
 
 

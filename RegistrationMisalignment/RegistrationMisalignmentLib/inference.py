@@ -27,6 +27,7 @@ from .orientation import in_network_orientation
 from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, points_region_s1, mask_region_s1,
                             s1_neighbours_of_mask, to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
+from .regions import wrong_regions
 
 DEFAULT_MAX_MEMORY_GB = 2.0
 MAX_TILE = 128
@@ -431,7 +432,8 @@ class MisalignmentPredictor:
 
     def result_on_fixed_grid(self, prepared: PreparedPair, probs_s1, output_grid: sitk.Image = None
                              ) -> PredictionResult:
-        """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask.
+        """Interpolate S1 probabilities linearly onto the fixed grid, take the arg-max and apply the mask; the summary
+        lists the largest regions called wrong.
 
         `probs_s1` (3, D, H, W), a numpy array or a tensor on any device (interpolated there). Only the mask's
         bounding box is interpolated, slab by slab; the full-size probabilities image is built on
@@ -445,7 +447,8 @@ class MisalignmentPredictor:
         masked = MaskedProbabilities(torch.as_tensor(probs_s1), prepared.crop_start + prepared.region_start,
                                      sitk.RegionOfInterest(prepared.mask, size, index), index, grid, output)
         labels, counts, confidence_sum = masked.labels()
-        return PredictionResult(labels, masked.on_fixed_grid, self._summary(counts, confidence_sum, fixed))
+        summary = dict(self._summary(counts, confidence_sum, fixed), **wrong_regions(labels))
+        return PredictionResult(labels, masked.on_fixed_grid, summary)
 
     def _summary(self, counts: np.ndarray, confidence_sum: float, fixed: sitk.Image) -> dict:
         """Voxels, mL and fractions per class inside the mask, mean confidence, device and model."""

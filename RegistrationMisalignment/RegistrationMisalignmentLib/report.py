@@ -16,7 +16,8 @@ FLAG_MARKER = "\u2691 over threshold"
 WORST_WHEN_NONE_FLAGGED = 5
 THUMBNAIL_VIEWS = ("axial", "coronal", "sagittal")
 SUMMARY_COLUMNS = ("case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
-                   "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "total_s", "device",
+                   "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "wrong_regions",
+                   "largest_wrong_region_ml", "total_s", "device",
                    "weights_sha256", "flagged", "warnings")
 CLASSES = tuple(L.CLASS_NAMES[value] for value in L.CLASS_VALUES)
 WRONG = L.CLASS_NAMES[L.WRONG]
@@ -88,6 +89,15 @@ def is_flagged(record: dict, flag_wrong_fraction: float) -> bool:
     return record.get("status") == "done" and wrong is not None and wrong > flag_wrong_fraction
 
 
+def largest_wrong_region(record: dict):
+    """The volume (mL) of a case's largest region called wrong: 0 when there is none, None when the case has no map
+    or was made before regions were listed."""
+    regions = record.get("wrong_regions")
+    if regions is None or record.get("status") != "done":
+        return None
+    return regions[0]["ml"] if regions else 0.0
+
+
 def summary_rows(records: list, flag_wrong_fraction: float) -> list:
     """One flat dict per case with the SUMMARY_COLUMNS (None where a failed case has no value)."""
     rows = []
@@ -96,6 +106,8 @@ def summary_rows(records: list, flag_wrong_fraction: float) -> list:
         for field in ("fraction", "ml"):
             row.update({f"{name}_{field}": class_stat(record, name, field) for name in CLASSES})
         row.update(mask_ml=record.get("mask_ml"), mean_confidence=record.get("mean_confidence"),
+                   wrong_regions=record.get("wrong_region_count"),
+                   largest_wrong_region_ml=largest_wrong_region(record),
                    total_s=(record.get("timings_s") or {}).get("total"), device=record.get("device"),
                    weights_sha256=(record.get("model") or {}).get("weights_sha256"),
                    flagged=is_flagged(record, flag_wrong_fraction), warnings=" | ".join(record.get("warnings") or []))
@@ -167,8 +179,10 @@ def _table_row(record: dict, out_dir: Path, flag_wrong_fraction: float) -> str:
     cells = [_cell(escape(str(record.get("case_id"))), record.get("case_id"), "text"), _status_cell(record, flagged)]
     cells += [_cell(_percent(f), f) for f in fractions]
     confidence = record.get("mean_confidence")
+    largest = largest_wrong_region(record)
     cells += [_cell(_number(mask_ml, 1), mask_ml), _cell(_number(wrong_ml, 1), wrong_ml),
-              _cell(_percent(confidence), confidence), _cell(_number(total_s, 1), total_s),
+              _cell(_number(largest, 1), largest), _cell(_percent(confidence), confidence),
+              _cell(_number(total_s, 1), total_s),
               _cell(escape(str(record.get("device") or "")), record.get("device"), "text"),
               _cell(_thumbnail(record, out_dir, "axial"), None)]
     class_attr = f' class="{css}"' if css else ""
@@ -190,7 +204,8 @@ def _table(records: list, out_dir: Path, flag_wrong_fraction: float) -> str:
     """The sortable case table, rows pre-ordered by wrong fraction (the script re-sorts on load)."""
     headers = [("case", "text", ""), ("status", "text", ""), ("wrong %", "number", "desc"),
                ("poor %", "number", ""), ("correct %", "number", ""), ("evaluated volume (mL)", "number", ""),
-               ("wrong volume (mL)", "number", ""), ("mean confidence %", "number", ""), ("total (s)", "number", ""),
+               ("wrong volume (mL)", "number", ""), ("largest wrong region (mL)", "number", ""),
+               ("mean confidence %", "number", ""), ("total (s)", "number", ""),
                ("device", "text", "")]
     head = "".join(f'<th class="{kind}" data-type="{kind}"' + (f' data-default-sort="{default}"' if default else "")
                    + f">{escape(label)}</th>" for label, kind, default in headers) + "<th>axial</th>"

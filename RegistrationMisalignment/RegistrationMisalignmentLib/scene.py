@@ -11,6 +11,7 @@ from vtk.util import numpy_support
 
 from . import labels as L
 from .errors import InputError
+from .regions import regions_text
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 COLOR_TABLE_NAME = "RegistrationMisalignment colours"
@@ -33,6 +34,7 @@ def output_names(fixed_node) -> dict:
     names = {"labels": base, "segmentation": f"{base} segments", "table": f"{base} statistics"}
     names.update({f"probability_{L.CLASS_NAMES[v]}": f"{base} probability {L.CLASS_NAMES[v]}" for v in L.CLASS_VALUES})
     names["confidence"] = f"{base} confidence"
+    names["regions"] = f"{base} wrong regions"
     return names
 
 
@@ -377,13 +379,30 @@ def _fill_table(table_node, summary: dict) -> None:
 
 def status_text(summary: dict) -> str:
     """The module's status after a prediction: mL and percentage of the evaluated region per class, the map's mean
-    confidence, and one line per warning the prediction gave (a map to trust less)."""
+    confidence, the regions called wrong (RAS, as Slicer shows coordinates), and one line per warning the prediction
+    gave (a map to trust less)."""
     text = "  ".join(f"{name}: {_millilitres(c['ml'])} mL ({_percent(c['fraction'])} %)"
                      for name, c in summary["classes"].items())
     confidence = summary.get("mean_confidence")
     if confidence is not None:
         text += f"  mean confidence: {100 * confidence:.0f} %"
-    return "\n".join([text] + [f"Warning: {warning}" for warning in summary.get("warnings") or []])
+    lines = [text]
+    if "wrong_regions" in summary:
+        lines.append(regions_text(summary, ras=True))
+    return "\n".join(lines + [f"Warning: {warning}" for warning in summary.get("warnings") or []])
+
+
+def _fill_region_points(node, summary: dict) -> None:
+    """One locked control point at the centre of each of the largest regions called wrong, named with its rank and
+    volume, so that a click in the Markups module's list jumps the slice views there."""
+    node.RemoveAllControlPoints()
+    for rank, region in enumerate(summary.get("wrong_regions") or [], start=1):
+        ras = RAS_FROM_LPS @ np.asarray(region["centre_lps_mm"])
+        node.AddControlPoint(vtk.vtkVector3d(*ras), f"wrong {rank}: {_millilitres(region['ml'])} mL")
+    node.SetLocked(True)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetSelectedColor(*L.CLASS_COLORS[L.WRONG])
 
 
 def _millilitres(ml: float) -> str:
@@ -454,7 +473,9 @@ def add_result_nodes(fixed_node, result, probabilities: bool = False) -> dict:
         _fill_segmentation(segmentation, labels, fixed_node, colors, created)
         table = _output_node(scene, "vtkMRMLTableNode", "table", fixed_node, created)
         _fill_table(table, result.summary)
-        nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table}
+        regions = _output_node(scene, "vtkMRMLMarkupsFiducialNode", "regions", fixed_node, created)
+        _fill_region_points(regions, result.summary)
+        nodes = {"labels": labels, "colors": colors, "segmentation": segmentation, "table": table, "regions": regions}
         for key, image in images.items():
             nodes[key] = _output_node(scene, "vtkMRMLScalarVolumeNode", key, fixed_node, created)
             update_volume_node(nodes[key], image)

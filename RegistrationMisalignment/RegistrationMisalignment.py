@@ -27,8 +27,9 @@ class RegistrationMisalignment(ScriptedLoadableModule):
             "Predicts where a registration of two chest CTs is wrong. Pick the fixed volume and the moving volume "
             "already registered to it (or the moving volume and the registration transform), press Apply, and the "
             "fixed volume is overlaid with green (correct, &lt;= 3 mm), yellow (poor, 3-6 mm) and red (wrong, "
-            "&gt; 6 mm) regions inside the lungs or your mask. A statistics table gives the volume and percentage "
-            "of each class. Runs in the background; the inputs are never modified.")
+            "&gt; 6 mm) regions inside the lungs or your mask, with a colour legend. A statistics table gives the "
+            "volume and percentage of each class, and a point list marks the largest regions called wrong (click "
+            "one in the Markups module to go there). Runs in the background; the inputs are never modified.")
         self.parent.acknowledgementText = (
             "Method: H. Sokooti, S. Yousefi, M. S. Elmahdy, B. P. F. Lelieveldt, M. Staring, Hierarchical "
             "Prediction of Registration Misalignment using a Convolutional LSTM: Application to Chest CT Scans, "
@@ -246,6 +247,7 @@ class RegistrationMisalignmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(labels.shape, slicer.util.arrayFromVolume(fixed).shape)
         self.assertTrue(np.array_equal(before, slicer.util.arrayFromVolume(moving)))
         self.assertEqual(nodes["segmentation"].GetSegmentation().GetNumberOfSegments(), 3)
+        self.assertEqual(nodes["regions"].GetNumberOfControlPoints(), len(nodes["summary"]["wrong_regions"]))
         wrong = labels == L.WRONG
         correct = labels == L.CORRECT
         self.assertGreater(pair.magnitude_mm[wrong].mean(), pair.magnitude_mm[correct].mean())

@@ -20,6 +20,7 @@ CONFIDENCE_TABLE_NAME = "RegistrationMisalignment confidence"
 CONFIDENCE_RAMP = ((0.267, 0.005, 0.329), (0.128, 0.567, 0.551), (0.993, 0.906, 0.144))  # viridis: unsure -> sure
 CONFIDENCE_RANGE = (1.0 / 3.0, 1.0)  # the largest of three probabilities is at least 1/3
 LEGEND_TITLES = {"segmentation": "Registration misalignment", "confidence": "Confidence of the map"}
+REGION_POINT_COLOR = (0.3, 0.75, 1.0)  # light blue: seen on the red, yellow and green overlay alike
 LEGEND_SIZE = (0.25, 0.4)  # fractions of the view: wide enough for the class names to be read in a 400-pixel view
 FIXED_VOLUME_REFERENCE = "RegistrationMisalignmentFixedVolume"  # node reference role on output nodes: whose results
 # they hold (a reference, unlike an attribute, follows the volume when a saved scene is imported into another)
@@ -402,7 +403,7 @@ def _fill_region_points(node, summary: dict) -> None:
     node.SetLocked(True)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
-    node.GetDisplayNode().SetSelectedColor(*L.CLASS_COLORS[L.WRONG])
+    node.GetDisplayNode().SetSelectedColor(*REGION_POINT_COLOR)
 
 
 def _millilitres(ml: float) -> str:

@@ -71,7 +71,8 @@ def cohort(tmp_path_factory):
     records = [_record("p003"), _record("p002", (0.1, 0.8, 0.1), 9.5, 0.91),
                _record("p&1", (0.3, 0.2, 0.5), 12.0, 0.62)]
     records[1]["warnings"] = WARNINGS
-    records[1].update(wrong_region_count=0, wrong_regions=[])
+    records[1].update(wrong_region_count=0, wrong_regions=[], calibrated=True)
+    records[2]["calibrated"] = True
     records[2].update(wrong_region_count=7, wrong_regions=[{"ml": 123.4, "voxels": 123400,
                                                             "centre_lps_mm": [1.0, 2.0, 3.0], "extent_mm": [9, 9, 9]}])
     pngs = _thumbnails()
@@ -181,9 +182,10 @@ def test_summary_csv_rows_and_flags(cohort, tmp_path):
         rows = {row["case_id"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["p003", "p002", "p&1"]
     assert list(rows["p&1"]) == ["case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
-                                 "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "wrong_regions",
-                                 "largest_wrong_region_ml", "total_s", "device", "weights_sha256", "flagged",
-                                 "warnings"]
+                                 "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "calibrated",
+                                 "wrong_regions", "largest_wrong_region_ml", "total_s", "device", "weights_sha256",
+                                 "flagged", "warnings"]
+    assert [row["calibrated"] for row in rows.values()] == ["", "True", "True"]
     assert [(row["wrong_regions"], row["largest_wrong_region_ml"]) for row in rows.values()] == [
         ("", ""), ("0", "0.0"), ("7", "123.4")]
     assert rows["p002"]["warnings"] == " | ".join(WARNINGS) and rows["p&1"]["warnings"] == ""
@@ -285,3 +287,11 @@ def test_chromium_screenshot_shows_the_thumbnails(cohort, tmp_path):
         colour = overlay_rgb(np.array([[CT_VALUE]]), np.array([[value]]))[0, 0]
         matching = (np.abs(pixels - colour).max(axis=-1) < 6 / 255).sum()
         assert matching > 2000, f"{L.CLASS_NAMES[value]} overlay colour not rendered ({matching} pixels)"
+
+
+def test_the_report_says_which_cases_used_uncalibrated_weights(cohort):
+    out_dir, records = cohort
+    assert "uncalibrated" not in report_html(records, out_dir, THRESHOLD)
+    uncalibrated = [dict(record, calibrated=False) for record in records]  # the failed one has no map to calibrate
+    html = report_html(uncalibrated, out_dir, THRESHOLD)
+    assert "2 case(s) used uncalibrated weights" in html and "p002, p&amp;1" in html

@@ -230,7 +230,8 @@ def _predict_case(case: Case, predictor, settings: BatchSettings, fingerprint: d
                           "probabilities": PROBABILITIES_NAME if settings.probabilities else None,
                           "thumbnails": {view: f"{view}.png" for view in thumbnails}},
               "classes": summary["classes"], "mask_voxels": summary["mask_voxels"], "mask_ml": summary["mask_ml"],
-              "mean_confidence": summary["mean_confidence"], "wrong_region_count": summary["wrong_region_count"],
+              "mean_confidence": summary["mean_confidence"], "calibrated": summary["calibrated"],
+              "wrong_region_count": summary["wrong_region_count"],
               "wrong_regions": summary["wrong_regions"], "device": summary["device"],
               "precision": summary["precision"], "tile_size": summary.get("tile_size"), "worker": _worker()}
     publish(settings.out_dir, case.case_id, files, record, timings, started)

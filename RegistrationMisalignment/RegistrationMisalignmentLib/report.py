@@ -16,7 +16,7 @@ FLAG_MARKER = "\u2691 over threshold"
 WORST_WHEN_NONE_FLAGGED = 5
 THUMBNAIL_VIEWS = ("axial", "coronal", "sagittal")
 SUMMARY_COLUMNS = ("case_id", "status", "error", "correct_fraction", "poor_fraction", "wrong_fraction",
-                   "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "wrong_regions",
+                   "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "calibrated", "wrong_regions",
                    "largest_wrong_region_ml", "total_s", "device",
                    "weights_sha256", "flagged", "warnings")
 CLASSES = tuple(L.CLASS_NAMES[value] for value in L.CLASS_VALUES)
@@ -106,6 +106,7 @@ def summary_rows(records: list, flag_wrong_fraction: float) -> list:
         for field in ("fraction", "ml"):
             row.update({f"{name}_{field}": class_stat(record, name, field) for name in CLASSES})
         row.update(mask_ml=record.get("mask_ml"), mean_confidence=record.get("mean_confidence"),
+                   calibrated=record.get("calibrated"),
                    wrong_regions=record.get("wrong_region_count"),
                    largest_wrong_region_ml=largest_wrong_region(record),
                    total_s=(record.get("timings_s") or {}).get("total"), device=record.get("device"),
@@ -247,7 +248,19 @@ def _header(records: list, flag_wrong_fraction: float) -> str:
                      f"{escape(L.display_name(v))}</span>" for v in L.CLASS_VALUES)
     count_text = "".join(f'<span id="count-{escape(name)}">{escape(name)}: {n}</span>' for name, n in counts.items())
     return (f"<h1>{TITLE}</h1>\n<p class=\"counts\">{count_text}</p>\n<p>Model: {model_text}. Flagged: wrong "
-            f"fraction above {100 * flag_wrong_fraction:g} %.</p>\n<p class=\"legend\">{legend}</p>")
+            f"fraction above {100 * flag_wrong_fraction:g} %.</p>\n{_uncalibrated_note(records)}"
+            f"<p class=\"legend\">{legend}</p>")
+
+
+def _uncalibrated_note(records: list) -> str:
+    """A warning paragraph when some finished cases used uncalibrated weights, whose mean confidence is not the share
+    of voxels whose class is right; empty otherwise."""
+    cases = [str(r.get("case_id")) for r in records if r.get("status") == "done" and r.get("calibrated") is False]
+    if not cases:
+        return ""
+    return (f'<p class="warning">{len(cases)} case(s) used uncalibrated weights: their mean confidence is not the '
+            f"share of voxels whose class is right (calibrate the weights with <code>release --calibration-ct</code>"
+            f"). {escape(', '.join(cases[:10]))}{' ...' if len(cases) > 10 else ''}</p>\n")
 
 
 def report_html(records: list, out_dir, flag_wrong_fraction: float) -> str:

@@ -403,6 +403,16 @@ def test_training_options_out_of_range_are_refused_before_any_work(files, tmp_pa
     assert "--blocks must be at least 1, got 0" in _error_line(capsys)
 
 
+def test_train_refuses_a_run_folder_without_its_training_state_before_reading_a_ct(tmp_path, capsys):
+    run = tmp_path / "existing"
+    run.mkdir()
+    (run / "weights.safetensors").write_bytes(b"trained weights")
+    assert main(["train", "--ct", str(tmp_path / "not_read.nii.gz"), "--phantoms", "0", "--device", "cpu", "--out",
+                 str(run)]) == 2
+    assert f"--out {run} holds weights.safetensors but no training_state.pt to resume from" in _error_line(capsys)
+    assert [p.name for p in run.iterdir()] == ["weights.safetensors"]
+
+
 def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weights(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import sha256_of
     from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig

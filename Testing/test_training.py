@@ -1,6 +1,7 @@
 """Training loop: losses at every step, checkpoints, exact resume, exported weights."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from RegistrationMisalignmentLib.checkpoint import load_model
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.model import ModelConfig
 from RegistrationMisalignmentLib.sources import source_from_image
-from RegistrationMisalignmentLib.training import TrainConfig, hierarchy_loss, train, training_batches
+from RegistrationMisalignmentLib.training import (TrainConfig, check_before_loading_sources, hierarchy_loss, train,
+                                                  training_batches)
 
 MODEL = ModelConfig(features=4, hidden=4)
 
@@ -207,3 +209,23 @@ def test_a_source_ct_stored_without_its_rescale_intercept_is_refused_with_the_hi
     with caplog.at_level("WARNING", logger="RegistrationMisalignment"), pytest.raises(InputError, match="no air-filled"):
         source_from_image("shifted.nii.gz", shifted)
     assert "shifted.nii.gz: intensities" in caplog.text and "subtract 1024" in caplog.text
+
+
+def test_a_folder_holding_files_but_no_training_state_is_refused_and_left_as_it_is(sources, tmp_path):
+    """A finished run whose training_state.pt was deleted: training there would overwrite its weights."""
+    run = tmp_path / "finished"
+    run.mkdir()
+    (run / "weights.safetensors").write_bytes(b"trained weights")
+    (run / "history.json").write_text("[]")
+    with pytest.raises(InputError, match=re.escape(f"--out {run} holds history.json, weights.safetensors but no "
+                                                   "training_state.pt to resume from; training there would overwrite "
+                                                   "it: choose a new --out folder")):
+        train(sources, MODEL, _config(1), run, device="cpu", progress=False, log=lambda m: None)
+    assert sorted(p.name for p in run.iterdir()) == ["history.json", "weights.safetensors"]
+    assert (run / "weights.safetensors").read_bytes() == b"trained weights"
+    interrupted = tmp_path / "interrupted"  # stopped while saving its first checkpoint: the same run goes on
+    interrupted.mkdir()
+    for name in ("training_state.pt.tmp", "history.json.tmp", ".weights.safetensors.tmp"):
+        (interrupted / name).write_bytes(b"half")
+    check_before_loading_sources(interrupted, MODEL, _config(1))
+    check_before_loading_sources(tmp_path / "new" / "run", MODEL, _config(1))

@@ -76,8 +76,6 @@ def run_train(args) -> dict:
         require_positive(time_limit=args.time_limit)
     if not (args.ct or args.sources or args.phantoms):
         raise InputError("no training data: give --ct (repeatable), --sources or --phantoms N")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out} is a file; give a run folder (new, or one to resume)")
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,

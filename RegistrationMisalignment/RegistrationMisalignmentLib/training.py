@@ -28,6 +28,9 @@ LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
 LOADER_PREFETCH = 4  # batches each loader worker prepares ahead
 STATE_NAME = "training_state.pt"  # the resumable checkpoint in a run folder
+# what an interrupted save can leave in a run folder before its first checkpoint (save_state, write_history,
+# export_weights write a temporary file, then rename it)
+INTERRUPTED_SAVES = (STATE_NAME + ".tmp", "history.json.tmp", ".weights.safetensors.tmp")
 SYNTHESIS_AHEAD = 2  # batches a synthesis thread in the training process makes ahead of the step
 
 
@@ -259,10 +262,32 @@ def _differing_data(stored: dict, asked: dict) -> list:
     return differing
 
 
+def check_not_a_file(out_dir: Path) -> None:
+    """Raise InputError when the run folder to train in is a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; give a run folder (new, or one to resume)")
+
+
+def check_run_folder(out_dir) -> None:
+    """Raise InputError for a run folder that is a file, or that holds something but no training state to resume
+    from (a finished run whose state was deleted, other files): training there would overwrite it. An empty folder,
+    or one with only what an interrupted save left, is a new run's."""
+    out_dir = Path(out_dir)
+    check_not_a_file(out_dir)
+    if not out_dir.is_dir() or (out_dir / STATE_NAME).exists():
+        return
+    held = sorted(path.name for path in out_dir.iterdir() if path.name not in INTERRUPTED_SAVES)
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise InputError(f"--out {out_dir} holds {shown} but no {STATE_NAME} to resume from; training there would "
+                         "overwrite it: choose a new --out folder")
+
+
 def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> None:
-    """The checks `train` makes of its settings and of a run to resume, made before the sources are loaded (which
-    takes seconds per CT), so that a wrong option is reported at once."""
+    """The checks `train` makes of its settings, its run folder and a run to resume, made before the sources are
+    loaded (which takes seconds per CT), so that a wrong option is reported at once."""
     check_output_size(train_config.out_size)
+    check_run_folder(out_dir)
     state_path = Path(out_dir) / STATE_NAME
     if state_path.exists():
         check_same_run(Path(out_dir), torch.load(state_path, map_location="cpu", weights_only=True), model_config,
@@ -284,6 +309,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     With `time_limit_s`, training stops after the first step that ends past that many seconds of this call, with the
     checkpoint saved there (rerunning resumes)."""
     check_output_size(train_config.out_size)
+    check_run_folder(out_dir)
     device = resolve_device(device)
     if train_config.loader_workers > 0:
         if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work

@@ -318,6 +318,28 @@ def test_an_ablation_refuses_a_training_ct_as_held_out(files, tmp_path, capsys):
     assert not (tmp_path / "ablation").exists()
 
 
+def test_an_ablation_checks_its_options_as_train_does_before_reading_a_ct_or_making_a_folder(tmp_path, capsys):
+    out = tmp_path / "ablation"
+    base = ["ablation", "--out", str(out), "--ct", str(tmp_path / "not_read.nii.gz"), "--heldout-ct",
+            str(tmp_path / "heldout_not_read.nii.gz"), "--device", "cpu"]
+    cases = [(["--steps", "0"], "--steps must be at least 1, got 0"),
+             (["--steps", "-3", "--batch-size", "0"], "--steps must be at least 1, got -3"),
+             (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+             (["--samples", "0"], "--samples must be at least 1, got 0"),
+             (["--phantoms", "-1"], "--phantoms must be at least 0, got -1")]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        assert _error_line(capsys).endswith(message), extra
+    assert main(base[:3] + base[5:] + ["--phantoms", "0"]) == 2  # no --ct
+    assert _error_line(capsys).endswith("no training data: give --ct (repeatable) or --phantoms N")
+    assert not out.exists()
+    (out / "multires_cnn").mkdir(parents=True)
+    (out / "multires_cnn" / "weights.safetensors").write_bytes(b"trained weights")
+    assert main(base) == 2
+    assert f"--out {out / 'multires_cnn'} holds weights.safetensors but no training_state.pt" in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["multires_cnn"]
+
+
 def test_the_class_table_calls_confidence_calibrated_only_for_calibrated_weights():
     from RegistrationMisalignmentLib.cli import _class_table
     summary = {"mask_ml": 10.0, "classes": {"correct": {"ml": 10.0, "fraction": 1.0}}, "mean_confidence": 0.9}

@@ -158,6 +158,17 @@ def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_pha
     assert len(evaluated) == 3  # another sample count: evaluated afresh
 
 
+def test_an_ablation_without_training_data_is_refused_and_leaves_no_folder(small_phantom, tmp_path):
+    from RegistrationMisalignmentLib.ablation import run_ablation
+    from RegistrationMisalignmentLib.imageio import write_image
+    write_image(small_phantom[0], tmp_path / "heldout.nrrd")
+    config = TrainConfig(steps=1, batch_size=1, out_size=8, phantom_seeds=[])
+    with pytest.raises(InputError, match="no training data"):
+        run_ablation(config, tmp_path / "heldout.nrrd", tmp_path / "ablation", samples=1, base=MODEL, device="cpu",
+                     log=lambda m: None)
+    assert not (tmp_path / "ablation").exists()
+
+
 def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):
     from dataclasses import replace
     train(sources, MODEL, replace(_config(2), seed=1), tmp_path / "first", device="cpu", progress=False,

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor,
-                         output_folder, progress_bar, progress_lines, require_at_least, require_at_least_one,
-                         require_below, require_positive, require_share, set_threads)
+                         output_folder, progress_bar, progress_lines, require_at_least, require_positive, set_threads)
 from .cli_batch import BATCH_COMMANDS
+from .cli_training import check_training_options
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
@@ -67,15 +67,7 @@ def run_train(args) -> dict:
     from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
     from .training import TrainConfig, check_before_loading_sources, train
-    require_share(density_change=args.density_change)
-    require_at_least_one(steps=args.steps, batch_size=args.batch_size, validate_every=args.validate_every)
-    require_at_least(0, seed=args.seed, phantoms=args.phantoms, loader_workers=args.loader_workers)
-    require_below(100, "larger seeds draw the pairs of validation, held-out evaluation and calibration", seed=args.seed)
-    require_positive(learning_rate=args.learning_rate)
-    if args.time_limit is not None:
-        require_positive(time_limit=args.time_limit)
-    if not (args.ct or args.sources or args.phantoms):
-        raise InputError("no training data: give --ct (repeatable), --sources or --phantoms N")
+    check_training_options(args)
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,

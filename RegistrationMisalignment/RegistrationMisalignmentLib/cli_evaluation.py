@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, load_predictor, output_folder, progress_bar,
                          require_at_least, require_at_least_one, require_below, set_threads)
+from .cli_training import check_training_options
 from .errors import InputError
 
 
@@ -475,6 +476,7 @@ def run_ablation_command(args) -> dict:
     from .model import ModelConfig
     from .release import check_heldout_unseen
     from .training import TrainConfig
+    check_training_options(args)
     check_heldout_unseen(args.heldout_ct, args.ct)
     set_threads(args.threads)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size,

@@ -315,6 +315,9 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work
             raise InputError("--loader-device cuda: no CUDA GPU is available here; leave it out to synthesise on the "
                              "CPU")
+    if not sources:
+        raise InputError("no training data: no source to draw training pairs from (give CTs, phantoms or a sources "
+                         "file)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_NAME

@@ -435,6 +435,32 @@ def test_train_refuses_a_run_folder_without_its_training_state_before_reading_a_
     assert [p.name for p in run.iterdir()] == ["weights.safetensors"]
 
 
+def test_resuming_after_the_sources_file_or_starting_weights_changed_in_place_is_refused(files, tmp_path, capsys):
+    """The run records the sha256 of its sources file and starting weights: other contents at the same path are
+    refused, in one line, before any work."""
+    from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
+    start, sources, run = tmp_path / "start.safetensors", tmp_path / "sources.npz", tmp_path / "run"
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4)), start)
+    cache = ["cache-sources", "--phantoms", "0", "--out", str(sources)]
+    assert main([*cache, "--ct", str(files / "fixed.nrrd")]) == 0
+    train = ["train", "--sources", str(sources), "--phantoms", "0", "--init-weights", str(start), "--steps", "2",
+             "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--out", str(run),
+             "--json"]
+    assert main([*train, "--time-limit", "1e-6"]) == 0  # stopped after its first step, to be resumed
+    before = (run / "training_state.pt").read_bytes()
+    original = sources.read_bytes()
+    assert main([*cache, "--ct", str(files / "moving.nii.gz")]) == 0  # another CT's sources, at the same path
+    capsys.readouterr()
+    assert main(train) == 2
+    assert _error_line(capsys) == (f"error: {run}: the contents (sha256) of --sources {sources} changed since the run "
+                                   "started; resume it with the files it started with, or train in a new --out folder")
+    sources.write_bytes(original)
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4, temperature=0.5)), start)
+    assert main(train) == 2
+    assert f"the contents (sha256) of --init-weights {start} changed since the run started" in _error_line(capsys)
+    assert (run / "training_state.pt").read_bytes() == before
+
+
 def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weights(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import sha256_of
     from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig

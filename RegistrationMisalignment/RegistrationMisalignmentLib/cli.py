@@ -64,22 +64,12 @@ def _add_train(sub) -> None:
 
 def run_train(args) -> dict:
     """Train a model from the parsed arguments."""
-    from .checkpoint import sha256_of
     from .source_cache import load_cached_sources
-    from .training import TrainConfig, check_before_loading_sources, train
+    from .training import check_before_loading_sources, train, with_fingerprints
     check_training_options(args)
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
-    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
-                               learning_rate=args.learning_rate, validate_every=args.validate_every,
-                               seed=args.seed, ct_paths=[str(Path(p).resolve()) for p in args.ct],
-                               phantom_seeds=list(range(args.phantoms)),
-                               source_files=[str(Path(p).resolve()) for p in args.sources],
-                               loader_workers=args.loader_workers, loader_device=args.loader_device,
-                               density_change=args.density_change,
-                               synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
-                               init_weights=str(init_weights or ""),
-                               init_weights_sha256=sha256_of(init_weights) if init_weights else "")
+    train_config = with_fingerprints(_train_config(args, init_weights))
     check_before_loading_sources(args.out, model_config, train_config)
     sources = [s for path in args.sources for s in load_cached_sources(path)]
     if train_config.ct_paths or train_config.phantom_seeds:
@@ -89,6 +79,22 @@ def run_train(args) -> dict:
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log,
                    time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     return {k: v for k, v in result.items() if k != "history"}
+
+
+def _train_config(args, init_weights):
+    """The training settings from the parsed arguments and the weights to start from (None: random)."""
+    from .checkpoint import sha256_of
+    from .training import TrainConfig
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
+                       learning_rate=args.learning_rate, validate_every=args.validate_every,
+                       seed=args.seed, ct_paths=[str(Path(p).resolve()) for p in args.ct],
+                       phantom_seeds=list(range(args.phantoms)),
+                       source_files=[str(Path(p).resolve()) for p in args.sources],
+                       loader_workers=args.loader_workers, loader_device=args.loader_device,
+                       density_change=args.density_change,
+                       synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
+                       init_weights=str(init_weights or ""),
+                       init_weights_sha256=sha256_of(init_weights) if init_weights else "")
 
 
 def _training_model(args) -> tuple:

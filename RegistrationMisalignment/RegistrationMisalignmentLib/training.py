@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import export_weights, load_model, training_settings_of
+from .checkpoint import export_weights, load_model, sha256_of, training_settings_of
 from .errors import InputError
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
@@ -49,6 +49,7 @@ class TrainConfig:
     ct_paths: list = field(default_factory=list)
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
     source_files: list = field(default_factory=list)  # files written by cache-sources
+    source_files_sha256: list = field(default_factory=list)  # their contents when the run started ("": not there)
     phantom_fraction: float = 0.3
     loader_workers: int = 0  # >0: synthesise batches in this many processes while the device trains
     loader_device: str = "cpu"  # where those processes synthesise: "cpu", or "cuda" (each launches its own GPU work)
@@ -242,6 +243,10 @@ def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_
     if differing:
         raise InputError(f"{out_dir} holds a run started with {', '.join(differing)}; resume it with the options it "
                          "was started with, or train in a new --out folder")
+    changed = _changed_files(stored_train, asked_train)
+    if changed:
+        raise InputError(f"{out_dir}: the contents (sha256) of {' and '.join(changed)} changed since the run started; "
+                         "resume it with the files it started with, or train in a new --out folder")
 
 
 def _differing_data(stored: dict, asked: dict) -> list:
@@ -256,10 +261,36 @@ def _differing_data(stored: dict, asked: dict) -> list:
         differing.append(f"--phantoms {len(before)} (asked {len(now)})")
     elif before != now:  # the command line gives seeds 0..N-1, the Python API any
         differing.append(f"phantom seeds {before} (asked {now})")
-    if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:
+    if (stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]
+            and not _same_path(stored.get("init_weights"), asked["init_weights"])):
         differing.append(f"--init-weights {stored.get('init_weights') or 'none (random weights)'} "
                          f"(asked {asked['init_weights'] or 'none'})")
     return differing
+
+
+def _same_path(before: str, now: str) -> bool:
+    """Whether two stored paths name the same file (relative ones: from the current folder)."""
+    return bool(before and now) and Path(before).resolve() == Path(now).resolve()
+
+
+def _changed_files(stored: dict, asked: dict) -> list:
+    """The sources files and starting weights, at the paths a stored run started with, whose sha256 differs from
+    the one it recorded then (runs from before sources files were fingerprinted: their starting weights only)."""
+    changed = [f"--sources {path}" for path, before, now in
+               zip(asked["source_files"], stored.get("source_files_sha256", []), asked["source_files_sha256"])
+               if before and now and before != now]
+    if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:  # at the same path (else refused)
+        changed.append(f"--init-weights {asked['init_weights']}")
+    return changed
+
+
+def with_fingerprints(train: TrainConfig) -> TrainConfig:
+    """`train` with the sha256 of each of its sources files, computed once (kept when already there; "" for a file
+    that is not there, which loading it then names)."""
+    if len(train.source_files_sha256) == len(train.source_files):
+        return train
+    return replace(train, source_files_sha256=[sha256_of(path) if Path(path).is_file() else ""
+                                               for path in train.source_files])
 
 
 def check_not_a_file(out_dir: Path) -> None:
@@ -308,6 +339,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
 
     With `time_limit_s`, training stops after the first step that ends past that many seconds of this call, with the
     checkpoint saved there (rerunning resumes)."""
+    train_config = with_fingerprints(train_config)
     check_output_size(train_config.out_size)
     check_run_folder(out_dir)
     device = resolve_device(device)

@@ -354,6 +354,9 @@ def test_a_fine_tune_refuses_as_held_out_a_ct_its_starting_weights_trained_on(fi
     assert main(["train", "--ct", first_ct, *small, "--out", str(tmp_path / "first")]) == 0
     assert main(["train", "--ct", second_ct, *small, "--out", str(tmp_path / "second"), "--init-weights",
                  str(tmp_path / "first" / "weights.safetensors")]) == 0
+    assert "repeats its training tiles" not in caplog.text  # another CT: other tiles
+    assert main(["train", "--ct", first_ct, *small, "--out", str(tmp_path / "again"), "--init-weights",
+                 str(tmp_path / "first" / "weights.safetensors"), "--batch-size", "2"]) == 0
     assert "--seed 0 is the seed" in caplog.text and "repeats its training tiles" in caplog.text
     capsys.readouterr()
     assert main(["release", "--run", str(tmp_path / "second"), "--weights-out", str(tmp_path / "r.safetensors"),

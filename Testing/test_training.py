@@ -1,4 +1,5 @@
 """Training loop: losses at every step, checkpoints, exact resume, exported weights."""
+import hashlib
 import json
 import math
 import re
@@ -11,7 +12,7 @@ from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.model import ModelConfig
 from RegistrationMisalignmentLib.sources import source_from_image
 from RegistrationMisalignmentLib.training import (TrainConfig, check_before_loading_sources, hierarchy_loss, train,
-                                                  training_batches)
+                                                  training_batches, with_fingerprints)
 
 MODEL = ModelConfig(features=4, hidden=4)
 
@@ -185,6 +186,34 @@ def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):
     scratch = dict(load_model(tmp_path / "scratch" / "weights.safetensors").named_parameters())
     assert all(torch.allclose(tuned[k], initial[k], atol=1e-6) for k in initial)
     assert any(not torch.allclose(scratch[k], initial[k], atol=1e-4) for k in initial)
+
+
+def test_a_fine_tune_is_warned_of_repeated_tiles_only_when_it_would_draw_them(tmp_path, caplog):
+    """Tile i is drawn from the seed, tile size and training data alone: the batch size does not matter."""
+    from dataclasses import asdict, replace
+    from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, released_weights_path
+    from RegistrationMisalignmentLib.model import MisalignmentNet
+    from RegistrationMisalignmentLib.training import warn_if_same_tiles
+    sources_file = tmp_path / "sources.npz"
+    sources_file.write_bytes(b"the training CT's sources")
+    earlier = TrainConfig(batch_size=16, ct_paths=["/data/a.nii.gz"], source_files=["carry/sources.npz"],
+                          source_files_sha256=[hashlib.sha256(b"the training CT's sources").hexdigest()])
+    weights = tmp_path / "start.safetensors"
+    card_path(weights).write_text(json.dumps({"sha256": export_weights(MisalignmentNet(MODEL), weights),
+                                              "training": asdict(earlier)}))
+    same = TrainConfig(init_weights=str(weights), ct_paths=[str(tmp_path / "a.nii.gz")],
+                       source_files=[str(sources_file)])  # the same files, elsewhere
+    readme_example = TrainConfig(init_weights=str(released_weights_path()), ct_paths=["mine1.nii.gz", "mine2.nii.gz"],
+                                 learning_rate=5e-4, steps=1000, density_change=0.5)
+    cases = [(same, True), (replace(same, batch_size=2, density_change=0.5), True),
+             (replace(same, seed=1), False), (replace(same, out_size=16), False),
+             (replace(same, ct_paths=["b.nii.gz"]), False), (replace(same, phantom_seeds=[0]), False),
+             (replace(same, source_files_sha256=["0" * 64]), False), (readme_example, False)]
+    for config, warned in cases:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="RegistrationMisalignment"):
+            warn_if_same_tiles(with_fingerprints(config))
+        assert ("repeats its training tiles" in caplog.text) == warned, config
 
 
 def test_resuming_with_other_data_starting_weights_or_fewer_steps_is_refused_and_the_same_files_resume(

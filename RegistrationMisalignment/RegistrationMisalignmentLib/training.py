@@ -201,15 +201,41 @@ def fine_tuning_config(weights_path, **requested) -> ModelConfig:
     return initial.uncalibrated()
 
 
+TILE_SETTINGS = ("seed", "out_size", "phantom_fraction")  # with the training data: what draws tile i
+
+
 def warn_if_same_tiles(train: TrainConfig) -> None:
-    """Warn when a fine-tune has the --seed its starting weights were trained with: its sources, crops and fields
-    would repeat theirs, tile for tile (only the augmentation differs)."""
+    """Warn when a fine-tune would draw the training tiles its starting weights were trained on: tile i of a run is
+    drawn from its seed, tile size and training data alone (`sample_specs`), whatever its batch size."""
     earlier = training_settings_of(train.init_weights)
-    if earlier is not None and earlier.get("seed") == train.seed:
+    if earlier is not None and draws_the_same_tiles(earlier, asdict(train)):
         logging.getLogger("RegistrationMisalignment").warning(
-            f"--seed {train.seed} is the seed {train.init_weights} was trained with: this fine-tune repeats its "
-            "training tiles (the same crops and fields; only the augmentation differs); give another --seed for new "
-            "ones")
+            f"--seed {train.seed} is the seed {train.init_weights} was trained with, on the same training data and "
+            "--out-size: this fine-tune repeats its training tiles (the same crops and fields, whatever the batch "
+            "size; only --density-change can change their augmentation); give another --seed for new ones")
+
+
+def draws_the_same_tiles(earlier: dict, asked: dict) -> bool:
+    """Whether two runs' settings (TrainConfig dictionaries; older ones may lack entries) draw the same tiles."""
+    defaults = asdict(TrainConfig())
+    return (all(earlier.get(key, defaults[key]) == asked[key] for key in TILE_SETTINGS)
+            and list(earlier.get("phantom_seeds", [])) == list(asked["phantom_seeds"])
+            and _names(earlier, "ct_paths") == _names(asked, "ct_paths") and _same_sources_files(earlier, asked))
+
+
+def _names(settings: dict, key: str) -> list:
+    """The file names of the paths a run's settings hold under `key`."""
+    return [Path(path).name for path in settings.get(key, [])]
+
+
+def _same_sources_files(earlier: dict, asked: dict) -> bool:
+    """Whether two runs' sources files are the same, in order: by sha256 where both recorded it, else by name."""
+    before, now = _names(earlier, "source_files"), _names(asked, "source_files")
+    if len(before) != len(now):
+        return False
+    hashes_before = earlier.get("source_files_sha256") or [""] * len(before)
+    hashes_now = asked["source_files_sha256"] or [""] * len(now)
+    return all(a == b if a and b else x == y for x, y, a, b in zip(before, now, hashes_before, hashes_now))
 
 
 def start_from_weights(model: MisalignmentNet, weights_path) -> None:

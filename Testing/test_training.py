@@ -49,6 +49,26 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     assert 1000.0 < history[1]["seconds"] < 1000.0 + 300.0  # the clock goes on from the first session's time
 
 
+def test_the_last_step_is_validated_once_and_a_finished_run_returns_its_recorded_result(sources, tmp_path,
+                                                                                        monkeypatch):
+    import RegistrationMisalignmentLib.training as training
+    validated = []
+    validate = training.validate
+    monkeypatch.setattr(training, "validate", lambda *args: validated.append(args) or validate(*args))  # counted
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_state.pt.tmp").write_bytes(b"half")  # an interrupted first save: the run still starts here
+    first = train(sources, MODEL, _config(2), run, device="cpu", progress=False, log=lambda m: None)
+    assert len(validated) == 1 and first["finished"]  # step 2 only, not once more after the last step
+    saved = {path.name: path.read_bytes() for path in run.iterdir()}
+    messages = []
+    again = train([], MODEL, _config(2), run, device="cpu", progress=False, log=messages.append)  # nothing to draw from
+    assert again == first and len(validated) == 1
+    assert messages == [f"{run}: already finished at step 2; its recorded result, nothing trained again (a larger "
+                        "--steps trains on)"]
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == saved
+
+
 def test_a_time_limit_stops_with_a_checkpoint_and_rerunning_finishes_the_same_run(sources, tmp_path):
     straight = train(sources, MODEL, _config(4), tmp_path / "straight", device="cpu", progress=False,
                      log=lambda m: None)

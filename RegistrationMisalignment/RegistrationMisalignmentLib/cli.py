@@ -64,21 +64,27 @@ def _add_train(sub) -> None:
 
 def run_train(args) -> dict:
     """Train a model from the parsed arguments."""
-    from .source_cache import load_cached_sources
-    from .training import check_before_loading_sources, train, with_fingerprints
+    from .training import check_before_loading_sources, is_finished, train, with_fingerprints
     check_training_options(args)
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
     train_config = with_fingerprints(_train_config(args, init_weights))
-    check_before_loading_sources(args.out, model_config, train_config)
-    sources = [s for path in args.sources for s in load_cached_sources(path)]
-    if train_config.ct_paths or train_config.phantom_seeds:
-        from .sources import load_sources  # SimpleITK is needed only here
-        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
+    stored = check_before_loading_sources(args.out, model_config, train_config)
+    sources = [] if is_finished(stored, args.out, train_config) else _training_sources(train_config)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log,
                    time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     return {k: v for k, v in result.items() if k != "history"}
+
+
+def _training_sources(train_config) -> list:
+    """The sources to train on: the CTs, the phantoms, then the cached sources files."""
+    from .source_cache import load_cached_sources
+    sources = [s for path in train_config.source_files for s in load_cached_sources(path)]
+    if train_config.ct_paths or train_config.phantom_seeds:
+        from .sources import load_sources  # SimpleITK is needed only here
+        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
+    return sources
 
 
 def _train_config(args, init_weights):

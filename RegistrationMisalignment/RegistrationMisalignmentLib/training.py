@@ -28,6 +28,7 @@ LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
 LOADER_PREFETCH = 4  # batches each loader worker prepares ahead
 STATE_NAME = "training_state.pt"  # the resumable checkpoint in a run folder
+WEIGHTS_NAME = "weights.safetensors"  # the exported weights in a run folder
 # what an interrupted save can leave in a run folder before its first checkpoint (save_state, write_history,
 # export_weights write a temporary file, then rename it)
 INTERRUPTED_SAVES = (STATE_NAME + ".tmp", "history.json.tmp", ".weights.safetensors.tmp")
@@ -175,13 +176,24 @@ def validate(model: MisalignmentNet, samples: list) -> dict:
     return classification_report(cm)
 
 
-def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig, history):
-    """Write the resumable training state atomically (tensors and plain data only)."""
+def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig, history,
+               validation: dict):
+    """Write the resumable training state atomically (tensors and plain data only), with the step's validation."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "model_config": json.dumps(model_config.to_dict()), "train_config": json.dumps(asdict(train)),
-                "history": json.dumps(history), "machine": machine_description()}, tmp)
+                "history": json.dumps(history), "validation": json.dumps(validation),
+                "machine": machine_description()}, tmp)
     os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig,
+                    history: list, validation: dict) -> str:
+    """Save the training state, the weights and the history at `step`, in that order; returns the weights' sha256."""
+    save_state(out_dir / STATE_NAME, model, optimizer, step, model_config, train, history, validation)
+    sha = export_weights(model, out_dir / WEIGHTS_NAME, extra={"steps": step})
+    write_history(out_dir / "history.json", history)
+    return sha
 
 
 def write_history(path: Path, history: list) -> None:
@@ -340,15 +352,32 @@ def check_run_folder(out_dir) -> None:
                          "overwrite it: choose a new --out folder")
 
 
-def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> None:
+def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> Optional[dict]:
     """The checks `train` makes of its settings, its run folder and a run to resume, made before the sources are
-    loaded (which takes seconds per CT), so that a wrong option is reported at once."""
+    loaded (which takes seconds per CT), so that a wrong option is reported at once; returns the run's training
+    state (on the CPU), None for a new run."""
     check_output_size(train_config.out_size)
     check_run_folder(out_dir)
     state_path = Path(out_dir) / STATE_NAME
-    if state_path.exists():
-        check_same_run(Path(out_dir), torch.load(state_path, map_location="cpu", weights_only=True), model_config,
-                       train_config)
+    if not state_path.exists():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    check_same_run(Path(out_dir), state, model_config, train_config)
+    return state
+
+
+def is_finished(state: Optional[dict], out_dir, train_config: TrainConfig) -> bool:
+    """Whether a run's training state has trained the steps asked and recorded its result beside its weights (older
+    states did not record it): `train` then returns that result without loading, synthesising or validating."""
+    return (state is not None and state["step"] >= train_config.steps and "validation" in state
+            and (Path(out_dir) / WEIGHTS_NAME).is_file())
+
+
+def recorded_result(state: dict, out_dir: Path, device) -> dict:
+    """What `train` returned when a finished run ended, from its training state and weights."""
+    return {"validation": json.loads(state["validation"]), "sha256": sha256_of(out_dir / WEIGHTS_NAME),
+            "steps": state["step"], "finished": True, "history": json.loads(state["history"]), "device": str(device),
+            "machine": state["machine"]}
 
 
 def learning_rate(train: TrainConfig, step: int) -> float:
@@ -361,14 +390,18 @@ def learning_rate(train: TrainConfig, step: int) -> float:
 
 def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, out_dir, device="auto",
           progress: bool = True, log=print, time_limit_s: Optional[float] = None) -> dict:
-    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights.
+    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights. A run
+    that has trained its steps returns its recorded result at once (nothing synthesised, validated or written).
 
     With `time_limit_s`, training stops after the first step that ends past that many seconds of this call, with the
     checkpoint saved there (rerunning resumes)."""
-    train_config = with_fingerprints(train_config)
-    check_output_size(train_config.out_size)
-    check_run_folder(out_dir)
+    train_config, out_dir = with_fingerprints(train_config), Path(out_dir)
+    stored = check_before_loading_sources(out_dir, model_config, train_config)
     device = resolve_device(device)
+    if is_finished(stored, out_dir, train_config):
+        log(f"{out_dir}: already finished at step {stored['step']}; its recorded result, nothing trained again (a "
+            "larger --steps trains on)")
+        return recorded_result(stored, out_dir, device)
     if train_config.loader_workers > 0:
         if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work
             raise InputError("--loader-device cuda: no CUDA GPU is available here; leave it out to synthesise on the "
@@ -376,25 +409,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     if not sources:
         raise InputError("no training data: no source to draw training pairs from (give CTs, phantoms or a sources "
                          "file)")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / STATE_NAME
-    torch.manual_seed(train_config.seed)
-    model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
-                                  weight_decay=train_config.weight_decay)
-    step, history = 0, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        check_same_run(out_dir, state, model_config, train_config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = state["step"], json.loads(state["history"])
-        log(f"resuming from step {step}")
-    elif train_config.init_weights:
-        start_from_weights(model, train_config.init_weights)
-        log(f"fine-tuning from {train_config.init_weights}")
-        warn_if_same_tiles(train_config)
+    model, optimizer, step, history = _starting_point(model_config, train_config, out_dir / STATE_NAME, device, log)
     if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made
         sources = [source.to(device) for source in sources]
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
@@ -403,6 +419,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                unit="step")  # None: no bar when stderr is not a terminal (logs get the validation lines)
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # resumed: time keeps counting
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+    metrics = sha = None
     model.train()
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
@@ -420,15 +437,34 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                             "seconds": time.perf_counter() - started})
             log(f"step {step}: loss {loss.item():.3f} val accuracy {metrics['accuracy']:.3f} "
                 f"avg F1 {metrics['average_f1']:.3f}")
-            save_state(state_path, model, optimizer, step, model_config, train_config, history)
-            export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-            write_history(out_dir / "history.json", history)
+            sha = save_checkpoint(out_dir, model, optimizer, step, model_config, train_config, history, metrics)
         if out_of_time:
             log(f"time limit reached at step {step} of {train_config.steps}: checkpoint saved; the same command "
                 "resumes")
             break
     bar.close()
-    final = validate(model, validation)
-    sha = export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-    return {"validation": final, "sha256": sha, "steps": step, "finished": step >= train_config.steps,
+    if metrics is None:  # no step here: a finished run that recorded no result (older) or lost its weights
+        metrics = validate(model, validation)
+        sha = export_weights(model, out_dir / WEIGHTS_NAME, extra={"steps": step})
+    return {"validation": metrics, "sha256": sha, "steps": step, "finished": step >= train_config.steps,
             "history": history, "device": str(device), "machine": machine_description()}
+
+
+def _starting_point(model_config: ModelConfig, train_config: TrainConfig, state_path: Path, device, log) -> tuple:
+    """The model and optimiser to train, with the step and validation history they are at: resumed from the run's
+    training state, started from --init-weights, or new."""
+    torch.manual_seed(train_config.seed)
+    model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
+                                  weight_decay=train_config.weight_decay)
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        log(f"resuming from step {state['step']}")
+        return model, optimizer, state["step"], json.loads(state["history"])
+    if train_config.init_weights:
+        start_from_weights(model, train_config.init_weights)
+        log(f"fine-tuning from {train_config.init_weights}")
+        warn_if_same_tiles(train_config)
+    return model, optimizer, 0, []

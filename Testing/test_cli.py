@@ -485,6 +485,20 @@ def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weigh
     assert f"Fine-tuned from `{start.resolve()}` (sha256 `{sha256_of(start)}`)" in card
 
 
+def test_train_and_ablation_options_are_described_with_their_defaults():
+    import argparse
+    from RegistrationMisalignmentLib.cli import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("train", "ablation"):
+        for action in commands[command]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (command, action.dest)
+                if action.default not in (None, [], False):
+                    assert "default" in action.help, (command, action.dest)
+    architecture = next(a for a in commands["train"]._actions if a.dest == "architecture")
+    assert "default hierarchical_lstm, the paper's method; the released model is multires_cnn" in architecture.help
+
+
 def test_threads_bound_torch_and_simpleitk():
     from RegistrationMisalignmentLib.cli_common import set_threads
     from RegistrationMisalignmentLib.devices import default_threads

@@ -25,26 +25,32 @@ def _add_train(sub) -> None:
                                    "procedural phantoms). Re-running the same command resumes.")
     p.add_argument("--out", required=True, help="run folder (checkpoints, history, exported weights)")
     p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
-    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
+    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1; default 2)")
     p.add_argument("--sources", action="append", default=[],
                    help="sources file from `cache-sources` (repeatable); needs no SimpleITK")
     p.add_argument("--init-weights",
                    help="fine-tune: start from these weights ('released' = the bundled model) instead of random "
                         "ones; the architecture comes from them (a lower --learning-rate, e.g. 5e-4, suits this)")
     p.add_argument("--architecture", choices=["hierarchical_lstm", "multires_cnn", "single_cnn"],
-                   help="network (default hierarchical_lstm)")
+                   help="network (default hierarchical_lstm, the paper's method; the released model is multires_cnn)")
     p.add_argument("--features", type=int, help="channels per encoder layer (default 12)")
     p.add_argument("--hidden", type=int, help="channels of the recurrent state (default 12)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--out-size", type=int, default=32, help="S1 output tile edge per sample (multiple of 8)")
-    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=2000,
+                   help="training steps (default 2000); a finished run's folder trains on when it grows (the cosine "
+                        "learning-rate schedule is then spread over the new total)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per training step (default 4)")
+    p.add_argument("--out-size", type=int, default=32,
+                   help="S1 output tile edge per sample (multiple of 8; default 32)")
+    p.add_argument("--learning-rate", type=float, default=2e-3,
+                   help="peak learning rate, reached after 50 warm-up steps, then a cosine decay to 5 %% of it "
+                        "(default 2e-3)")
     p.add_argument("--validate-every", type=int, default=100,
                    help="steps between validations and checkpoints (default 100)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after this many minutes, with the checkpoint saved (rerunning resumes); for a "
                         "scheduler's time slot or a GPU lease")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the training tiles and the validation pairs, 0-99 (default 0)")
     p.add_argument("--density-change", type=float, default=0.0,
                    help="share of training pairs (0-1) in which one image's lungs get the density of another "
                         "breathing state, independent of the residual (default 0)")

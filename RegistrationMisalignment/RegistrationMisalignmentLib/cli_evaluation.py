@@ -458,14 +458,17 @@ def _add_ablation(sub) -> None:
                        description="Single-resolution CNN, multi-resolution CNN without LSTM and the hierarchical "
                                    "ConvLSTM, same data, steps and seeds; writes ablation.json and ablation.md. "
                                    "Re-running resumes.")
-    p.add_argument("--out", required=True)
-    p.add_argument("--ct", action="append", default=[], help="training CT; repeatable")
-    p.add_argument("--heldout-ct", required=True)
-    p.add_argument("--phantoms", type=int, default=2)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--samples", type=int, default=48)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", required=True,
+                   help="folder: a run folder per architecture (as `train --out`), ablation.json and ablation.md")
+    p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
+    p.add_argument("--heldout-ct", required=True, help="CT the comparison is made on; never trained on")
+    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1; default 2)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of each architecture (default 400)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per training step (default 4)")
+    p.add_argument("--samples", type=int, default=48,
+                   help="synthetic pairs from the held-out CT each model is scored on (default 48)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of torch and SimpleITK (default 0: all physical cores available)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 

@@ -318,6 +318,28 @@ def test_an_ablation_refuses_a_training_ct_as_held_out(files, tmp_path, capsys):
     assert not (tmp_path / "ablation").exists()
 
 
+def test_an_ablation_checks_its_options_as_train_does_before_reading_a_ct_or_making_a_folder(tmp_path, capsys):
+    out = tmp_path / "ablation"
+    base = ["ablation", "--out", str(out), "--ct", str(tmp_path / "not_read.nii.gz"), "--heldout-ct",
+            str(tmp_path / "heldout_not_read.nii.gz"), "--device", "cpu"]
+    cases = [(["--steps", "0"], "--steps must be at least 1, got 0"),
+             (["--steps", "-3", "--batch-size", "0"], "--steps must be at least 1, got -3"),
+             (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+             (["--samples", "0"], "--samples must be at least 1, got 0"),
+             (["--phantoms", "-1"], "--phantoms must be at least 0, got -1")]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        assert _error_line(capsys).endswith(message), extra
+    assert main(base[:3] + base[5:] + ["--phantoms", "0"]) == 2  # no --ct
+    assert _error_line(capsys).endswith("no training data: give --ct (repeatable) or --phantoms N")
+    assert not out.exists()
+    (out / "multires_cnn").mkdir(parents=True)
+    (out / "multires_cnn" / "weights.safetensors").write_bytes(b"trained weights")
+    assert main(base) == 2
+    assert f"--out {out / 'multires_cnn'} holds weights.safetensors but no training_state.pt" in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["multires_cnn"]
+
+
 def test_the_class_table_calls_confidence_calibrated_only_for_calibrated_weights():
     from RegistrationMisalignmentLib.cli import _class_table
     summary = {"mask_ml": 10.0, "classes": {"correct": {"ml": 10.0, "fraction": 1.0}}, "mean_confidence": 0.9}
@@ -332,6 +354,9 @@ def test_a_fine_tune_refuses_as_held_out_a_ct_its_starting_weights_trained_on(fi
     assert main(["train", "--ct", first_ct, *small, "--out", str(tmp_path / "first")]) == 0
     assert main(["train", "--ct", second_ct, *small, "--out", str(tmp_path / "second"), "--init-weights",
                  str(tmp_path / "first" / "weights.safetensors")]) == 0
+    assert "repeats its training tiles" not in caplog.text  # another CT: other tiles
+    assert main(["train", "--ct", first_ct, *small, "--out", str(tmp_path / "again"), "--init-weights",
+                 str(tmp_path / "first" / "weights.safetensors"), "--batch-size", "2"]) == 0
     assert "--seed 0 is the seed" in caplog.text and "repeats its training tiles" in caplog.text
     capsys.readouterr()
     assert main(["release", "--run", str(tmp_path / "second"), "--weights-out", str(tmp_path / "r.safetensors"),
@@ -403,6 +428,42 @@ def test_training_options_out_of_range_are_refused_before_any_work(files, tmp_pa
     assert "--blocks must be at least 1, got 0" in _error_line(capsys)
 
 
+def test_train_refuses_a_run_folder_without_its_training_state_before_reading_a_ct(tmp_path, capsys):
+    run = tmp_path / "existing"
+    run.mkdir()
+    (run / "weights.safetensors").write_bytes(b"trained weights")
+    assert main(["train", "--ct", str(tmp_path / "not_read.nii.gz"), "--phantoms", "0", "--device", "cpu", "--out",
+                 str(run)]) == 2
+    assert f"--out {run} holds weights.safetensors but no training_state.pt to resume from" in _error_line(capsys)
+    assert [p.name for p in run.iterdir()] == ["weights.safetensors"]
+
+
+def test_resuming_after_the_sources_file_or_starting_weights_changed_in_place_is_refused(files, tmp_path, capsys):
+    """The run records the sha256 of its sources file and starting weights: other contents at the same path are
+    refused, in one line, before any work."""
+    from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
+    start, sources, run = tmp_path / "start.safetensors", tmp_path / "sources.npz", tmp_path / "run"
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4)), start)
+    cache = ["cache-sources", "--phantoms", "0", "--out", str(sources)]
+    assert main([*cache, "--ct", str(files / "fixed.nrrd")]) == 0
+    train = ["train", "--sources", str(sources), "--phantoms", "0", "--init-weights", str(start), "--steps", "2",
+             "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--out", str(run),
+             "--json"]
+    assert main([*train, "--time-limit", "1e-6"]) == 0  # stopped after its first step, to be resumed
+    before = (run / "training_state.pt").read_bytes()
+    original = sources.read_bytes()
+    assert main([*cache, "--ct", str(files / "moving.nii.gz")]) == 0  # another CT's sources, at the same path
+    capsys.readouterr()
+    assert main(train) == 2
+    assert _error_line(capsys) == (f"error: {run}: the contents (sha256) of --sources {sources} changed since the run "
+                                   "started; resume it with the files it started with, or train in a new --out folder")
+    sources.write_bytes(original)
+    save_weights_with_card(MisalignmentNet(ModelConfig(features=4, hidden=4, temperature=0.5)), start)
+    assert main(train) == 2
+    assert f"the contents (sha256) of --init-weights {start} changed since the run started" in _error_line(capsys)
+    assert (run / "training_state.pt").read_bytes() == before
+
+
 def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weights(files, tmp_path, capsys):
     from RegistrationMisalignmentLib.checkpoint import sha256_of
     from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
@@ -422,6 +483,20 @@ def test_density_change_is_a_share_and_the_card_tells_it_with_the_starting_weigh
     card = weights.with_name("released.md").read_text()
     assert "in 50 % of the pairs one image's lungs have another breathing state's density" in card
     assert f"Fine-tuned from `{start.resolve()}` (sha256 `{sha256_of(start)}`)" in card
+
+
+def test_train_and_ablation_options_are_described_with_their_defaults():
+    import argparse
+    from RegistrationMisalignmentLib.cli import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("train", "ablation"):
+        for action in commands[command]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (command, action.dest)
+                if action.default not in (None, [], False):
+                    assert "default" in action.help, (command, action.dest)
+    architecture = next(a for a in commands["train"]._actions if a.dest == "architecture")
+    assert "default hierarchical_lstm, the paper's method; the released model is multires_cnn" in architecture.help
 
 
 def test_threads_bound_torch_and_simpleitk():
@@ -534,6 +609,8 @@ def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path
     assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0
     capsys.readouterr()
     monkeypatch.setattr(sources, "load_sources", lambda *args: pytest.fail("the sources were loaded"))
+    assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0  # finished: its recorded result at once
+    assert "already finished at step 1" in capsys.readouterr().err
     assert main([*common, "--batch-size", "1", "--out-size", "12"]) == 2
     assert "output tile size must be a positive multiple of 8, got 12" in _error_line(capsys)
     assert main([*common, "--batch-size", "2", "--out-size", "8"]) == 2

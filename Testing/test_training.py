@@ -1,6 +1,8 @@
 """Training loop: losses at every step, checkpoints, exact resume, exported weights."""
+import hashlib
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ from RegistrationMisalignmentLib.checkpoint import load_model
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.model import ModelConfig
 from RegistrationMisalignmentLib.sources import source_from_image
-from RegistrationMisalignmentLib.training import TrainConfig, hierarchy_loss, train, training_batches
+from RegistrationMisalignmentLib.training import (TrainConfig, check_before_loading_sources, hierarchy_loss, train,
+                                                  training_batches, with_fingerprints)
 
 MODEL = ModelConfig(features=4, hidden=4)
 
@@ -44,6 +47,26 @@ def test_interrupted_training_resumes_to_the_same_weights(sources, tmp_path):
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4]
     assert 1000.0 < history[1]["seconds"] < 1000.0 + 300.0  # the clock goes on from the first session's time
+
+
+def test_the_last_step_is_validated_once_and_a_finished_run_returns_its_recorded_result(sources, tmp_path,
+                                                                                        monkeypatch):
+    import RegistrationMisalignmentLib.training as training
+    validated = []
+    validate = training.validate
+    monkeypatch.setattr(training, "validate", lambda *args: validated.append(args) or validate(*args))  # counted
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_state.pt.tmp").write_bytes(b"half")  # an interrupted first save: the run still starts here
+    first = train(sources, MODEL, _config(2), run, device="cpu", progress=False, log=lambda m: None)
+    assert len(validated) == 1 and first["finished"]  # step 2 only, not once more after the last step
+    saved = {path.name: path.read_bytes() for path in run.iterdir()}
+    messages = []
+    again = train([], MODEL, _config(2), run, device="cpu", progress=False, log=messages.append)  # nothing to draw from
+    assert again == first and len(validated) == 1
+    assert messages == [f"{run}: already finished at step 2; its recorded result, nothing trained again (a larger "
+                        "--steps trains on)"]
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == saved
 
 
 def test_a_time_limit_stops_with_a_checkpoint_and_rerunning_finishes_the_same_run(sources, tmp_path):
@@ -156,6 +179,17 @@ def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_pha
     assert len(evaluated) == 3  # another sample count: evaluated afresh
 
 
+def test_an_ablation_without_training_data_is_refused_and_leaves_no_folder(small_phantom, tmp_path):
+    from RegistrationMisalignmentLib.ablation import run_ablation
+    from RegistrationMisalignmentLib.imageio import write_image
+    write_image(small_phantom[0], tmp_path / "heldout.nrrd")
+    config = TrainConfig(steps=1, batch_size=1, out_size=8, phantom_seeds=[])
+    with pytest.raises(InputError, match="no training data"):
+        run_ablation(config, tmp_path / "heldout.nrrd", tmp_path / "ablation", samples=1, base=MODEL, device="cpu",
+                     log=lambda m: None)
+    assert not (tmp_path / "ablation").exists()
+
+
 def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):
     from dataclasses import replace
     train(sources, MODEL, replace(_config(2), seed=1), tmp_path / "first", device="cpu", progress=False,
@@ -172,6 +206,34 @@ def test_fine_tuning_starts_from_the_given_weights(sources, tmp_path):
     scratch = dict(load_model(tmp_path / "scratch" / "weights.safetensors").named_parameters())
     assert all(torch.allclose(tuned[k], initial[k], atol=1e-6) for k in initial)
     assert any(not torch.allclose(scratch[k], initial[k], atol=1e-4) for k in initial)
+
+
+def test_a_fine_tune_is_warned_of_repeated_tiles_only_when_it_would_draw_them(tmp_path, caplog):
+    """Tile i is drawn from the seed, tile size and training data alone: the batch size does not matter."""
+    from dataclasses import asdict, replace
+    from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, released_weights_path
+    from RegistrationMisalignmentLib.model import MisalignmentNet
+    from RegistrationMisalignmentLib.training import warn_if_same_tiles
+    sources_file = tmp_path / "sources.npz"
+    sources_file.write_bytes(b"the training CT's sources")
+    earlier = TrainConfig(batch_size=16, ct_paths=["/data/a.nii.gz"], source_files=["carry/sources.npz"],
+                          source_files_sha256=[hashlib.sha256(b"the training CT's sources").hexdigest()])
+    weights = tmp_path / "start.safetensors"
+    card_path(weights).write_text(json.dumps({"sha256": export_weights(MisalignmentNet(MODEL), weights),
+                                              "training": asdict(earlier)}))
+    same = TrainConfig(init_weights=str(weights), ct_paths=[str(tmp_path / "a.nii.gz")],
+                       source_files=[str(sources_file)])  # the same files, elsewhere
+    readme_example = TrainConfig(init_weights=str(released_weights_path()), ct_paths=["mine1.nii.gz", "mine2.nii.gz"],
+                                 learning_rate=5e-4, steps=1000, density_change=0.5)
+    cases = [(same, True), (replace(same, batch_size=2, density_change=0.5), True),
+             (replace(same, seed=1), False), (replace(same, out_size=16), False),
+             (replace(same, ct_paths=["b.nii.gz"]), False), (replace(same, phantom_seeds=[0]), False),
+             (replace(same, source_files_sha256=["0" * 64]), False), (readme_example, False)]
+    for config, warned in cases:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="RegistrationMisalignment"):
+            warn_if_same_tiles(with_fingerprints(config))
+        assert ("repeats its training tiles" in caplog.text) == warned, config
 
 
 def test_resuming_with_other_data_starting_weights_or_fewer_steps_is_refused_and_the_same_files_resume(
@@ -207,3 +269,23 @@ def test_a_source_ct_stored_without_its_rescale_intercept_is_refused_with_the_hi
     with caplog.at_level("WARNING", logger="RegistrationMisalignment"), pytest.raises(InputError, match="no air-filled"):
         source_from_image("shifted.nii.gz", shifted)
     assert "shifted.nii.gz: intensities" in caplog.text and "subtract 1024" in caplog.text
+
+
+def test_a_folder_holding_files_but_no_training_state_is_refused_and_left_as_it_is(sources, tmp_path):
+    """A finished run whose training_state.pt was deleted: training there would overwrite its weights."""
+    run = tmp_path / "finished"
+    run.mkdir()
+    (run / "weights.safetensors").write_bytes(b"trained weights")
+    (run / "history.json").write_text("[]")
+    with pytest.raises(InputError, match=re.escape(f"--out {run} holds history.json, weights.safetensors but no "
+                                                   "training_state.pt to resume from; training there would overwrite "
+                                                   "it: choose a new --out folder")):
+        train(sources, MODEL, _config(1), run, device="cpu", progress=False, log=lambda m: None)
+    assert sorted(p.name for p in run.iterdir()) == ["history.json", "weights.safetensors"]
+    assert (run / "weights.safetensors").read_bytes() == b"trained weights"
+    interrupted = tmp_path / "interrupted"  # stopped while saving its first checkpoint: the same run goes on
+    interrupted.mkdir()
+    for name in ("training_state.pt.tmp", "history.json.tmp", ".weights.safetensors.tmp"):
+        (interrupted / name).write_bytes(b"half")
+    check_before_loading_sources(interrupted, MODEL, _config(1))
+    check_before_loading_sources(tmp_path / "new" / "run", MODEL, _config(1))

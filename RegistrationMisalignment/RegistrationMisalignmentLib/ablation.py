@@ -11,21 +11,25 @@ from .imageio import read_image, write_bytes
 from .checkpoint import load_model, sha256_of
 from .model import ARCHITECTURES, ModelConfig
 from .sources import load_sources, source_from_image
-from .training import TrainConfig, train
+from .training import TrainConfig, check_before_loading_sources, check_not_a_file, is_finished, train
 
 
 def run_ablation(train_config: TrainConfig, heldout_ct, out_dir, samples: int = 48, base: ModelConfig = None,
                  device="auto", log=print) -> dict:
-    """Train every architecture in `out_dir/<architecture>` (resumable) and evaluate each on `heldout_ct`."""
+    """Train every architecture in `out_dir/<architecture>` (resumable) and evaluate each on `heldout_ct`; the run
+    folders are checked as `train` checks its own, and the CTs read (the training ones only for a run to train),
+    before any folder is made."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = base or ModelConfig()
-    sources = load_sources(train_config.ct_paths, train_config.phantom_seeds)
+    check_not_a_file(out_dir)
+    configs = {name: replace(base or ModelConfig(), architecture=name) for name in ARCHITECTURES}
+    states = {name: check_before_loading_sources(out_dir / name, config, train_config)
+              for name, config in configs.items()}
     heldout = source_from_image(Path(heldout_ct).name, read_image(heldout_ct))
+    finished = all(is_finished(state, out_dir / name, train_config) for name, state in states.items())
+    sources = [] if finished else load_sources(train_config.ct_paths, train_config.phantom_seeds)
     results = {}
-    for architecture in ARCHITECTURES:
+    for architecture, config in configs.items():
         run = out_dir / architecture
-        config = replace(base, architecture=architecture)
         trained = train(sources, config, train_config, run, device=device, progress=False, log=log)
         model = load_model(run / "weights.safetensors")
         results[architecture] = {

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor,
-                         output_folder, progress_bar, progress_lines, require_at_least, require_at_least_one,
-                         require_below, require_positive, require_share, set_threads)
+                         output_folder, progress_bar, progress_lines, require_at_least, require_positive, set_threads)
 from .cli_batch import BATCH_COMMANDS
+from .cli_training import check_training_options
 from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
@@ -25,26 +25,32 @@ def _add_train(sub) -> None:
                                    "procedural phantoms). Re-running the same command resumes.")
     p.add_argument("--out", required=True, help="run folder (checkpoints, history, exported weights)")
     p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
-    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
+    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1; default 2)")
     p.add_argument("--sources", action="append", default=[],
                    help="sources file from `cache-sources` (repeatable); needs no SimpleITK")
     p.add_argument("--init-weights",
                    help="fine-tune: start from these weights ('released' = the bundled model) instead of random "
                         "ones; the architecture comes from them (a lower --learning-rate, e.g. 5e-4, suits this)")
     p.add_argument("--architecture", choices=["hierarchical_lstm", "multires_cnn", "single_cnn"],
-                   help="network (default hierarchical_lstm)")
+                   help="network (default hierarchical_lstm, the paper's method; the released model is multires_cnn)")
     p.add_argument("--features", type=int, help="channels per encoder layer (default 12)")
     p.add_argument("--hidden", type=int, help="channels of the recurrent state (default 12)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--out-size", type=int, default=32, help="S1 output tile edge per sample (multiple of 8)")
-    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=2000,
+                   help="training steps (default 2000); a finished run's folder trains on when it grows (the cosine "
+                        "learning-rate schedule is then spread over the new total)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per training step (default 4)")
+    p.add_argument("--out-size", type=int, default=32,
+                   help="S1 output tile edge per sample (multiple of 8; default 32)")
+    p.add_argument("--learning-rate", type=float, default=2e-3,
+                   help="peak learning rate, reached after 50 warm-up steps, then a cosine decay to 5 %% of it "
+                        "(default 2e-3)")
     p.add_argument("--validate-every", type=int, default=100,
                    help="steps between validations and checkpoints (default 100)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after this many minutes, with the checkpoint saved (rerunning resumes); for a "
                         "scheduler's time slot or a GPU lease")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the training tiles and the validation pairs, 0-99 (default 0)")
     p.add_argument("--density-change", type=float, default=0.0,
                    help="share of training pairs (0-1) in which one image's lungs get the density of another "
                         "breathing state, independent of the residual (default 0)")
@@ -64,41 +70,43 @@ def _add_train(sub) -> None:
 
 def run_train(args) -> dict:
     """Train a model from the parsed arguments."""
-    from .checkpoint import sha256_of
-    from .source_cache import load_cached_sources
-    from .training import TrainConfig, check_before_loading_sources, train
-    require_share(density_change=args.density_change)
-    require_at_least_one(steps=args.steps, batch_size=args.batch_size, validate_every=args.validate_every)
-    require_at_least(0, seed=args.seed, phantoms=args.phantoms, loader_workers=args.loader_workers)
-    require_below(100, "larger seeds draw the pairs of validation, held-out evaluation and calibration", seed=args.seed)
-    require_positive(learning_rate=args.learning_rate)
-    if args.time_limit is not None:
-        require_positive(time_limit=args.time_limit)
-    if not (args.ct or args.sources or args.phantoms):
-        raise InputError("no training data: give --ct (repeatable), --sources or --phantoms N")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out} is a file; give a run folder (new, or one to resume)")
+    from .training import check_before_loading_sources, is_finished, train, with_fingerprints
+    check_training_options(args)
     set_threads(args.threads)
     model_config, init_weights = _training_model(args)
-    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
-                               learning_rate=args.learning_rate, validate_every=args.validate_every,
-                               seed=args.seed, ct_paths=[str(Path(p).resolve()) for p in args.ct],
-                               phantom_seeds=list(range(args.phantoms)),
-                               source_files=[str(Path(p).resolve()) for p in args.sources],
-                               loader_workers=args.loader_workers, loader_device=args.loader_device,
-                               density_change=args.density_change,
-                               synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
-                               init_weights=str(init_weights or ""),
-                               init_weights_sha256=sha256_of(init_weights) if init_weights else "")
-    check_before_loading_sources(args.out, model_config, train_config)
-    sources = [s for path in args.sources for s in load_cached_sources(path)]
-    if train_config.ct_paths or train_config.phantom_seeds:
-        from .sources import load_sources  # SimpleITK is needed only here
-        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
+    train_config = with_fingerprints(_train_config(args, init_weights))
+    stored = check_before_loading_sources(args.out, model_config, train_config)
+    sources = [] if is_finished(stored, args.out, train_config) else _training_sources(train_config)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log,
                    time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     return {k: v for k, v in result.items() if k != "history"}
+
+
+def _training_sources(train_config) -> list:
+    """The sources to train on: the CTs, the phantoms, then the cached sources files."""
+    from .source_cache import load_cached_sources
+    sources = [s for path in train_config.source_files for s in load_cached_sources(path)]
+    if train_config.ct_paths or train_config.phantom_seeds:
+        from .sources import load_sources  # SimpleITK is needed only here
+        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
+    return sources
+
+
+def _train_config(args, init_weights):
+    """The training settings from the parsed arguments and the weights to start from (None: random)."""
+    from .checkpoint import sha256_of
+    from .training import TrainConfig
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, out_size=args.out_size,
+                       learning_rate=args.learning_rate, validate_every=args.validate_every,
+                       seed=args.seed, ct_paths=[str(Path(p).resolve()) for p in args.ct],
+                       phantom_seeds=list(range(args.phantoms)),
+                       source_files=[str(Path(p).resolve()) for p in args.sources],
+                       loader_workers=args.loader_workers, loader_device=args.loader_device,
+                       density_change=args.density_change,
+                       synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
+                       init_weights=str(init_weights or ""),
+                       init_weights_sha256=sha256_of(init_weights) if init_weights else "")
 
 
 def _training_model(args) -> tuple:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cli_common import (add_device, add_model_options, load_predictor, output_folder, progress_bar,
                          require_at_least, require_at_least_one, require_below, set_threads)
+from .cli_training import check_training_options
 from .errors import InputError
 
 
@@ -457,14 +458,17 @@ def _add_ablation(sub) -> None:
                        description="Single-resolution CNN, multi-resolution CNN without LSTM and the hierarchical "
                                    "ConvLSTM, same data, steps and seeds; writes ablation.json and ablation.md. "
                                    "Re-running resumes.")
-    p.add_argument("--out", required=True)
-    p.add_argument("--ct", action="append", default=[], help="training CT; repeatable")
-    p.add_argument("--heldout-ct", required=True)
-    p.add_argument("--phantoms", type=int, default=2)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--samples", type=int, default=48)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", required=True,
+                   help="folder: a run folder per architecture (as `train --out`), ablation.json and ablation.md")
+    p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
+    p.add_argument("--heldout-ct", required=True, help="CT the comparison is made on; never trained on")
+    p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1; default 2)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of each architecture (default 400)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per training step (default 4)")
+    p.add_argument("--samples", type=int, default=48,
+                   help="synthetic pairs from the held-out CT each model is scored on (default 48)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of torch and SimpleITK (default 0: all physical cores available)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -475,6 +479,7 @@ def run_ablation_command(args) -> dict:
     from .model import ModelConfig
     from .release import check_heldout_unseen
     from .training import TrainConfig
+    check_training_options(args)
     check_heldout_unseen(args.heldout_ct, args.ct)
     set_threads(args.threads)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size,

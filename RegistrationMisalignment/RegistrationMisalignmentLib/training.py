@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import export_weights, load_model, training_settings_of
+from .checkpoint import export_weights, load_model, sha256_of, training_settings_of
 from .errors import InputError
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, machine_description, resolve_device
 from .evaluation import lung_truth_and_prediction
@@ -28,6 +28,10 @@ LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
 LOADER_PREFETCH = 4  # batches each loader worker prepares ahead
 STATE_NAME = "training_state.pt"  # the resumable checkpoint in a run folder
+WEIGHTS_NAME = "weights.safetensors"  # the exported weights in a run folder
+# what an interrupted save can leave in a run folder before its first checkpoint (save_state, write_history,
+# export_weights write a temporary file, then rename it)
+INTERRUPTED_SAVES = (STATE_NAME + ".tmp", "history.json.tmp", ".weights.safetensors.tmp")
 SYNTHESIS_AHEAD = 2  # batches a synthesis thread in the training process makes ahead of the step
 
 
@@ -46,6 +50,7 @@ class TrainConfig:
     ct_paths: list = field(default_factory=list)
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
     source_files: list = field(default_factory=list)  # files written by cache-sources
+    source_files_sha256: list = field(default_factory=list)  # their contents when the run started ("": not there)
     phantom_fraction: float = 0.3
     loader_workers: int = 0  # >0: synthesise batches in this many processes while the device trains
     loader_device: str = "cpu"  # where those processes synthesise: "cpu", or "cuda" (each launches its own GPU work)
@@ -171,13 +176,24 @@ def validate(model: MisalignmentNet, samples: list) -> dict:
     return classification_report(cm)
 
 
-def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig, history):
-    """Write the resumable training state atomically (tensors and plain data only)."""
+def save_state(path: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig, history,
+               validation: dict):
+    """Write the resumable training state atomically (tensors and plain data only), with the step's validation."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "model_config": json.dumps(model_config.to_dict()), "train_config": json.dumps(asdict(train)),
-                "history": json.dumps(history), "machine": machine_description()}, tmp)
+                "history": json.dumps(history), "validation": json.dumps(validation),
+                "machine": machine_description()}, tmp)
     os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir: Path, model, optimizer, step: int, model_config: ModelConfig, train: TrainConfig,
+                    history: list, validation: dict) -> str:
+    """Save the training state, the weights and the history at `step`, in that order; returns the weights' sha256."""
+    save_state(out_dir / STATE_NAME, model, optimizer, step, model_config, train, history, validation)
+    sha = export_weights(model, out_dir / WEIGHTS_NAME, extra={"steps": step})
+    write_history(out_dir / "history.json", history)
+    return sha
 
 
 def write_history(path: Path, history: list) -> None:
@@ -197,15 +213,41 @@ def fine_tuning_config(weights_path, **requested) -> ModelConfig:
     return initial.uncalibrated()
 
 
+TILE_SETTINGS = ("seed", "out_size", "phantom_fraction")  # with the training data: what draws tile i
+
+
 def warn_if_same_tiles(train: TrainConfig) -> None:
-    """Warn when a fine-tune has the --seed its starting weights were trained with: its sources, crops and fields
-    would repeat theirs, tile for tile (only the augmentation differs)."""
+    """Warn when a fine-tune would draw the training tiles its starting weights were trained on: tile i of a run is
+    drawn from its seed, tile size and training data alone (`sample_specs`), whatever its batch size."""
     earlier = training_settings_of(train.init_weights)
-    if earlier is not None and earlier.get("seed") == train.seed:
+    if earlier is not None and draws_the_same_tiles(earlier, asdict(train)):
         logging.getLogger("RegistrationMisalignment").warning(
-            f"--seed {train.seed} is the seed {train.init_weights} was trained with: this fine-tune repeats its "
-            "training tiles (the same crops and fields; only the augmentation differs); give another --seed for new "
-            "ones")
+            f"--seed {train.seed} is the seed {train.init_weights} was trained with, on the same training data and "
+            "--out-size: this fine-tune repeats its training tiles (the same crops and fields, whatever the batch "
+            "size; only --density-change can change their augmentation); give another --seed for new ones")
+
+
+def draws_the_same_tiles(earlier: dict, asked: dict) -> bool:
+    """Whether two runs' settings (TrainConfig dictionaries; older ones may lack entries) draw the same tiles."""
+    defaults = asdict(TrainConfig())
+    return (all(earlier.get(key, defaults[key]) == asked[key] for key in TILE_SETTINGS)
+            and list(earlier.get("phantom_seeds", [])) == list(asked["phantom_seeds"])
+            and _names(earlier, "ct_paths") == _names(asked, "ct_paths") and _same_sources_files(earlier, asked))
+
+
+def _names(settings: dict, key: str) -> list:
+    """The file names of the paths a run's settings hold under `key`."""
+    return [Path(path).name for path in settings.get(key, [])]
+
+
+def _same_sources_files(earlier: dict, asked: dict) -> bool:
+    """Whether two runs' sources files are the same, in order: by sha256 where both recorded it, else by name."""
+    before, now = _names(earlier, "source_files"), _names(asked, "source_files")
+    if len(before) != len(now):
+        return False
+    hashes_before = earlier.get("source_files_sha256") or [""] * len(before)
+    hashes_now = asked["source_files_sha256"] or [""] * len(now)
+    return all(a == b if a and b else x == y for x, y, a, b in zip(before, now, hashes_before, hashes_now))
 
 
 def start_from_weights(model: MisalignmentNet, weights_path) -> None:
@@ -239,6 +281,10 @@ def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_
     if differing:
         raise InputError(f"{out_dir} holds a run started with {', '.join(differing)}; resume it with the options it "
                          "was started with, or train in a new --out folder")
+    changed = _changed_files(stored_train, asked_train)
+    if changed:
+        raise InputError(f"{out_dir}: the contents (sha256) of {' and '.join(changed)} changed since the run started; "
+                         "resume it with the files it started with, or train in a new --out folder")
 
 
 def _differing_data(stored: dict, asked: dict) -> list:
@@ -253,20 +299,85 @@ def _differing_data(stored: dict, asked: dict) -> list:
         differing.append(f"--phantoms {len(before)} (asked {len(now)})")
     elif before != now:  # the command line gives seeds 0..N-1, the Python API any
         differing.append(f"phantom seeds {before} (asked {now})")
-    if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:
+    if (stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]
+            and not _same_path(stored.get("init_weights"), asked["init_weights"])):
         differing.append(f"--init-weights {stored.get('init_weights') or 'none (random weights)'} "
                          f"(asked {asked['init_weights'] or 'none'})")
     return differing
 
 
-def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> None:
-    """The checks `train` makes of its settings and of a run to resume, made before the sources are loaded (which
-    takes seconds per CT), so that a wrong option is reported at once."""
+def _same_path(before: str, now: str) -> bool:
+    """Whether two stored paths name the same file (relative ones: from the current folder)."""
+    return bool(before and now) and Path(before).resolve() == Path(now).resolve()
+
+
+def _changed_files(stored: dict, asked: dict) -> list:
+    """The sources files and starting weights, at the paths a stored run started with, whose sha256 differs from
+    the one it recorded then (runs from before sources files were fingerprinted: their starting weights only)."""
+    changed = [f"--sources {path}" for path, before, now in
+               zip(asked["source_files"], stored.get("source_files_sha256", []), asked["source_files_sha256"])
+               if before and now and before != now]
+    if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:  # at the same path (else refused)
+        changed.append(f"--init-weights {asked['init_weights']}")
+    return changed
+
+
+def with_fingerprints(train: TrainConfig) -> TrainConfig:
+    """`train` with the sha256 of each of its sources files, computed once (kept when already there; "" for a file
+    that is not there, which loading it then names)."""
+    if len(train.source_files_sha256) == len(train.source_files):
+        return train
+    return replace(train, source_files_sha256=[sha256_of(path) if Path(path).is_file() else ""
+                                               for path in train.source_files])
+
+
+def check_not_a_file(out_dir: Path) -> None:
+    """Raise InputError when the run folder to train in is a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; give a run folder (new, or one to resume)")
+
+
+def check_run_folder(out_dir) -> None:
+    """Raise InputError for a run folder that is a file, or that holds something but no training state to resume
+    from (a finished run whose state was deleted, other files): training there would overwrite it. An empty folder,
+    or one with only what an interrupted save left, is a new run's."""
+    out_dir = Path(out_dir)
+    check_not_a_file(out_dir)
+    if not out_dir.is_dir() or (out_dir / STATE_NAME).exists():
+        return
+    held = sorted(path.name for path in out_dir.iterdir() if path.name not in INTERRUPTED_SAVES)
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise InputError(f"--out {out_dir} holds {shown} but no {STATE_NAME} to resume from; training there would "
+                         "overwrite it: choose a new --out folder")
+
+
+def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> Optional[dict]:
+    """The checks `train` makes of its settings, its run folder and a run to resume, made before the sources are
+    loaded (which takes seconds per CT), so that a wrong option is reported at once; returns the run's training
+    state (on the CPU), None for a new run."""
     check_output_size(train_config.out_size)
+    check_run_folder(out_dir)
     state_path = Path(out_dir) / STATE_NAME
-    if state_path.exists():
-        check_same_run(Path(out_dir), torch.load(state_path, map_location="cpu", weights_only=True), model_config,
-                       train_config)
+    if not state_path.exists():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    check_same_run(Path(out_dir), state, model_config, train_config)
+    return state
+
+
+def is_finished(state: Optional[dict], out_dir, train_config: TrainConfig) -> bool:
+    """Whether a run's training state has trained the steps asked and recorded its result beside its weights (older
+    states did not record it): `train` then returns that result without loading, synthesising or validating."""
+    return (state is not None and state["step"] >= train_config.steps and "validation" in state
+            and (Path(out_dir) / WEIGHTS_NAME).is_file())
+
+
+def recorded_result(state: dict, out_dir: Path, device) -> dict:
+    """What `train` returned when a finished run ended, from its training state and weights."""
+    return {"validation": json.loads(state["validation"]), "sha256": sha256_of(out_dir / WEIGHTS_NAME),
+            "steps": state["step"], "finished": True, "history": json.loads(state["history"]), "device": str(device),
+            "machine": state["machine"]}
 
 
 def learning_rate(train: TrainConfig, step: int) -> float:
@@ -279,35 +390,27 @@ def learning_rate(train: TrainConfig, step: int) -> float:
 
 def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, out_dir, device="auto",
           progress: bool = True, log=print, time_limit_s: Optional[float] = None) -> dict:
-    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights.
+    """Train (or resume) in `out_dir`; returns the final validation metrics and writes the exported weights. A run
+    that has trained its steps returns its recorded result at once (nothing synthesised, validated or written).
 
     With `time_limit_s`, training stops after the first step that ends past that many seconds of this call, with the
     checkpoint saved there (rerunning resumes)."""
-    check_output_size(train_config.out_size)
+    train_config, out_dir = with_fingerprints(train_config), Path(out_dir)
+    stored = check_before_loading_sources(out_dir, model_config, train_config)
     device = resolve_device(device)
+    if is_finished(stored, out_dir, train_config):
+        log(f"{out_dir}: already finished at step {stored['step']}; its recorded result, nothing trained again (a "
+            "larger --steps trains on)")
+        return recorded_result(stored, out_dir, device)
     if train_config.loader_workers > 0:
         if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work
             raise InputError("--loader-device cuda: no CUDA GPU is available here; leave it out to synthesise on the "
                              "CPU")
-    out_dir = Path(out_dir)
+    if not sources:
+        raise InputError("no training data: no source to draw training pairs from (give CTs, phantoms or a sources "
+                         "file)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / STATE_NAME
-    torch.manual_seed(train_config.seed)
-    model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
-                                  weight_decay=train_config.weight_decay)
-    step, history = 0, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        check_same_run(out_dir, state, model_config, train_config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = state["step"], json.loads(state["history"])
-        log(f"resuming from step {step}")
-    elif train_config.init_weights:
-        start_from_weights(model, train_config.init_weights)
-        log(f"fine-tuning from {train_config.init_weights}")
-        warn_if_same_tiles(train_config)
+    model, optimizer, step, history = _starting_point(model_config, train_config, out_dir / STATE_NAME, device, log)
     if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made
         sources = [source.to(device) for source in sources]
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
@@ -316,6 +419,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                unit="step")  # None: no bar when stderr is not a terminal (logs get the validation lines)
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # resumed: time keeps counting
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+    metrics = sha = None
     model.train()
     for inputs, targets in training_batches(sources, model_config, train_config, step, device):
         for group in optimizer.param_groups:
@@ -333,15 +437,34 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
                             "seconds": time.perf_counter() - started})
             log(f"step {step}: loss {loss.item():.3f} val accuracy {metrics['accuracy']:.3f} "
                 f"avg F1 {metrics['average_f1']:.3f}")
-            save_state(state_path, model, optimizer, step, model_config, train_config, history)
-            export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-            write_history(out_dir / "history.json", history)
+            sha = save_checkpoint(out_dir, model, optimizer, step, model_config, train_config, history, metrics)
         if out_of_time:
             log(f"time limit reached at step {step} of {train_config.steps}: checkpoint saved; the same command "
                 "resumes")
             break
     bar.close()
-    final = validate(model, validation)
-    sha = export_weights(model, out_dir / "weights.safetensors", extra={"steps": step})
-    return {"validation": final, "sha256": sha, "steps": step, "finished": step >= train_config.steps,
+    if metrics is None:  # no step here: a finished run that recorded no result (older) or lost its weights
+        metrics = validate(model, validation)
+        sha = export_weights(model, out_dir / WEIGHTS_NAME, extra={"steps": step})
+    return {"validation": metrics, "sha256": sha, "steps": step, "finished": step >= train_config.steps,
             "history": history, "device": str(device), "machine": machine_description()}
+
+
+def _starting_point(model_config: ModelConfig, train_config: TrainConfig, state_path: Path, device, log) -> tuple:
+    """The model and optimiser to train, with the step and validation history they are at: resumed from the run's
+    training state, started from --init-weights, or new."""
+    torch.manual_seed(train_config.seed)
+    model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
+                                  weight_decay=train_config.weight_decay)
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        log(f"resuming from step {state['step']}")
+        return model, optimizer, state["step"], json.loads(state["history"])
+    if train_config.init_weights:
+        start_from_weights(model, train_config.init_weights)
+        log(f"fine-tuning from {train_config.init_weights}")
+        warn_if_same_tiles(train_config)
+    return model, optimizer, 0, []

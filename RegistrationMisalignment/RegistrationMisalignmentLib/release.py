@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from .calibration import calibrate_weights
-from .checkpoint import (WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, load_model, sha256_of,
-                         training_settings_of)
+from .checkpoint import (WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, existing_card_path, load_model,
+                         markdown_card_path, sha256_of, training_settings_of, weights_stem)
 from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
@@ -53,7 +53,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             shutil.copyfile(run_weights, staged)
         heldout = evaluate_synthetic(model, source, samples, progress=True)
         card = {
-            "name": weights_out.stem,
+            "name": weights_stem(weights_out),
             "weights": weights_out.name,
             "sha256": sha256_of(staged),
             "architecture": model.config.to_dict(),
@@ -73,11 +73,16 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             "calibration": calibration,
         }
         write_card(staged, card)
-        for name in (weights_out.name, card_path(weights_out).name, weights_out.with_suffix(".md").name):
-            os.replace(staging / name, weights_out.with_name(name))
+        for path in release_files(weights_out):
+            os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return card
+
+
+def release_files(weights_out) -> list:
+    """What a release writes: the weights, their JSON model card and their Markdown card."""
+    return [Path(weights_out), card_path(weights_out), markdown_card_path(weights_out)]
 
 
 def _training_state(run_dir: Path) -> dict:
@@ -108,11 +113,11 @@ def starting_weights_ct_names(train: dict) -> list:
     init = train.get("init_weights")
     if not init:
         return []
-    path = Path(init)
-    card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    path = existing_card_path(init)
+    card = json.loads(path.read_text()) if path.is_file() else {}
     if "training_cts" in card:
         return card["training_cts"] + card.get("starting_weights_cts", [])
-    earlier = None if card else training_settings_of(path)
+    earlier = None if card else training_settings_of(init)
     if earlier is not None:
         return training_ct_names(earlier) + starting_weights_ct_names(earlier)
     log.warning(f"{init}: which CTs these starting weights were trained on is not known (no model card naming them, "
@@ -125,7 +130,7 @@ def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibratio
     the run (or the weights it started from) trained on, or calibrate on the held-out CT."""
     check_output_files({"--weights-out": weights_out}, {"the run's own weights": run_dir / "weights.safetensors"},
                        WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
-    for path in (card_path(weights_out), weights_out.with_suffix(".md")):  # published with the weights
+    for path in release_files(weights_out)[1:]:  # published with the weights
         check_output_path(path)
     check_heldout_unseen(heldout_ct, training_cts)
     if calibration_ct and _same_ct(calibration_ct, heldout_ct):
@@ -157,8 +162,8 @@ def _same_ct(a, b) -> bool:
 
 def write_card(weights, card: dict) -> None:
     """Write the model card of `weights`: JSON (with the sha256 checked on load) and Markdown, atomically."""
-    write_bytes(json.dumps(card, indent=1).encode(), card_path(Path(weights)))
-    write_bytes(markdown_card(card).encode(), Path(weights).with_name(card["name"] + ".md"))
+    write_bytes(json.dumps(card, indent=1).encode(), card_path(weights))
+    write_bytes(markdown_card(card).encode(), markdown_card_path(weights))
 
 
 def calibrate_release(model, run_weights, staged_weights, calibration_ct, calibration_samples: int, heldout_source,
@@ -281,7 +286,7 @@ def _pair_key(entry: dict) -> str:
 
 def read_card(weights) -> dict:
     """The model card of `weights`, or a one-line error when they have none."""
-    path = card_path(Path(weights))
+    path = existing_card_path(weights)
     if not path.exists():
         raise InputError(f"{weights} has no model card ({path.name}); results go only into released weights' cards")
     return json.loads(path.read_text())

@@ -122,7 +122,8 @@ def _add_cache_sources(sub) -> None:
                                    "SimpleITK).")
     p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
     p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
-    p.add_argument("--out", required=True, help="file to write (.npz)")
+    p.add_argument("--out", required=True, help="sources file to write: a new name ending in .npz (an existing file "
+                                                "is never replaced)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads of SimpleITK (default 0: all physical cores "
                                                            "available)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -130,13 +131,17 @@ def _add_cache_sources(sub) -> None:
 
 def run_cache_sources(args) -> dict:
     """Preprocess and save the sources."""
-    from .imageio import check_output_path
-    from .source_cache import save_sources
+    from .imageio import check_image_input, check_new_files, check_output_files
+    from .source_cache import SOURCES_FORMAT_HINT, SOURCES_SUFFIXES, save_sources
     from .sources import load_sources
-    check_output_path(args.out)
+    check_output_files({"--out": args.out}, {f"the same file as --ct {ct}": ct for ct in args.ct}, SOURCES_SUFFIXES,
+                       SOURCES_FORMAT_HINT)
+    check_new_files("--out", args.out)
     require_at_least(0, phantoms=args.phantoms)
     if not (args.ct or args.phantoms):
         raise InputError("nothing to cache: give --ct (repeatable) or --phantoms N")
+    for ct in args.ct:
+        check_image_input("--ct", ct)
     set_threads(args.threads)
     sources = load_sources(args.ct, range(args.phantoms))
     save_sources(sources, args.out)

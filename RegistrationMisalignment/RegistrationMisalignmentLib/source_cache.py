@@ -13,6 +13,9 @@ import numpy as np
 from .errors import InputError
 from .synthesis import source_from_arrays
 
+SOURCES_SUFFIXES = (".npz",)
+SOURCES_FORMAT_HINT = "a sources file is a NumPy archive; end the name with .npz"
+
 
 def save_sources(sources: list, path) -> None:
     """Write sources (1 mm HU rounded to int16, torso and lung masks) to a compressed .npz file, atomically."""

@@ -53,3 +53,35 @@ def test_a_release_named_with_dots_leaves_the_cards_of_other_weights_alone(cts, 
     assert json.loads((run / "weights.final.card.json").read_text())["name"] == "weights.final"
     assert "checked against `weights.final.card.json`" in (run / "weights.final.md").read_text()
     assert load_model(run / "weights.final.safetensors")
+
+
+def test_a_release_never_replaces_an_earlier_one_or_any_of_its_files(cts, tiny_model, tmp_path, capsys):
+    run = fake_run(tmp_path / "run", tiny_model, ct_paths=[str(cts / "moving.nii.gz")])
+    weights = tmp_path / "rel" / "mine.safetensors"
+    weights.parent.mkdir()
+    assert _release(run, weights, cts / "fixed.nrrd") == 0
+    card = json.loads(card_path(weights).read_text())
+    card_path(weights).write_text(json.dumps(dict(card, robustness={"added": "later"})))  # as --card adds
+    released = {path: path.read_bytes() for path in weights.parent.iterdir()}
+    capsys.readouterr()
+    assert _release(run, weights, cts / "fixed.nrrd") == 2
+    assert _error_line(capsys).endswith(f"--weights-out {weights} exists already; remove it or choose another "
+                                        "--weights-out (an existing file is never replaced)")
+    weights.unlink()  # the card and the Markdown stay: still refused, named
+    assert _release(run, weights, cts / "fixed.nrrd") == 2
+    assert f"--weights-out {weights}: {card_path(weights)} exists already" in _error_line(capsys)
+    assert {path: path.read_bytes() for path in weights.parent.iterdir()} == {
+        path: data for path, data in released.items() if path != weights}
+
+
+def test_a_release_whose_cts_are_not_there_is_refused_before_any_work(cts, tiny_model, tmp_path, capsys):
+    run = fake_run(tmp_path / "run", tiny_model, ct_paths=[str(cts / "moving.nii.gz")])
+    (tmp_path / "empty").mkdir()
+    weights, missing = tmp_path / "r.safetensors", tmp_path / "nothere.nii.gz"
+    cases = [((missing,), f"--heldout-ct {missing}: no such file or folder"),
+             ((cts / "fixed.nrrd", "--calibration-ct", missing), f"--calibration-ct {missing}: no such file or folder"),
+             ((cts / "fixed.nrrd", "--calibration-ct", tmp_path / "empty"), "folder holds no DICOM series")]
+    for (heldout, *extra), message in cases:
+        assert _release(run, weights, heldout, *map(str, extra)) == 2, extra
+        assert message in _error_line(capsys), extra
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]

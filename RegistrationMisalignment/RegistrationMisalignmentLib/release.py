@@ -16,7 +16,8 @@ from .checkpoint import (WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, exist
 from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
-from .imageio import check_output_files, check_output_path, read_image, same_file, write_bytes
+from .imageio import (check_image_input, check_new_files, check_output_files, check_output_path, read_image,
+                      same_file, write_bytes)
 from .landmark_evaluation import landmark_summary
 from .metrics import band_name, errors_near_boundary_text
 from .source_cache import cached_source_names
@@ -126,12 +127,17 @@ def starting_weights_ct_names(train: dict) -> list:
 
 
 def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct, training_cts) -> None:
-    """Raise InputError, before any work, for a release that would overwrite the run's weights, evaluate on a CT
-    the run (or the weights it started from) trained on, or calibrate on the held-out CT."""
+    """Raise InputError, before any work, for a release that would replace a file (the run's weights, an earlier
+    release), read a CT that is not there, evaluate on a CT the run (or the weights it started from) trained on, or
+    calibrate on the held-out CT."""
     check_output_files({"--weights-out": weights_out}, {"the run's own weights": run_dir / "weights.safetensors"},
                        WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
     for path in release_files(weights_out)[1:]:  # published with the weights
         check_output_path(path)
+    check_new_files("--weights-out", weights_out, release_files(weights_out))
+    for option, path in (("--heldout-ct", heldout_ct), ("--calibration-ct", calibration_ct)):
+        if path:
+            check_image_input(option, path)
     check_heldout_unseen(heldout_ct, training_cts)
     if calibration_ct and _same_ct(calibration_ct, heldout_ct):
         raise InputError(f"--calibration-ct {calibration_ct} is the held-out CT; calibrate on a training CT so that "

@@ -133,7 +133,7 @@ def run_cache_sources(args) -> dict:
     """Preprocess and save the sources."""
     from .imageio import check_image_input, check_new_files, check_output_files
     from .source_cache import SOURCES_FORMAT_HINT, SOURCES_SUFFIXES, save_sources
-    from .sources import load_sources
+    from .sources import fingerprinted_sources, phantom_sources
     check_output_files({"--out": args.out}, {f"the same file as --ct {ct}": ct for ct in args.ct}, SOURCES_SUFFIXES,
                        SOURCES_FORMAT_HINT)
     check_new_files("--out", args.out)
@@ -143,9 +143,11 @@ def run_cache_sources(args) -> dict:
     for ct in args.ct:
         check_image_input("--ct", ct)
     set_threads(args.threads)
-    sources = load_sources(args.ct, range(args.phantoms))
-    save_sources(sources, args.out)
-    summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources}}
+    cts = fingerprinted_sources(args.ct)
+    sources = [source for source, _ in cts] + phantom_sources(range(args.phantoms))
+    save_sources(sources, args.out, [fingerprint for _, fingerprint in cts])
+    summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources},
+               "fingerprints": {source.name: fingerprint for source, fingerprint in cts}}
     if not args.json:
         print(f"wrote {args.out}: " + ", ".join(f"{name} {shape}" for name, shape in summary["sources"].items()))
     return summary

@@ -17,10 +17,13 @@ SOURCES_SUFFIXES = (".npz",)
 SOURCES_FORMAT_HINT = "a sources file is a NumPy archive; end the name with .npz"
 
 
-def save_sources(sources: list, path) -> None:
-    """Write sources (1 mm HU rounded to int16, torso and lung masks) to a compressed .npz file, atomically."""
+def save_sources(sources: list, path, fingerprints=()) -> None:
+    """Write sources (1 mm HU rounded to int16, torso and lung masks) to a compressed .npz file, atomically, with the
+    content fingerprints (`sources.ct_fingerprint`) of the first ones, the CTs (phantoms have none)."""
     from .imageio import write_bytes
-    arrays = {"names": np.array(json.dumps([s.name for s in sources]))}
+    fingerprints = list(fingerprints) + [None] * (len(sources) - len(fingerprints))
+    arrays = {"names": np.array(json.dumps([s.name for s in sources])),
+              "fingerprints": np.array(json.dumps(fingerprints))}
     for i, source in enumerate(sources):
         arrays[f"hu_{i}"] = np.clip(np.rint(source.hu.numpy()), -1024, 3071).astype(np.int16)
         arrays[f"torso_{i}"] = source.torso.numpy()
@@ -38,10 +41,13 @@ def load_cached_sources(path) -> list:
                 for i, name in enumerate(names)]
 
 
-def cached_source_names(path) -> list:
-    """The names of the sources in a file written by save_sources (CT file names; phantoms start with "phantom")."""
+def cached_source_cts(path) -> list:
+    """(name, content fingerprint) of each CT in a sources file, phantoms left out; the fingerprint is None in files
+    that cache-sources 0.5.1 and earlier wrote."""
     with _opened(path) as data:
-        return json.loads(str(data["names"]))
+        names = json.loads(str(data["names"]))
+        fingerprints = json.loads(str(data["fingerprints"])) if "fingerprints" in data.files else [None] * len(names)
+    return [(name, fingerprint) for name, fingerprint in zip(names, fingerprints) if not name.startswith("phantom")]
 
 
 @contextlib.contextmanager

@@ -150,8 +150,7 @@ def _no_series_error(folder: Path) -> InputError:
 
 
 def check_image_input(option: str, path) -> None:
-    """Raise InputError, before any work, unless `path` is a file that can be opened or a folder with a DICOM series
-    (read_image tells the rest)."""
+    """Raise InputError, before any work, unless `path` is a file that opens or a folder with a DICOM series."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{option} {path}: no such file or folder")

@@ -98,8 +98,7 @@ def _training_state(run_dir: Path) -> dict:
 
 
 def training_cts(train: dict) -> list:
-    """(file name, content fingerprint or None) of each CT a run trained on: its CT paths (fingerprinted now, when
-    still there) and the CTs in its sources files (which must still be where the run read them)."""
+    """(file name, fingerprint or None) of each CT a run trained on: its --ct files and those in its sources files."""
     cts = [(Path(path).name, _fingerprint_if_there(path)) for path in train.get("ct_paths", [])]
     for sources_file in train.get("source_files", []):
         if not Path(sources_file).is_file():
@@ -162,8 +161,7 @@ def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibratio
 
 
 def read_unseen_cts(heldout_ct, calibration_ct, seen: list) -> tuple:
-    """The held-out and calibration (None if not given) images, each read once; InputError, before any work, when the
-    held-out CT is one of the `seen` training CTs or the calibration CT is the held-out CT (same voxels)."""
+    """The held-out and calibration (or None) images, read once; InputError if one was trained on, or they are one."""
     heldout = read_image(heldout_ct)
     fingerprint = ct_fingerprint(heldout)
     check_unseen("--heldout-ct", heldout_ct, fingerprint, seen)
@@ -185,8 +183,7 @@ def check_heldout_unseen(heldout_ct, training_cts) -> None:
 
 
 def check_unseen(option: str, ct, fingerprint, seen: list) -> None:
-    """Raise InputError when a CT is one of the `seen` (name, fingerprint) training CTs: the same voxels, or, where a
-    fingerprint is missing, the same file name (the error says so)."""
+    """Raise InputError when a CT has the voxels (lacking a fingerprint: the name) of a `seen` (name, fingerprint)."""
     for name, known in seen:
         if fingerprint is not None and known is not None:
             if fingerprint == known:

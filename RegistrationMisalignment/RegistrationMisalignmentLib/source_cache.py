@@ -18,8 +18,7 @@ SOURCES_FORMAT_HINT = "a sources file is a NumPy archive; end the name with .npz
 
 
 def save_sources(sources: list, path, fingerprints=()) -> None:
-    """Write sources (1 mm HU rounded to int16, torso and lung masks) to a compressed .npz file, atomically, with the
-    content fingerprints (`sources.ct_fingerprint`) of the first ones, the CTs (phantoms have none)."""
+    """Write sources (1 mm HU as int16, masks) and the first ones' (the CTs') fingerprints to an .npz, atomically."""
     from .imageio import write_bytes
     fingerprints = list(fingerprints) + [None] * (len(sources) - len(fingerprints))
     arrays = {"names": np.array(json.dumps([s.name for s in sources])),
@@ -42,8 +41,7 @@ def load_cached_sources(path) -> list:
 
 
 def cached_source_cts(path) -> list:
-    """(name, content fingerprint) of each CT in a sources file, phantoms left out; the fingerprint is None in files
-    that cache-sources 0.5.1 and earlier wrote."""
+    """(name, fingerprint) of each CT in a sources file (no phantoms); None in files of cache-sources <= 0.5.1."""
     with _opened(path) as data:
         names = json.loads(str(data["names"]))
         fingerprints = json.loads(str(data["fingerprints"])) if "fingerprints" in data.files else [None] * len(names)

@@ -72,9 +72,9 @@ def _source_and_fingerprint(name: str, ct: sitk.Image) -> tuple:
 
 
 def ct_fingerprint(ct: sitk.Image) -> str:
-    """sha256 of a CT's voxels as float32 in the network's orientation, with its size and spacing (to the micrometre):
-    the same for a renamed copy, a link, another file format or a DICOM series of the same scan."""
+    """sha256 of a CT's float32 voxels in LPS order, size and spacing: the same for any file holding that scan."""
     oriented = in_network_orientation(ct)
+    # spacing to the micrometre: NIfTI stores it as float32, DICOM as decimal text
     grid = [list(oriented.GetSize()), [round(s, 3) for s in oriented.GetSpacing()]]
     digest = hashlib.sha256(json.dumps(grid).encode())
     for plane in sitk.GetArrayViewFromImage(oriented):  # a slice at a time: no float32 copy of the whole CT

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model
+from RegistrationMisalignmentLib.checkpoint import card_path, export_weights, load_model, markdown_card_path
 from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.model import MisalignmentNet, ModelConfig
 
@@ -88,3 +88,25 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_executed(tmp_path, mo
     with pytest.raises(InputError, match="not a valid weights file"):
         load_model(legacy)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_weights_whose_names_share_the_part_before_a_dot_have_their_own_cards(tmp_path):
+    first, second = tmp_path / "mine.v1.safetensors", tmp_path / "mine.v2.safetensors"
+    for seed, path in ((1, first), (2, second)):
+        torch.manual_seed(seed)
+        sha = export_weights(MisalignmentNet(ModelConfig(features=4, hidden=4)), path)
+        card_path(path).write_text(json.dumps({"weights": path.name, "sha256": sha}))
+    assert (card_path(first).name, markdown_card_path(first).name) == ("mine.v1.card.json", "mine.v1.md")
+    assert card_path(tmp_path / "misalignment_multires.safetensors").name == "misalignment_multires.card.json"
+    assert load_model(first) and load_model(second)  # each checked against its own card
+
+
+def test_a_card_named_up_to_the_first_dot_by_0_5_1_is_still_checked_when_it_names_the_weights(tmp_path):
+    path = tmp_path / "mine.v1.safetensors"
+    export_weights(MisalignmentNet(ModelConfig(features=4, hidden=4)), path)
+    legacy = tmp_path / "mine.card.json"
+    legacy.write_text(json.dumps({"weights": "mine.v2.safetensors", "sha256": "0" * 64}))
+    assert load_model(path)  # another file's card
+    legacy.write_text(json.dumps({"weights": path.name, "sha256": "0" * 64}))
+    with pytest.raises(InputError, match="sha256 does not match"):
+        load_model(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from RegistrationMisalignmentLib.cli import main
+from RegistrationMisalignmentLib.imageio import write_image
 from RegistrationMisalignmentLib.source_cache import load_cached_sources
 from RegistrationMisalignmentLib.sources import load_sources
 
@@ -44,3 +45,23 @@ def test_a_file_that_is_not_a_sources_file_is_refused(tmp_path, capsys):
                      "--steps", "1", "--device", "cpu"]) == 2
         error = capsys.readouterr().err
         assert "not a complete sources file written by cache-sources" in error and "pickle" not in error, name
+
+
+def test_cache_sources_never_overwrites_an_input_or_an_existing_file(small_pair, tmp_path, capsys):
+    ct, sources = tmp_path / "mine.nii.gz", tmp_path / "sources.npz"
+    write_image(small_pair.fixed, ct)
+    sources.write_bytes(b"an earlier sources file")
+    (tmp_path / "link.npz").symlink_to(ct)
+    before = {path: path.read_bytes() for path in (ct, sources)}
+    cases = [(ct, "mine.nii.gz: a sources file is a NumPy archive; end the name with .npz"),
+             (tmp_path / "link.npz", f"--out {tmp_path / 'link.npz'} is the same file as --ct {ct}"),
+             (sources, f"--out {sources} exists already; remove it or choose another --out")]
+    for out, message in cases:
+        assert main(["cache-sources", "--ct", str(ct), "--phantoms", "0", "--out", str(out)]) == 2, out
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and message in error[0], (out, error)
+    assert main(["cache-sources", "--ct", str(ct), "--ct", str(tmp_path / "nothere.nii.gz"), "--phantoms", "0",
+                 "--out", str(tmp_path / "new.npz")]) == 2
+    assert f"--ct {tmp_path / 'nothere.nii.gz'}: no such file or folder" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in (ct, sources)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.npz", "mine.nii.gz", "sources.npz"]

@@ -49,10 +49,35 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
+def weights_stem(weights_path) -> str:
+    """The weights file's name without `.safetensors` (or its last suffix): what its cards are named after."""
+    name = Path(weights_path).name
+    return name[:-len(".safetensors")] if name.endswith(".safetensors") else Path(name).stem
+
+
 def card_path(weights_path) -> Path:
-    """The model card JSON that sits next to a weights file."""
+    """The model card JSON that sits next to a weights file (`mine.v1.safetensors`: `mine.v1.card.json`)."""
+    return Path(weights_path).with_name(weights_stem(weights_path) + ".card.json")
+
+
+def markdown_card_path(weights_path) -> Path:
+    """The Markdown model card that sits next to a weights file (`mine.v1.safetensors`: `mine.v1.md`)."""
+    return Path(weights_path).with_name(weights_stem(weights_path) + ".md")
+
+
+def existing_card_path(weights_path) -> Path:
+    """The card of a weights file: `card_path`, else a card of 0.5.1 or earlier (named to the first dot) naming it."""
     weights_path = Path(weights_path)
-    return weights_path.with_name(weights_path.name.split(".")[0] + ".card.json")
+    card, legacy = card_path(weights_path), weights_path.with_name(weights_path.name.split(".")[0] + ".card.json")
+    return legacy if not card.exists() and _names_weights(legacy, weights_path.name) else card
+
+
+def _names_weights(card: Path, name: str) -> bool:
+    """Whether a model card file exists and gives `name` as its weights file."""
+    try:
+        return json.loads(card.read_text()).get("weights") == name
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def export_weights(model: MisalignmentNet, path, extra: dict = None) -> str:
@@ -87,7 +112,7 @@ def weights_metadata(path) -> dict:
 
 def expected_sha256(weights_path):
     """The sha256 recorded in the model card next to the weights, or None if there is no card."""
-    card = card_path(weights_path)
+    card = existing_card_path(weights_path)
     if not card.exists():
         return None
     try:
@@ -122,8 +147,9 @@ def training_settings_of(weights):
     """The training settings (a `TrainConfig` as a dict) that made a weights file: from its model card, or from the
     training run folder it is the weights of; None when neither tells."""
     path = Path(weights)
-    if card_path(path).is_file():
-        return json.loads(card_path(path).read_text()).get("training")
+    card = existing_card_path(path)
+    if card.is_file():
+        return json.loads(card.read_text()).get("training")
     state = path.parent / "training_state.pt"
     if path.name == "weights.safetensors" and state.is_file():
         import torch

@@ -15,7 +15,6 @@ from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
 from . import __version__
 from .errors import CapturedWarnings, InputError, show_warnings
-from .regions import regions_text
 
 
 def _add_train(sub) -> None:
@@ -130,7 +129,8 @@ def _add_cache_sources(sub) -> None:
                                    "SimpleITK).")
     p.add_argument("--ct", action="append", default=[], help="training CT (file or DICOM folder); repeatable")
     p.add_argument("--phantoms", type=int, default=2, help="number of procedural phantoms (seeds 0..N-1)")
-    p.add_argument("--out", required=True, help="file to write (.npz)")
+    p.add_argument("--out", required=True, help="sources file to write: a new name ending in .npz (an existing file "
+                                                "is never replaced)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads of SimpleITK (default 0: all physical cores "
                                                            "available)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -138,17 +138,23 @@ def _add_cache_sources(sub) -> None:
 
 def run_cache_sources(args) -> dict:
     """Preprocess and save the sources."""
-    from .imageio import check_output_path
-    from .source_cache import save_sources
-    from .sources import load_sources
-    check_output_path(args.out)
+    from .imageio import check_image_input, check_new_files, check_output_files
+    from .source_cache import SOURCES_FORMAT_HINT, SOURCES_SUFFIXES, save_sources
+    from .sources import fingerprinted_sources, phantom_sources
+    check_output_files({"--out": args.out}, {f"the same file as --ct {ct}": ct for ct in args.ct}, SOURCES_SUFFIXES,
+                       SOURCES_FORMAT_HINT)
+    check_new_files("--out", args.out)
     require_at_least(0, phantoms=args.phantoms)
     if not (args.ct or args.phantoms):
         raise InputError("nothing to cache: give --ct (repeatable) or --phantoms N")
+    for ct in args.ct:
+        check_image_input("--ct", ct)
     set_threads(args.threads)
-    sources = load_sources(args.ct, range(args.phantoms))
-    save_sources(sources, args.out)
-    summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources}}
+    cts = fingerprinted_sources(args.ct)
+    sources = [source for source, _ in cts] + phantom_sources(range(args.phantoms))
+    save_sources(sources, args.out, [fingerprint for _, fingerprint in cts])
+    summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources},
+               "fingerprints": {source.name: fingerprint for source, fingerprint in cts}}
     if not args.json:
         print(f"wrote {args.out}: " + ", ".join(f"{name} {shape}" for name, shape in summary["sources"].items()))
     return summary
@@ -212,6 +218,7 @@ def _class_table(summary: dict) -> str:
                    "uncalibrated weights: not the share of voxels whose class is right; calibrate with `release "
                    "--calibration-ct` or `calibrate`")
         lines.append(f"mean confidence {100 * summary['mean_confidence']:.1f} % ({meaning})")
+    from .regions import regions_text  # SimpleITK: `train --sources` runs without it
     lines.append(regions_text(summary))
     return "\n".join(lines)
 

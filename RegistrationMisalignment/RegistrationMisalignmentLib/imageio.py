@@ -130,9 +130,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     """Read the largest DICOM series in a folder (with a warning naming it when there are several)."""
     series = _series_ids(folder)
     if not series:
-        below = _first_series_folder_below(folder)
-        raise InputError(f"{folder}: folder holds no DICOM series; pass an image file or a DICOM folder" + (
-            f" (its subfolder {below} holds one: pass that folder)" if below else ""))
+        raise _no_series_error(folder)
     files, uid = max(((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s), s) for s in series),
                      key=lambda found: len(found[0]))
     if len(series) > 1:
@@ -142,6 +140,29 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _no_series_error(folder: Path) -> InputError:
+    """The error for a folder without a DICOM series, naming a subfolder that holds one."""
+    below = _first_series_folder_below(folder)
+    return InputError(f"{folder}: folder holds no DICOM series; pass an image file or a DICOM folder" + (
+        f" (its subfolder {below} holds one: pass that folder)" if below else ""))
+
+
+def check_image_input(option: str, path) -> None:
+    """Raise InputError, before any work, unless `path` is a file that opens or a folder with a DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{option} {path}: no such file or folder")
+    if path.is_dir():
+        if not _series_ids(path):
+            raise _no_series_error(path)
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot be opened ({exc.strerror}); check its permissions") from None
 
 
 def _series_ids(folder) -> tuple:
@@ -287,6 +308,15 @@ def check_output_files(outputs: dict, inputs: dict, suffixes: tuple, format_hint
             if other_path and same_file(path, other_path):
                 raise InputError(f"{option} {path} is {what}; choose another output name (inputs are never "
                                  "overwritten)")
+
+
+def check_new_files(option: str, value, paths=()) -> None:
+    """Raise InputError when a file that an output option writes (default: its value) exists: none is replaced."""
+    for path in paths or [value]:
+        if os.path.lexists(path):
+            where = "" if same_file(path, value) else f": {path}"
+            raise InputError(f"{option} {value}{where} exists already; remove it or choose another {option} (an "
+                             "existing file is never replaced)")
 
 
 def same_file(a, b) -> bool:

@@ -11,16 +11,17 @@ from pathlib import Path
 import torch
 
 from .calibration import calibrate_weights
-from .checkpoint import (WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, load_model, sha256_of,
-                         training_settings_of)
+from .checkpoint import (WEIGHTS_FORMAT_HINT, WEIGHTS_SUFFIXES, card_path, existing_card_path, load_model,
+                         markdown_card_path, sha256_of, training_settings_of, weights_stem)
 from .devices import machine_description
 from .errors import InputError
 from .evaluation import evaluate_synthetic
-from .imageio import check_output_files, check_output_path, read_image, same_file, write_bytes
+from .imageio import (check_image_input, check_new_files, check_output_files, check_output_path, read_image,
+                      same_file, write_bytes)
 from .landmark_evaluation import landmark_summary
 from .metrics import band_name, errors_near_boundary_text
-from .source_cache import cached_source_names
-from .sources import source_from_image
+from .source_cache import cached_source_cts
+from .sources import ct_fingerprint, source_from_image
 
 log = logging.getLogger("RegistrationMisalignment")
 
@@ -32,35 +33,37 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
     run_dir, weights_out = Path(run_dir), Path(weights_out)
     state = _training_state(run_dir)
     train = json.loads(state["train_config"])
-    training_cts = training_ct_names(train)
-    starting_cts = starting_weights_ct_names(train)
-    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct, training_cts + starting_cts)
+    check_release_paths(run_dir, weights_out, heldout_ct, calibration_ct)
+    own_cts, starting_cts = training_cts(train), starting_weights_cts(train)
+    heldout_image, calibration_image = read_unseen_cts(heldout_ct, calibration_ct, own_cts + starting_cts)
     if state["step"] < train["steps"]:
         log.warning(f"{run_dir} stopped at step {state['step']} of the {train['steps']} asked (a time limit or an "
                     "interruption); releasing its weights as they are (rerun its `train` command to finish it)")
     history = json.loads(state["history"])
     run_weights = run_dir / "weights.safetensors"
     model = load_model(run_weights)
-    source = source_from_image(Path(heldout_ct).name, read_image(heldout_ct))
+    source = source_from_image(Path(heldout_ct).name, heldout_image)
     staging = Path(tempfile.mkdtemp(prefix=f".{weights_out.stem}.release-", dir=weights_out.parent))
     try:
         staged = staging / weights_out.name
         calibration = None
         if calibration_ct:
-            calibration = calibrate_release(model, run_weights, staged, calibration_ct, calibration_samples,
-                                            source, samples, heldout_ct, weights_out, temperature_only)
+            calibration = calibrate_release(model, run_weights, staged, calibration_ct, calibration_image,
+                                            calibration_samples, source, samples, heldout_ct, weights_out,
+                                            temperature_only)
         else:
             shutil.copyfile(run_weights, staged)
         heldout = evaluate_synthetic(model, source, samples, progress=True)
         card = {
-            "name": weights_out.stem,
+            "name": weights_stem(weights_out),
             "weights": weights_out.name,
             "sha256": sha256_of(staged),
             "architecture": model.config.to_dict(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "training": train,
-            "training_cts": training_cts,
-            "starting_weights_cts": starting_cts,  # what the weights a fine-tune started from were trained on
+            **_card_cts("training_cts", "training_ct_fingerprints", own_cts),
+            # what the weights a fine-tune started from were trained on
+            **_card_cts("starting_weights_cts", "starting_weights_ct_fingerprints", starting_cts),
             "training_steps": state["step"],
             "training_steps_asked": train["steps"],
             "training_seconds": history[-1]["seconds"] if history else None,
@@ -73,11 +76,16 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             "calibration": calibration,
         }
         write_card(staged, card)
-        for name in (weights_out.name, card_path(weights_out).name, weights_out.with_suffix(".md").name):
-            os.replace(staging / name, weights_out.with_name(name))
+        for path in release_files(weights_out):
+            os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return card
+
+
+def release_files(weights_out) -> list:
+    """What a release writes: the weights, their JSON model card and their Markdown card."""
+    return [Path(weights_out), card_path(weights_out), markdown_card_path(weights_out)]
 
 
 def _training_state(run_dir: Path) -> dict:
@@ -89,56 +97,108 @@ def _training_state(run_dir: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def training_ct_names(train: dict) -> list:
-    """The file names of the CTs a run trained on: its CT paths and the CTs inside its cached sources files (which
-    must still be where the run read them)."""
-    names = [Path(path).name for path in train.get("ct_paths", [])]
+def training_cts(train: dict) -> list:
+    """(file name, fingerprint or None) of each CT a run trained on: its --ct files and those in its sources files."""
+    cts = [(Path(path).name, _fingerprint_if_there(path)) for path in train.get("ct_paths", [])]
     for sources_file in train.get("source_files", []):
         if not Path(sources_file).is_file():
             raise InputError(f"{sources_file}: the run's sources file is not there (a relative path is read from the "
                              "folder `train` ran in: release from there, or put the file back)")
-        names += [Path(name).name for name in cached_source_names(sources_file) if not name.startswith("phantom")]
-    return names
+        cts += [(Path(name).name, fingerprint) for name, fingerprint in cached_source_cts(sources_file)]
+    return cts
 
 
-def starting_weights_ct_names(train: dict) -> list:
-    """The CTs that the weights a fine-tuned run started from were trained on: from their model card, or from the
-    run folder they are the weights of, followed back through its own start (empty for random weights; a warning when
-    they cannot be told)."""
+def _fingerprint_if_there(path):
+    """The content fingerprint of a CT file or DICOM folder, or None when it cannot be read (any more)."""
+    try:
+        return ct_fingerprint(read_image(path))
+    except InputError:
+        return None
+
+
+def starting_weights_cts(train: dict) -> list:
+    """(name, fingerprint or None) of the CTs that the weights a fine-tuned run started from were trained on: from
+    their model card, or from the run folder they are the weights of, followed back through its own start (empty for
+    random weights; a warning when they cannot be told)."""
     init = train.get("init_weights")
     if not init:
         return []
-    path = Path(init)
-    card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    path = existing_card_path(init)
+    card = json.loads(path.read_text()) if path.is_file() else {}
     if "training_cts" in card:
-        return card["training_cts"] + card.get("starting_weights_cts", [])
-    earlier = None if card else training_settings_of(path)
+        return (_recorded_cts(card, "training_cts", "training_ct_fingerprints")
+                + _recorded_cts(card, "starting_weights_cts", "starting_weights_ct_fingerprints"))
+    earlier = None if card else training_settings_of(init)
     if earlier is not None:
-        return training_ct_names(earlier) + starting_weights_ct_names(earlier)
+        return training_cts(earlier) + starting_weights_cts(earlier)
     log.warning(f"{init}: which CTs these starting weights were trained on is not known (no model card naming them, "
                 "no training run beside them); the held-out check covers this run's own CTs only")
     return []
 
 
-def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct, training_cts) -> None:
-    """Raise InputError, before any work, for a release that would overwrite the run's weights, evaluate on a CT
-    the run (or the weights it started from) trained on, or calibrate on the held-out CT."""
+def _card_cts(names_key: str, fingerprints_key: str, cts: list) -> dict:
+    """Card entries for (name, fingerprint) pairs: the names, and the fingerprints in the same order."""
+    return {names_key: [name for name, _ in cts], fingerprints_key: [fingerprint for _, fingerprint in cts]}
+
+
+def _recorded_cts(card: dict, names_key: str, fingerprints_key: str) -> list:
+    """The (name, fingerprint) pairs that `_card_cts` put into a card (cards of 0.5.1 and earlier: names only)."""
+    names = card.get(names_key) or []
+    return list(zip(names, card.get(fingerprints_key) or [None] * len(names)))
+
+
+def check_release_paths(run_dir: Path, weights_out: Path, heldout_ct, calibration_ct) -> None:
+    """Raise InputError, before any work, for a release that would replace a file (the run's weights, an earlier
+    release) or read a CT that is not there."""
     check_output_files({"--weights-out": weights_out}, {"the run's own weights": run_dir / "weights.safetensors"},
                        WEIGHTS_SUFFIXES, WEIGHTS_FORMAT_HINT)
-    for path in (card_path(weights_out), weights_out.with_suffix(".md")):  # published with the weights
+    for path in release_files(weights_out)[1:]:  # published with the weights
         check_output_path(path)
-    check_heldout_unseen(heldout_ct, training_cts)
-    if calibration_ct and _same_ct(calibration_ct, heldout_ct):
+    check_new_files("--weights-out", weights_out, release_files(weights_out))
+    for option, path in (("--heldout-ct", heldout_ct), ("--calibration-ct", calibration_ct)):
+        if path:
+            check_image_input(option, path)
+
+
+def read_unseen_cts(heldout_ct, calibration_ct, seen: list) -> tuple:
+    """The held-out and calibration (or None) images, read once; InputError if one was trained on, or they are one."""
+    heldout = read_image(heldout_ct)
+    fingerprint = ct_fingerprint(heldout)
+    check_unseen("--heldout-ct", heldout_ct, fingerprint, seen)
+    if not calibration_ct:
+        return heldout, None
+    calibration = read_image(calibration_ct)
+    if same_file(calibration_ct, heldout_ct) or ct_fingerprint(calibration) == fingerprint:
         raise InputError(f"--calibration-ct {calibration_ct} is the held-out CT; calibrate on a training CT so that "
                          "the held-out figures stay unseen")
+    return heldout, calibration
 
 
 def check_heldout_unseen(heldout_ct, training_cts) -> None:
-    """Raise InputError when the held-out CT is one of the training CTs (paths or names)."""
-    for training_ct in training_cts:
-        if _same_ct(heldout_ct, training_ct):
-            raise InputError(f"--heldout-ct {heldout_ct} is a training CT of this run or of the weights it started "
-                             f"from ({training_ct}); evaluate on a CT they never saw")
+    """Raise InputError when the held-out CT is one of these training CT files (paths), or has one's file name."""
+    for path in training_cts:
+        if same_file(heldout_ct, path):
+            _refuse_seen("--heldout-ct", heldout_ct, path)
+    check_unseen("--heldout-ct", heldout_ct, None, [(path, None) for path in training_cts])
+
+
+def check_unseen(option: str, ct, fingerprint, seen: list) -> None:
+    """Raise InputError when a CT has the voxels (lacking a fingerprint: the name) of a `seen` (name, fingerprint)."""
+    for name, known in seen:
+        if fingerprint is not None and known is not None:
+            if fingerprint == known:
+                _refuse_seen(option, ct, name)
+        elif Path(ct).name == Path(name).name:
+            raise InputError(f"{option} {ct} has the name of a training CT of this run or of the weights it started "
+                             f"from ({Path(name).name}); that CT is recorded without a fingerprint of its voxels, so "
+                             "this matched on the name only: if it is another scan (e.g. DICOM folders all called "
+                             "`series`), rename its file or folder")
+
+
+def _refuse_seen(option: str, ct, name) -> None:
+    """Raise the InputError for a CT that is the training CT `name`."""
+    raise InputError(f"{option} {ct} is a training CT of this run or of the weights it started from "
+                     f"({Path(name).name}); evaluate on a CT they never saw")
 
 
 def _stopped_early(card: dict) -> str:
@@ -149,25 +209,19 @@ def _stopped_early(card: dict) -> str:
     return f" Stopped early: {card['training_steps']} of the {asked} steps asked."
 
 
-def _same_ct(a, b) -> bool:
-    """Whether two CT paths are one file, or carry the same file name (paths stored in a run may be relative to
-    another working folder)."""
-    return same_file(a, b) or Path(a).name == Path(b).name
-
-
 def write_card(weights, card: dict) -> None:
     """Write the model card of `weights`: JSON (with the sha256 checked on load) and Markdown, atomically."""
-    write_bytes(json.dumps(card, indent=1).encode(), card_path(Path(weights)))
-    write_bytes(markdown_card(card).encode(), Path(weights).with_name(card["name"] + ".md"))
+    write_bytes(json.dumps(card, indent=1).encode(), card_path(weights))
+    write_bytes(markdown_card(card).encode(), markdown_card_path(weights))
 
 
-def calibrate_release(model, run_weights, staged_weights, calibration_ct, calibration_samples: int, heldout_source,
-                      samples: int, heldout_ct, weights_out, temperature_only: bool = False) -> dict:
-    """Held-out scores uncalibrated, then calibrate on `calibration_ct`, write the weights to `staged_weights` (to be
-    published as `weights_out`) and calibrate `model`."""
+def calibrate_release(model, run_weights, staged_weights, calibration_ct, calibration_image, calibration_samples: int,
+                      heldout_source, samples: int, heldout_ct, weights_out, temperature_only: bool = False) -> dict:
+    """Held-out scores uncalibrated, then calibrate on `calibration_ct` (read as `calibration_image`), write the weights
+    to `staged_weights` (to be published as `weights_out`) and calibrate `model`."""
     model.config = model.config.uncalibrated()
     uncalibrated = evaluate_synthetic(model, heldout_source, samples, progress=True)
-    fit = calibrate_weights(run_weights, source_from_image(Path(calibration_ct).name, read_image(calibration_ct)),
+    fit = calibrate_weights(run_weights, source_from_image(Path(calibration_ct).name, calibration_image),
                             staged_weights, calibration_samples, progress=True, temperature_only=temperature_only)
     model.config.temperature, model.config.class_bias = fit["temperature"], tuple(fit["class_bias"])
     keys = ("n", "accuracy", "average_f1", "expected_calibration_error")
@@ -281,7 +335,7 @@ def _pair_key(entry: dict) -> str:
 
 def read_card(weights) -> dict:
     """The model card of `weights`, or a one-line error when they have none."""
-    path = card_path(Path(weights))
+    path = existing_card_path(weights)
     if not path.exists():
         raise InputError(f"{weights} has no model card ({path.name}); results go only into released weights' cards")
     return json.loads(path.read_text())

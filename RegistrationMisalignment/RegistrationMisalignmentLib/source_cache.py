@@ -13,11 +13,16 @@ import numpy as np
 from .errors import InputError
 from .synthesis import source_from_arrays
 
+SOURCES_SUFFIXES = (".npz",)
+SOURCES_FORMAT_HINT = "a sources file is a NumPy archive; end the name with .npz"
 
-def save_sources(sources: list, path) -> None:
-    """Write sources (1 mm HU rounded to int16, torso and lung masks) to a compressed .npz file, atomically."""
+
+def save_sources(sources: list, path, fingerprints=()) -> None:
+    """Write sources (1 mm HU as int16, masks) and the first ones' (the CTs') fingerprints to an .npz, atomically."""
     from .imageio import write_bytes
-    arrays = {"names": np.array(json.dumps([s.name for s in sources]))}
+    fingerprints = list(fingerprints) + [None] * (len(sources) - len(fingerprints))
+    arrays = {"names": np.array(json.dumps([s.name for s in sources])),
+              "fingerprints": np.array(json.dumps(fingerprints))}
     for i, source in enumerate(sources):
         arrays[f"hu_{i}"] = np.clip(np.rint(source.hu.numpy()), -1024, 3071).astype(np.int16)
         arrays[f"torso_{i}"] = source.torso.numpy()
@@ -35,10 +40,12 @@ def load_cached_sources(path) -> list:
                 for i, name in enumerate(names)]
 
 
-def cached_source_names(path) -> list:
-    """The names of the sources in a file written by save_sources (CT file names; phantoms start with "phantom")."""
+def cached_source_cts(path) -> list:
+    """(name, fingerprint) of each CT in a sources file (no phantoms); None in files of cache-sources <= 0.5.1."""
     with _opened(path) as data:
-        return json.loads(str(data["names"]))
+        names = json.loads(str(data["names"]))
+        fingerprints = json.loads(str(data["fingerprints"])) if "fingerprints" in data.files else [None] * len(names)
+    return [(name, fingerprint) for name, fingerprint in zip(names, fingerprints) if not name.startswith("phantom")]
 
 
 @contextlib.contextmanager

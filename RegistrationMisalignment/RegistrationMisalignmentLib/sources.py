@@ -1,12 +1,17 @@
 """Training sources: real CTs resampled to 1 mm in LPS orientation with their masks, and phantoms."""
 from __future__ import annotations
 
+import hashlib
+import json
+
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
 from .imageio import read_image
 from .input_checks import warn_if_not_ct
 from .masks import lung_mask, torso_mask
+from .orientation import in_network_orientation
 from .phantom import make_chest_phantom
 from .pyramid import AIR_HU
 from .synthesis import Source, source_from_arrays
@@ -48,8 +53,30 @@ def source_from_image(name: str, ct: sitk.Image, lungs: sitk.Image = None) -> So
 
 def load_sources(ct_paths=(), phantom_seeds=()) -> list:
     """Load real CTs from files and build phantoms with the given seeds."""
-    sources = [source_from_image(str(p), read_image(p)) for p in ct_paths]
-    for seed in phantom_seeds:
-        ct, lungs = make_chest_phantom(seed)
-        sources.append(source_from_image(f"phantom-{seed}", ct, lungs))
-    return sources
+    return [source_from_image(str(p), read_image(p)) for p in ct_paths] + phantom_sources(phantom_seeds)
+
+
+def phantom_sources(seeds) -> list:
+    """Sources of the procedural phantoms with these seeds (named phantom-SEED)."""
+    return [source_from_image(f"phantom-{seed}", *make_chest_phantom(seed)) for seed in seeds]
+
+
+def fingerprinted_sources(ct_paths) -> list:
+    """(source, ct_fingerprint) of each CT file or DICOM folder, each read once."""
+    return [_source_and_fingerprint(str(p), read_image(p)) for p in ct_paths]
+
+
+def _source_and_fingerprint(name: str, ct: sitk.Image) -> tuple:
+    """A CT's training source and its content fingerprint."""
+    return source_from_image(name, ct), ct_fingerprint(ct)
+
+
+def ct_fingerprint(ct: sitk.Image) -> str:
+    """sha256 of a CT's float32 voxels in LPS order, size and spacing: the same for any file holding that scan."""
+    oriented = in_network_orientation(ct)
+    # spacing to the micrometre: NIfTI stores it as float32, DICOM as decimal text
+    grid = [list(oriented.GetSize()), [round(s, 3) for s in oriented.GetSpacing()]]
+    digest = hashlib.sha256(json.dumps(grid).encode())
+    for plane in sitk.GetArrayViewFromImage(oriented):  # a slice at a time: no float32 copy of the whole CT
+        digest.update(np.ascontiguousarray(plane, dtype=np.float32))
+    return digest.hexdigest()

@@ -1,6 +1,6 @@
 """RegistrationMisalignment engine: predict where a chest-CT registration is wrong (no Slicer needed)."""
 
-__version__ = "0.5.1"
+__version__ = "0.6.0"
 __all__ = ["MisalignmentPredictor", "PredictionResult"]
 
 

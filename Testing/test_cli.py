@@ -1,5 +1,6 @@
 """The command line: predict, demo, evaluate-synthetic; bad input exits 2 with one line and writes nothing."""
 import json
+import os
 import subprocess
 import sys
 
@@ -452,7 +453,9 @@ def test_resuming_after_the_sources_file_or_starting_weights_changed_in_place_is
     assert main([*train, "--time-limit", "1e-6"]) == 0  # stopped after its first step, to be resumed
     before = (run / "training_state.pt").read_bytes()
     original = sources.read_bytes()
-    assert main([*cache, "--ct", str(files / "moving.nii.gz")]) == 0  # another CT's sources, at the same path
+    other = tmp_path / "other.npz"  # another CT's sources, then moved to the same path (cache-sources replaces none)
+    assert main(["cache-sources", "--phantoms", "0", "--out", str(other), "--ct", str(files / "moving.nii.gz")]) == 0
+    os.replace(other, sources)
     capsys.readouterr()
     assert main(train) == 2
     assert _error_line(capsys) == (f"error: {run}: the contents (sha256) of --sources {sources} changed since the run "

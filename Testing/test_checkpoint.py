@@ -110,3 +110,8 @@ def test_a_card_named_up_to_the_first_dot_by_0_5_1_is_still_checked_when_it_name
     legacy.write_text(json.dumps({"weights": path.name, "sha256": "0" * 64}))
     with pytest.raises(InputError, match="sha256 does not match"):
         load_model(path)
+
+
+def test_a_weights_folder_is_refused_naming_the_weights_file_in_it(tmp_path):
+    with pytest.raises(InputError, match=r"it is a folder: give the weights file in it \(.*weights.safetensors"):
+        load_model(tmp_path)

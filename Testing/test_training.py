@@ -266,9 +266,11 @@ def test_a_source_ct_stored_without_its_rescale_intercept_is_refused_with_the_hi
     import SimpleITK as sitk
     ct, _ = small_phantom
     shifted = sitk.Cast(ct, sitk.sitkInt32) + 1024
-    with caplog.at_level("WARNING", logger="RegistrationMisalignment"), pytest.raises(InputError, match="no air-filled"):
+    with caplog.at_level("WARNING", logger="RegistrationMisalignment"), \
+            pytest.raises(InputError, match="no air-filled"):
         source_from_image("shifted.nii.gz", shifted)
     assert "shifted.nii.gz: intensities" in caplog.text and "subtract 1024" in caplog.text
+    assert caplog.text.rstrip().endswith("pairs made from it would teach the model other intensities")
 
 
 def test_a_folder_holding_files_but_no_training_state_is_refused_and_left_as_it_is(sources, tmp_path):

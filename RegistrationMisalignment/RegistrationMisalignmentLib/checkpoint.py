@@ -126,7 +126,8 @@ def load_model(path=None, map_location="cpu") -> MisalignmentNet:
     path = Path(path) if path is not None else released_weights_path()
     if not path.is_file():
         advice = (f"reinstall the package, or set {WEIGHTS_ENV} to the weights file" if path == released_weights_path()
-                  else "check the path of the weights file")
+                  else f"it is a folder: give the weights file in it ({path / 'weights.safetensors'} for a training "
+                  "run)" if path.is_dir() else "check the path of the weights file")
         raise InputError(f"{path}: weights file not found; {advice}")
     expected = expected_sha256(path)
     if expected is not None and sha256_of(path) != expected:

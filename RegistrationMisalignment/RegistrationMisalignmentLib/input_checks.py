@@ -27,12 +27,17 @@ def sampled_voxels(image: sitk.Image, samples: int = 200_000) -> np.ndarray:
     return np.asarray(array[::step, ::step, ::step], dtype=np.float32).ravel()
 
 
-def warn_if_not_ct(image: sitk.Image, name: str) -> None:
-    """Warn in one line when intensities do not look like CT in HU (a wrong rescale slope or intercept, not a CT)."""
+MAP_MAY_BE_MEANINGLESS = "the model expects HU, the map may be meaningless"
+TRAINING_PAIRS_MISLEAD = "training expects HU, pairs made from it would teach the model other intensities"
+
+
+def warn_if_not_ct(image: sitk.Image, name: str, consequence: str = MAP_MAY_BE_MEANINGLESS) -> None:
+    """Warn in one line when intensities do not look like CT in HU (a wrong rescale slope or intercept, not a CT),
+    saying what follows from it."""
     values = sampled_voxels(image)
     problem = hu_scale_problem(values) or _range_problem(values)
     if problem:
-        log.warning(f"{name}: {problem}; the model expects HU, the map may be meaningless")
+        log.warning(f"{name}: {problem}; {consequence}")
 
 
 def _range_problem(values: np.ndarray) -> str | None:

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .imageio import read_image
-from .input_checks import warn_if_not_ct
+from .input_checks import TRAINING_PAIRS_MISLEAD, warn_if_not_ct
 from .masks import lung_mask, torso_mask
 from .orientation import in_network_orientation
 from .phantom import make_chest_phantom
@@ -37,7 +37,7 @@ def to_lps_1mm(ct: sitk.Image) -> sitk.Image:
 def source_from_image(name: str, ct: sitk.Image, lungs: sitk.Image = None) -> Source:
     """Training source from a CT (any grid): 1 mm LPS, background set to air, torso and lung masks; a warning when
     its intensities do not look like HU."""
-    warn_if_not_ct(ct, name)
+    warn_if_not_ct(ct, name, TRAINING_PAIRS_MISLEAD)
     ct = to_lps_1mm(ct)
     torso = torso_mask(ct)
     if lungs is None:

@@ -174,6 +174,9 @@ def test_ablation_trains_every_architecture_the_same_way_and_tabulates(small_pha
                          device="cpu", log=messages.append)
     assert not evaluated and again["results"] == summary["results"]  # finished: nothing trained or evaluated again
     assert sum("reusing its held-out evaluation" in m for m in messages) == 3
+    trained_lines = [m for m in messages if "already finished" in m]
+    assert sorted(m.split(":")[0] for m in trained_lines) == sorted(params)  # each run's lines name its architecture
+    assert sum("held-out average F1 (class-stratified points)" in m for m in messages) == 3
     run_ablation(config, tmp_path / "heldout.nrrd", tmp_path / "ablation", samples=3, base=MODEL, device="cpu",
                  log=lambda m: None)
     assert len(evaluated) == 3  # another sample count: evaluated afresh

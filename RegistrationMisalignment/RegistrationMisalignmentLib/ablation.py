@@ -30,14 +30,16 @@ def run_ablation(train_config: TrainConfig, heldout_ct, out_dir, samples: int = 
     results = {}
     for architecture, config in configs.items():
         run = out_dir / architecture
-        trained = train(sources, config, train_config, run, device=device, progress=False, log=log)
+        trained = train(sources, config, train_config, run, device=device, progress=False,
+                        log=lambda line, name=architecture: log(f"{name}: {line}"))
         model = load_model(run / "weights.safetensors")
         results[architecture] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "training_seconds": trained["history"][-1]["seconds"] if trained["history"] else None,
             "heldout": heldout_evaluation(model, run, heldout, samples, log),
         }
-        log(f"{architecture}: {results[architecture]['heldout']['class_stratified_points']['average_f1']:.3f}")
+        log(f"{architecture}: held-out average F1 (class-stratified points) "
+            f"{results[architecture]['heldout']['class_stratified_points']['average_f1']:.3f}")
     summary = {"train_config": train_config.__dict__, "heldout_ct": str(heldout_ct), "samples": samples,
                "results": results}
     write_bytes(json.dumps(summary, indent=1).encode(), out_dir / "ablation.json")

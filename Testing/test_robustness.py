@@ -110,3 +110,19 @@ def test_card_option_adds_the_results_to_a_released_models_card(small_phantom, t
     assert card["robustness"]["command"].endswith(f"--condition identical --weights {released}")
     markdown = released.with_name(card["name"] + ".md").read_text()
     assert "## Robustness to how real pairs differ" in markdown and "| moving = fixed | correct | 100.0 % |" in markdown
+
+
+def test_card_option_refuses_a_ct_the_weights_were_trained_on(small_phantom, tmp_path, capsys):
+    from RegistrationMisalignmentLib.sources import ct_fingerprint
+    path = tmp_path / "renamed_training_ct.nrrd"
+    sitk.WriteImage(small_phantom[0], str(path))
+    released = tmp_path / released_weights_path().name
+    shutil.copyfile(released_weights_path(), released)
+    card = json.loads(card_path(released_weights_path()).read_text())
+    card["training_ct_fingerprints"] = [ct_fingerprint(small_phantom[0])]  # as if trained on this CT
+    card_path(released).write_text(json.dumps(card))
+    before = card_path(released).read_text()
+    assert main(["evaluate-robustness", "--ct", str(path), "--condition", "identical", "--device", "cpu",
+                 "--weights", str(released), "--card"]) == 2
+    assert "is a training CT of this run or of the weights it started from" in capsys.readouterr().err
+    assert card_path(released).read_text() == before

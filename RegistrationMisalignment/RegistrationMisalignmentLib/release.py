@@ -126,8 +126,7 @@ def starting_weights_cts(train: dict) -> list:
     path = existing_card_path(init)
     card = json.loads(path.read_text()) if path.is_file() else {}
     if "training_cts" in card:
-        return (_recorded_cts(card, "training_cts", "training_ct_fingerprints")
-                + _recorded_cts(card, "starting_weights_cts", "starting_weights_ct_fingerprints"))
+        return card_training_cts(card)
     earlier = None if card else training_settings_of(init)
     if earlier is not None:
         return training_cts(earlier) + starting_weights_cts(earlier)
@@ -139,6 +138,12 @@ def starting_weights_cts(train: dict) -> list:
 def _card_cts(names_key: str, fingerprints_key: str, cts: list) -> dict:
     """Card entries for (name, fingerprint) pairs: the names, and the fingerprints in the same order."""
     return {names_key: [name for name, _ in cts], fingerprints_key: [fingerprint for _, fingerprint in cts]}
+
+
+def card_training_cts(card: dict) -> list:
+    """(name, fingerprint or None) of every CT a model card says its weights were trained on, their start's too."""
+    return (_recorded_cts(card, "training_cts", "training_ct_fingerprints")
+            + _recorded_cts(card, "starting_weights_cts", "starting_weights_ct_fingerprints"))
 
 
 def _recorded_cts(card: dict, names_key: str, fingerprints_key: str) -> list:

@@ -47,3 +47,12 @@ def test_the_probe_times_steps_only_after_the_batches_the_workers_queued_at_star
         seconds = device_train.probe_step_seconds([], None, base, (workers, "cuda"), "cuda", tmp_path)
         assert runs[-1].validate_every == untimed and runs[-1].steps == untimed + 20
         assert seconds == pytest.approx(10.0 / 20)
+
+
+def test_a_missing_sources_file_is_one_line_naming_where_it_is_looked_for(monkeypatch, tmp_path):
+    monkeypatch.setenv("SOURCES", str(tmp_path / "nowhere.npz"))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    with pytest.raises(SystemExit, match=r"nowhere.npz: no such sources file; run from the repository root .* "
+                                         r"or set SOURCES=PATH"):
+        device_train.main()
+    assert not (tmp_path / "out").exists()

@@ -82,6 +82,9 @@ def main() -> None:
     out = Path(os.environ.get("OUT", "runs/device"))
     budget_s = setting("BUDGET_S", 420.0)
     sources_file = os.environ.get("SOURCES", "carry/train_sources.npz")
+    if not Path(sources_file).is_file():
+        raise SystemExit(f"error: {sources_file}: no such sources file; run from the repository root (where the "
+                         "docstring's cache-sources command puts it) or set SOURCES=PATH")
     sources = load_cached_sources(sources_file)
     device = resolve_device(os.environ.get("DEVICE", "auto"))
     init_weights = os.environ.get("INIT_WEIGHTS", "")  # fine-tuning: the architecture comes from the weights

@@ -410,7 +410,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         raise InputError("no training data: no source to draw training pairs from (give CTs, phantoms or a sources "
                          "file)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, optimizer, step, history = _starting_point(model_config, train_config, out_dir / STATE_NAME, device, log)
+    model, optimizer, step, history = _starting_point(model_config, train_config, stored, device, log)
     if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made
         sources = [source.to(device) for source in sources]
     validation = sample_batch(sources, model_config, train_config, 0, train_config.validation_samples, device,
@@ -450,15 +450,15 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
             "history": history, "device": str(device), "machine": machine_description()}
 
 
-def _starting_point(model_config: ModelConfig, train_config: TrainConfig, state_path: Path, device, log) -> tuple:
+def _starting_point(model_config: ModelConfig, train_config: TrainConfig, state: Optional[dict], device,
+                    log) -> tuple:
     """The model and optimiser to train, with the step and validation history they are at: resumed from the run's
-    training state, started from --init-weights, or new."""
+    training state (as already read, on the CPU; copied to the device here), started from --init-weights, or new."""
     torch.manual_seed(train_config.seed)
     model = MisalignmentNet(model_config).to(device, memory_format=CONVOLUTION_LAYOUT)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate,
                                   weight_decay=train_config.weight_decay)
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         log(f"resuming from step {state['step']}")

@@ -33,12 +33,11 @@ def run_evaluate_robustness(args) -> dict:
     from .robustness_conditions import CONDITIONS
     from .sources import ct_fingerprint
     weights = args.weights or released_weights_path()
-    if args.card:
-        read_card(weights)  # before the work: no card, nothing to add to
+    card = read_card(weights) if args.card else None  # before the work: no card, nothing to add to
     predictor = load_predictor(args)
     ct = read_image(args.ct)
-    if args.card:  # the card's robustness section is about a CT the weights never saw
-        check_unseen("--ct", args.ct, ct_fingerprint(ct), card_training_cts(read_card(weights)))
+    if card is not None:  # the card's robustness section is about a CT the weights never saw
+        check_unseen("--ct", args.ct, ct_fingerprint(ct), card_training_cts(card))
     conditions = [c for c in CONDITIONS if not args.condition or c.name in args.condition]
     result = evaluate_robustness(predictor, ct, conditions, progress=progress_bar(not args.json))
     result = dict(result, ct=str(args.ct), weights_sha256=sha256_of(weights))

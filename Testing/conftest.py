@@ -1,5 +1,6 @@
 """Shared fixtures: small phantom pairs, a small untrained network, the shared real CTs."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -111,3 +112,51 @@ def grid_transform_node(scene, name, x_mm):
     transform.SetDisplacementGridData(field)
     grid.SetAndObserveTransformFromParent(transform)
     return grid
+
+
+def engine_environment() -> dict:
+    """This process's environment with the engine first on PYTHONPATH, for running the command line as a program."""
+    engine = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([engine] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+def run_in_terminal(args, timeout: float = 300.0):
+    """Run the command line with stderr on a pseudo-terminal 120 columns wide, as a user's terminal (so progress bars
+    are drawn); return its exit status and what it wrote there, with the terminal's line ends made plain."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "RegistrationMisalignmentLib", *map(str, args)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+                               env=engine_environment())
+    os.close(follower)
+    written, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([leader], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # Linux: every writer has closed the terminal
+                    break
+                if not chunk:
+                    break
+                written.append(chunk)
+        status = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        process.kill()
+        os.close(leader)
+    return status, b"".join(written).decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def warnings_stand_alone(terminal: str) -> list:
+    """The warning lines a terminal shows, after a test that each one starts its line (not glued to a progress bar:
+    what follows the line's last carriage return is the warning)."""
+    lines = [line for line in terminal.split("\n") if "warning:" in line]
+    assert all(line.split("\r")[-1].startswith("warning: ") for line in lines), lines
+    return [line.split("\r")[-1] for line in lines]

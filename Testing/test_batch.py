@@ -18,7 +18,7 @@ from RegistrationMisalignmentLib.errors import InputError
 from RegistrationMisalignmentLib.imageio import write_image
 from RegistrationMisalignmentLib.regions import wrong_regions
 
-from conftest import image_like, save_weights_with_card
+from conftest import engine_environment, image_like, run_in_terminal, save_weights_with_card, warnings_stand_alone
 
 GOOD_CASES = ["plain", "shifted", "masked"]
 SHIFT_MM = (6.0, -3.0, 2.0)
@@ -110,10 +110,8 @@ def test_batch_writes_each_case_summary_and_report_and_resumes(cohort, tmp_path,
 
 
 def _run_cli(args):
-    engine = str(Path(__file__).resolve().parents[1] / "RegistrationMisalignment")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([engine] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     return subprocess.Popen([sys.executable, "-m", "RegistrationMisalignmentLib", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, encoding="utf-8", errors="replace", env=env)
+                            stderr=subprocess.PIPE, encoding="utf-8", errors="replace", env=engine_environment())
 
 
 def _wait_for(predicate, process=None, timeout=240.0):
@@ -403,6 +401,15 @@ def test_every_warning_on_stderr_names_its_case_once_and_the_records_keep_it_alo
     assert "another grid" in warnings["off-grid-a"][0]  # as the engine words it, without the case id
     assert sorted(stderr.splitlines()) == sorted(f"warning: {case_id}: {message}" for case_id, messages in
                                                  warnings.items() for message in messages)
+
+
+def test_on_a_terminal_the_workers_warnings_stand_on_their_own_lines_above_the_progress_bar(cohort, tmp_path):
+    """A worker's warning reaches the terminal through the batch process, which clears its bar to show it."""
+    csv = _cases_csv(tmp_path, cohort, {"off-grid-a": "moving_shifted.nrrd", "off-grid-b": "moving_shifted.nrrd"})
+    status, terminal = run_in_terminal(_args(cohort, tmp_path / "run", csv, "--workers", "2"))
+    assert status == 0, terminal[-2000:]
+    assert "cases:" in terminal  # the progress bar was drawn
+    assert sorted(line.split(": ")[1] for line in warnings_stand_alone(terminal)) == ["off-grid-a", "off-grid-b"]
 
 
 def test_a_named_block_names_the_warnings_in_the_log_and_captures_keep_them_alone(caplog):

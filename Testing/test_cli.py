@@ -12,7 +12,7 @@ import torch
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.imageio import write_image
 
-from conftest import image_like, save_weights_with_card
+from conftest import image_like, run_in_terminal, save_weights_with_card, warnings_stand_alone
 
 
 @pytest.fixture(scope="module")
@@ -577,6 +577,19 @@ def test_predict_applies_a_transform_file_and_reports_warnings_in_its_json(files
                  "--device", "cpu", "--json"]) == 0
     warnings = json.loads(capsys.readouterr().out)["warnings"]
     assert len(warnings) == 1 and "another grid" in warnings[0]
+
+
+def test_on_a_terminal_a_warning_stands_on_its_own_line_above_the_progress_bar(files, tmp_path):
+    """The warning that the moving image is resampled comes while a bar is drawn; the bar makes way for it."""
+    moving = sitk.ReadImage(str(files / "moving.nii.gz"))
+    moving.SetOrigin(tuple(np.asarray(moving.GetOrigin()) + 0.5))
+    write_image(moving, tmp_path / "off_grid.nrrd")
+    status, terminal = run_in_terminal(["predict", "--fixed", files / "fixed.nrrd", "--moving",
+                                        tmp_path / "off_grid.nrrd", "--output", tmp_path / "labels.nrrd",
+                                        "--weights", files / "tiny.safetensors", "--device", "cpu"])
+    assert status == 0, terminal[-2000:]
+    assert "preparing images" in terminal  # the progress bar was drawn
+    assert [line for line in warnings_stand_alone(terminal) if "another grid" in line]
 
 
 def test_a_misused_option_is_one_line_naming_it_and_the_help(capsys):

@@ -1,6 +1,7 @@
 """A batch run: its cases in this process, in local worker processes or on a Dask cluster; then summary and report."""
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -8,6 +9,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,7 +19,7 @@ from .case_lock import CaseLock
 from .checkpoint import load_model
 from .cli_common import require_at_least
 from .devices import default_threads, resolve_device
-from .errors import InputError, show_warnings
+from .errors import InputError
 from .report import write_report, write_summary_csv
 
 SUMMARY_NAME = "summary.csv"
@@ -126,8 +128,12 @@ def _in_pool(cases: list, settings: BatchSettings, workers: int):
     """Yield the records of the cases that a new pool of `workers` processes finishes; return the others (in order),
     which it did not because one of its processes died."""
     broken = set()
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker)
+    context = multiprocessing.get_context("spawn")
+    worker_log = context.Queue()
+    listener = QueueListener(worker_log, _IntoThisProcessLog())
+    listener.start()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=context, initializer=_start_worker,
+                               initargs=(worker_log,))
     try:
         futures = {pool.submit(run_case, case, settings): case for case in cases}
         for future in as_completed(futures):
@@ -137,12 +143,22 @@ def _in_pool(cases: list, settings: BatchSettings, workers: int):
                 broken.add(futures[future])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        listener.stop()
     return [case for case in cases if case in broken]
 
 
-def _start_worker() -> None:
-    """Set up a worker process: it prints the engine's warnings as the command line does and ends with its parent."""
-    show_warnings()
+class _IntoThisProcessLog(logging.Handler):
+    """Hands a worker's log record to this process's log, which shows it as it shows its own (above the progress
+    bar, on the command line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def _start_worker(parent_log) -> None:
+    """Set up a worker process: the engine's warnings go to the parent's log (queue `parent_log`), and the worker ends
+    with its parent."""
+    logging.getLogger("RegistrationMisalignment").addHandler(QueueHandler(parent_log))
     threading.Thread(target=_exit_with_parent, daemon=True).start()
 
 

@@ -1,6 +1,7 @@
 """What users see of a problem: the one exception type shown as a one-line message, and the engine's warnings."""
 import logging
 import re
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -66,6 +67,17 @@ def warnings_named(name: str):
         _THREAD.names.pop()
 
 
+class _AboveProgressBars(logging.StreamHandler):
+    """Writes each record on its own line above this process's progress bars, which tqdm clears and redraws."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as logging's own handlers do: a broken stream must not end the program
+            self.handleError(record)
+
+
 def show_warnings() -> None:
     """Print the engine's warnings on stderr as `warning: ...` lines, unless the program has set up logging."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", handlers=[_AboveProgressBars(sys.stderr)])

@@ -131,6 +131,23 @@ def _finished(out):
     return [p.parent.name for p in (out / "cases").glob("*/case.json")] if (out / "cases").exists() else []
 
 
+def test_a_run_killed_between_the_renames_that_replace_a_result_loses_nothing(cohort, tmp_path, capsys):
+    """Killed after moving the earlier result aside and before moving the new one in: the next run puts it back."""
+    out = tmp_path / "run"
+    args = _args(cohort, out, "good.csv", "--json")
+    assert main(args) == 0
+    capsys.readouterr()
+    cases = out / "cases"
+    before = (cases / "plain" / "labels.nrrd").read_bytes()
+    os.rename(cases / "plain", cases / ".plain.old-0123")  # the state such a kill leaves
+    (cases / ".plain.staging-4567").mkdir()
+    (cases / ".plain.staging-4567" / "labels.nrrd").write_bytes(b"the new result, complete or not")
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["skipped"] == 3 and result["done"] == 0  # the earlier result is back, and still up to date
+    assert (cases / "plain" / "labels.nrrd").read_bytes() == before and _leftovers(out) == []
+
+
 def test_ctrl_c_and_a_crash_leave_nothing_half_written_and_the_next_run_resumes(cohort, tmp_path):
     out = tmp_path / "run"
     args = _args(cohort, out, "good.csv")

@@ -106,6 +106,7 @@ def run_case(case: Case, settings: BatchSettings) -> dict:
     with warnings_named(case.case_id), CaseLock(lock_path(settings.out_dir, case.case_id)).held() as taken:
         if not taken:
             return {"case_id": case.case_id, "status": "busy", "error": "being processed by another run"}
+        _restore_replaced(cases_folder(settings.out_dir), case.case_id)
         _remove_leftovers(cases_folder(settings.out_dir), case.case_id)
         record = _finished_or_predicted(case, settings)
         if record["status"] == "failed":
@@ -278,6 +279,17 @@ def _swap_in(staging: Path, final: Path) -> None:
         os.rename(final, old)
     os.rename(staging, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_replaced(folder: Path, case_id: str) -> None:
+    """Put back the case's earlier result when a run died between the two renames of `_swap_in` (we hold its lock):
+    the case's folder is missing and the folder moved aside for replacement holds a record."""
+    if (folder / case_id).exists():
+        return
+    replaced = sorted((path for path in folder.glob(f".{case_id}.old-*") if (path / RECORD_NAME).is_file()),
+                      key=lambda path: path.stat().st_mtime_ns)
+    if replaced:
+        os.rename(replaced[-1], folder / case_id)
 
 
 def _remove_leftovers(folder: Path, case_id: str) -> None:

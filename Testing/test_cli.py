@@ -611,7 +611,7 @@ def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path
               "--validate-every", "1", "--device", "cpu", "--out", run, "--json"]
     assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(sources, "load_sources", lambda *args: pytest.fail("the sources were loaded"))
+    monkeypatch.setattr(sources, "training_sources", lambda *args: pytest.fail("the sources were loaded"))
     assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0  # finished: its recorded result at once
     assert "already finished at step 1" in capsys.readouterr().err
     assert main([*common, "--batch-size", "1", "--out-size", "12"]) == 2

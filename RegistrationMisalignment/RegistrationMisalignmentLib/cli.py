@@ -83,12 +83,19 @@ def run_train(args) -> dict:
 
 
 def _training_sources(train_config) -> list:
-    """The sources to train on: the CTs, the phantoms, then the cached sources files."""
+    """The sources to train on: the CTs, the phantoms, then the cached sources files; each refused, as soon as it is
+    read, when too small for the training tiles."""
     from .source_cache import load_cached_sources
-    sources = [s for path in train_config.source_files for s in load_cached_sources(path)]
+    from .synthesis import check_source_extent
+    sources = []
+    for path in train_config.source_files:
+        cached = load_cached_sources(path)
+        for source in cached:
+            check_source_extent(source, train_config.out_size, f" (in --sources {path})")
+        sources += cached
     if train_config.ct_paths or train_config.phantom_seeds:
-        from .sources import load_sources  # SimpleITK is needed only here
-        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
+        from .sources import training_sources  # SimpleITK is needed only here
+        sources = training_sources(train_config.ct_paths, train_config.phantom_seeds, train_config.out_size)[0] + sources
     return sources
 
 
@@ -141,6 +148,7 @@ def run_cache_sources(args) -> dict:
     from .imageio import check_image_input, check_new_files, check_output_files
     from .source_cache import SOURCES_FORMAT_HINT, SOURCES_SUFFIXES, save_sources
     from .sources import fingerprinted_sources, phantom_sources
+    from .training import TrainConfig
     check_output_files({"--out": args.out}, {f"the same file as --ct {ct}": ct for ct in args.ct}, SOURCES_SUFFIXES,
                        SOURCES_FORMAT_HINT)
     check_new_files("--out", args.out)
@@ -150,7 +158,7 @@ def run_cache_sources(args) -> dict:
     for ct in args.ct:
         check_image_input("--ct", ct)
     set_threads(args.threads)
-    cts = fingerprinted_sources(args.ct)
+    cts = fingerprinted_sources(args.ct, TrainConfig.out_size)  # refused when too small for train's default tiles
     sources = [source for source, _ in cts] + phantom_sources(range(args.phantoms))
     save_sources(sources, args.out, [fingerprint for _, fingerprint in cts])
     summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources},

@@ -22,7 +22,7 @@ from .evaluation import lung_truth_and_prediction
 from .made_ahead import made_ahead
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
-from .synthesis import IGNORE, make_batch, make_samples
+from .synthesis import IGNORE, check_source_extent, make_batch, make_samples
 
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
@@ -409,6 +409,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     if not sources:
         raise InputError("no training data: no source to draw training pairs from (give CTs, phantoms or a sources "
                          "file)")
+    for source in sources:
+        check_source_extent(source, train_config.out_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, optimizer, step, history = _starting_point(model_config, train_config, stored, device, log)
     if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made

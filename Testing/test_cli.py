@@ -1,6 +1,7 @@
 """The command line: predict, demo, evaluate-synthetic; bad input exits 2 with one line and writes nothing."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -254,12 +255,34 @@ def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tm
     assert any(config.class_bias) != temperature_only
     markdown = weights.with_name("released.md").read_text()
     assert f"- Training data: synthetic pairs from {ct}; all deformation families" in markdown  # no phantoms
-    assert "- Training command: not recorded" in markdown
+    assert f"- Training command: `registration-misalignment train --ct {ct} --phantoms 0 " in markdown  # recorded
     assert "## Calibration" in markdown and card["calibration"]["heldout_uncalibrated_command"] in markdown
     assert ("(b = 0)" in markdown) == temperature_only
     assert "Accuracy by true residual" in markdown and len(card["heldout_synthetic"]["by_residual"]["bands"]) == 9
     assert "| field family | voxels | accuracy |" in markdown and "zero" in card["heldout_synthetic"]["by_family"]
     assert "As a residual precision" in markdown and card["heldout_synthetic"]["residual_precision"]["reference"]
+
+
+def test_train_records_its_command_line_keeps_it_on_resuming_and_release_puts_it_on_the_card(files, tmp_path, capsys):
+    """The card names the command that started the run (shell-quoted), then one that trained it on; a resume with the
+    same command adds nothing (test_release: --training-command still overrides)."""
+    run = tmp_path / "my run"  # quoted in the recorded command
+    common = ["train", "--ct", str(files / "moving.nii.gz"), "--phantoms", "0", "--features", "4", "--hidden", "4",
+              "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--out", str(run),
+              "--time-limit", "1e-6", "--json"]  # a step per call
+    started, more = [*common, "--steps", "2"], [*common, "--steps", "3"]
+    assert main(started) == 0 and main(started) == 0 and main(more) == 0  # stopped, finished, trained on
+    commands = [shlex.join(["registration-misalignment", *args]) for args in (started, more)]
+    assert f"--out '{run}'" in commands[0]
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert state["step"] == 3 and json.loads(state["train_config"])["commands"] == commands
+    release = ["release", "--run", str(run), "--heldout-ct", str(files / "fixed.nrrd"), "--samples", "1", "--json"]
+    assert main([*release, "--weights-out", str(tmp_path / "recorded.safetensors")]) == 0
+    card = json.loads((tmp_path / "recorded.card.json").read_text())
+    assert card["training_command"] == commands[0] and card["training_resumed_with"] == commands[1:]
+    assert (f"- Training command: `{commands[0]}`; resumed with `{commands[1]}`\n"
+            in (tmp_path / "recorded.md").read_text())
+    capsys.readouterr()
 
 
 def test_a_release_that_would_mislead_or_overwrite_is_refused_before_any_work(files, tmp_path, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def _train_config(args, init_weights):
                        density_change=args.density_change,
                        synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
                        init_weights=str(init_weights or ""),
-                       init_weights_sha256=sha256_of(init_weights) if init_weights else "")
+                       init_weights_sha256=sha256_of(init_weights) if init_weights else "",
+                       commands=[args.command_line])
 
 
 def _training_model(args) -> tuple:
@@ -289,10 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1)."""
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["registration-misalignment", *argv])  # what `train` records in its run
     show_warnings()
     try:
         result = COMMANDS[args.command][1](args)

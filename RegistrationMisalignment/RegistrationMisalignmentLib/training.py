@@ -62,6 +62,9 @@ class TrainConfig:
     # synthesis in the training process made in a thread, SYNTHESIS_AHEAD batches ahead of the steps: None = on CUDA
     # only; on 2 CPU cores it was 7-23 % faster (BENCHMARKS.md), `--synthesis-thread on` uses it there
     synthesis_thread: Optional[bool] = None
+    # the `registration-misalignment train ...` command lines of the run: the one that started it ("" when not
+    # recorded: runs before they were, or started from Python), then any other that resumed it (a larger --steps)
+    commands: list = field(default_factory=list)
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -331,6 +334,15 @@ def with_fingerprints(train: TrainConfig) -> TrainConfig:
                                                for path in train.source_files])
 
 
+def with_recorded_commands(train: TrainConfig, state: Optional[dict]) -> TrainConfig:
+    """`train` with the command lines its stored run recorded (the one that started it first, "" when that was not
+    recorded), then its own command line when it is another: a resumed run keeps the command that started it."""
+    if state is None:
+        return train
+    recorded = json.loads(state["train_config"]).get("commands") or [""]
+    return replace(train, commands=recorded + [command for command in train.commands if command not in recorded])
+
+
 def check_not_a_file(out_dir: Path) -> None:
     """Raise InputError when the run folder to train in is a file."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -402,6 +414,7 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
         log(f"{out_dir}: already finished at step {stored['step']}; its recorded result, nothing trained again (a "
             "larger --steps trains on)")
         return recorded_result(stored, out_dir, device)
+    train_config = with_recorded_commands(train_config, stored)
     if train_config.loader_workers > 0:
         if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work
             raise InputError("--loader-device cuda: no CUDA GPU is available here; leave it out to synthesise on the "

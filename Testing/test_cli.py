@@ -626,6 +626,45 @@ def test_version_prints_the_package_version(capsys):
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"registration-misalignment {__version__}"
 
 
+def test_a_resumed_run_knows_its_ct_folder_moved_and_refuses_another_ct_in_its_place(files, tmp_path, capsys):
+    """--ct files are compared by their content fingerprint: a DICOM folder renamed resumes, another CT written in
+    its place is refused in one line and the run is left as it was; a run that recorded no fingerprints (0.6.0 and
+    earlier) is resumed by the CTs' paths."""
+    import shutil
+    from RegistrationMisalignmentLib.imageio import read_image
+    from RegistrationMisalignmentLib.sources import ct_fingerprint
+    from test_release import _dicom_folder
+    series, run = _dicom_folder(files / "moving.nii.gz", tmp_path / "series", "1.2.826.0.1.3680043.2.1125.9"), \
+        tmp_path / "run"
+    common = ["--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "3", "--batch-size", "1",
+              "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--out", str(run), "--time-limit", "1e-6",
+              "--json"]  # a step per call
+    assert main(["train", "--ct", str(series), *common]) == 0
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert json.loads(state["train_config"])["ct_fingerprints"] == [ct_fingerprint(read_image(series))]
+    moved = tmp_path / "patient 1" / "series"
+    moved.parent.mkdir()
+    series.rename(moved)
+    assert main(["train", "--ct", str(moved), *common]) == 0  # the same CT, elsewhere: resumed
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert state["step"] == 2 and json.loads(state["train_config"])["ct_paths"] == [str(moved)]
+    before = (run / "training_state.pt").read_bytes()
+    shutil.rmtree(moved)
+    _dicom_folder(files / "fixed.nrrd", moved, "1.2.826.0.1.3680043.2.1125.10")  # another CT in its place
+    capsys.readouterr()
+    assert main(["train", "--ct", str(moved), *common]) == 2
+    assert _error_line(capsys) == (f"error: {run}: the contents (sha256) of --ct {moved} changed since the run "
+                                   "started; resume it with the files it started with, or train in a new --out folder")
+    assert (run / "training_state.pt").read_bytes() == before
+    settings = json.loads(state["train_config"])
+    del settings["ct_fingerprints"]  # as a run of 0.6.0 recorded it: compared by path, before any CT is read
+    torch.save(dict(state, train_config=json.dumps(settings)), run / "training_state.pt")
+    elsewhere = tmp_path / "elsewhere"
+    moved.rename(elsewhere)
+    assert main(["train", "--ct", str(elsewhere), *common]) == 2
+    assert f"holds a run started with --ct {moved} (asked {elsewhere})" in _error_line(capsys)
+
+
 def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path, capsys, monkeypatch):
     """A bad --out-size or a change refused on resuming is reported before the CTs are read (seconds each)."""
     from RegistrationMisalignmentLib import sources

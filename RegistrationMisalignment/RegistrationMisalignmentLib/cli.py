@@ -5,6 +5,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor,
@@ -76,19 +77,22 @@ def run_train(args) -> dict:
     model_config, init_weights = _training_model(args)
     train_config = with_fingerprints(_train_config(args, init_weights))
     stored = check_before_loading_sources(args.out, model_config, train_config)
-    sources = [] if is_finished(stored, args.out, train_config) else _training_sources(train_config)
+    sources = []
+    if not is_finished(stored, args.out, train_config):
+        sources, fingerprints = _training_sources(train_config)
+        train_config = replace(train_config, ct_fingerprints=fingerprints)  # compared with the run's by `train`
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log,
                    time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     return {k: v for k, v in result.items() if k != "history"}
 
 
-def _training_sources(train_config) -> list:
-    """The sources to train on: the CTs, the phantoms, then the cached sources files; each refused, as soon as it is
-    read, when too small for the training tiles."""
+def _training_sources(train_config) -> tuple:
+    """The sources to train on (the CTs, the phantoms, then the cached sources files; each refused, as soon as it is
+    read, when too small for the training tiles) and the CTs' content fingerprints."""
     from .source_cache import load_cached_sources
     from .synthesis import check_source_extent
-    sources = []
+    sources, fingerprints = [], []
     for path in train_config.source_files:
         cached = load_cached_sources(path)
         for source in cached:
@@ -96,8 +100,9 @@ def _training_sources(train_config) -> list:
         sources += cached
     if train_config.ct_paths or train_config.phantom_seeds:
         from .sources import training_sources  # SimpleITK is needed only here
-        sources = training_sources(train_config.ct_paths, train_config.phantom_seeds, train_config.out_size)[0] + sources
-    return sources
+        made, fingerprints = training_sources(train_config.ct_paths, train_config.phantom_seeds, train_config.out_size)
+        sources = made + sources
+    return sources, fingerprints
 
 
 def _train_config(args, init_weights):

@@ -1,6 +1,7 @@
 """The command line: predict, demo, evaluate-synthetic; bad input exits 2 with one line and writes nothing."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -254,12 +255,34 @@ def test_release_calibrates_and_writes_a_card_that_matches_the_weights(files, tm
     assert any(config.class_bias) != temperature_only
     markdown = weights.with_name("released.md").read_text()
     assert f"- Training data: synthetic pairs from {ct}; all deformation families" in markdown  # no phantoms
-    assert "- Training command: not recorded" in markdown
+    assert f"- Training command: `registration-misalignment train --ct {ct} --phantoms 0 " in markdown  # recorded
     assert "## Calibration" in markdown and card["calibration"]["heldout_uncalibrated_command"] in markdown
     assert ("(b = 0)" in markdown) == temperature_only
     assert "Accuracy by true residual" in markdown and len(card["heldout_synthetic"]["by_residual"]["bands"]) == 9
     assert "| field family | voxels | accuracy |" in markdown and "zero" in card["heldout_synthetic"]["by_family"]
     assert "As a residual precision" in markdown and card["heldout_synthetic"]["residual_precision"]["reference"]
+
+
+def test_train_records_its_command_line_keeps_it_on_resuming_and_release_puts_it_on_the_card(files, tmp_path, capsys):
+    """The card names the command that started the run (shell-quoted), then one that trained it on; a resume with the
+    same command adds nothing (test_release: --training-command still overrides)."""
+    run = tmp_path / "my run"  # quoted in the recorded command
+    common = ["train", "--ct", str(files / "moving.nii.gz"), "--phantoms", "0", "--features", "4", "--hidden", "4",
+              "--batch-size", "1", "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--out", str(run),
+              "--time-limit", "1e-6", "--json"]  # a step per call
+    started, more = [*common, "--steps", "2"], [*common, "--steps", "3"]
+    assert main(started) == 0 and main(started) == 0 and main(more) == 0  # stopped, finished, trained on
+    commands = [shlex.join(["registration-misalignment", *args]) for args in (started, more)]
+    assert f"--out '{run}'" in commands[0]
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert state["step"] == 3 and json.loads(state["train_config"])["commands"] == commands
+    release = ["release", "--run", str(run), "--heldout-ct", str(files / "fixed.nrrd"), "--samples", "1", "--json"]
+    assert main([*release, "--weights-out", str(tmp_path / "recorded.safetensors")]) == 0
+    card = json.loads((tmp_path / "recorded.card.json").read_text())
+    assert card["training_command"] == commands[0] and card["training_resumed_with"] == commands[1:]
+    assert (f"- Training command: `{commands[0]}`; resumed with `{commands[1]}`\n"
+            in (tmp_path / "recorded.md").read_text())
+    capsys.readouterr()
 
 
 def test_a_release_that_would_mislead_or_overwrite_is_refused_before_any_work(files, tmp_path, capsys):
@@ -616,6 +639,45 @@ def test_version_prints_the_package_version(capsys):
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"registration-misalignment {__version__}"
 
 
+def test_a_resumed_run_knows_its_ct_folder_moved_and_refuses_another_ct_in_its_place(files, tmp_path, capsys):
+    """--ct files are compared by their content fingerprint: a DICOM folder renamed resumes, another CT written in
+    its place is refused in one line and the run is left as it was; a run that recorded no fingerprints (0.6.0 and
+    earlier) is resumed by the CTs' paths."""
+    import shutil
+    from RegistrationMisalignmentLib.imageio import read_image
+    from RegistrationMisalignmentLib.sources import ct_fingerprint
+    from test_release import _dicom_folder
+    series, run = _dicom_folder(files / "moving.nii.gz", tmp_path / "series", "1.2.826.0.1.3680043.2.1125.9"), \
+        tmp_path / "run"
+    common = ["--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "3", "--batch-size", "1",
+              "--out-size", "8", "--validate-every", "1", "--device", "cpu", "--out", str(run), "--time-limit", "1e-6",
+              "--json"]  # a step per call
+    assert main(["train", "--ct", str(series), *common]) == 0
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert json.loads(state["train_config"])["ct_fingerprints"] == [ct_fingerprint(read_image(series))]
+    moved = tmp_path / "patient 1" / "series"
+    moved.parent.mkdir()
+    series.rename(moved)
+    assert main(["train", "--ct", str(moved), *common]) == 0  # the same CT, elsewhere: resumed
+    state = torch.load(run / "training_state.pt", weights_only=True)
+    assert state["step"] == 2 and json.loads(state["train_config"])["ct_paths"] == [str(moved)]
+    before = (run / "training_state.pt").read_bytes()
+    shutil.rmtree(moved)
+    _dicom_folder(files / "fixed.nrrd", moved, "1.2.826.0.1.3680043.2.1125.10")  # another CT in its place
+    capsys.readouterr()
+    assert main(["train", "--ct", str(moved), *common]) == 2
+    assert _error_line(capsys) == (f"error: {run}: the contents (sha256) of --ct {moved} changed since the run "
+                                   "started; resume it with the files it started with, or train in a new --out folder")
+    assert (run / "training_state.pt").read_bytes() == before
+    settings = json.loads(state["train_config"])
+    del settings["ct_fingerprints"]  # as a run of 0.6.0 recorded it: compared by path, before any CT is read
+    torch.save(dict(state, train_config=json.dumps(settings)), run / "training_state.pt")
+    elsewhere = tmp_path / "elsewhere"
+    moved.rename(elsewhere)
+    assert main(["train", "--ct", str(elsewhere), *common]) == 2
+    assert f"holds a run started with --ct {moved} (asked {elsewhere})" in _error_line(capsys)
+
+
 def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path, capsys, monkeypatch):
     """A bad --out-size or a change refused on resuming is reported before the CTs are read (seconds each)."""
     from RegistrationMisalignmentLib import sources
@@ -624,7 +686,7 @@ def test_train_reports_a_wrong_option_before_loading_its_sources(files, tmp_path
               "--validate-every", "1", "--device", "cpu", "--out", run, "--json"]
     assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(sources, "load_sources", lambda *args: pytest.fail("the sources were loaded"))
+    monkeypatch.setattr(sources, "training_sources", lambda *args: pytest.fail("the sources were loaded"))
     assert main([*common, "--batch-size", "1", "--out-size", "8"]) == 0  # finished: its recorded result at once
     assert "already finished at step 1" in capsys.readouterr().err
     assert main([*common, "--batch-size", "1", "--out-size", "12"]) == 2

@@ -57,7 +57,17 @@ def test_a_release_named_with_dots_leaves_the_cards_of_other_weights_alone(cts, 
     assert load_model(run / "weights.safetensors")
     assert json.loads((run / "weights.final.card.json").read_text())["name"] == "weights.final"
     assert "checked against `weights.final.card.json`" in (run / "weights.final.md").read_text()
+    markdown = (run / "weights.final.md").read_text()
+    assert "- Training command: not recorded (release --training-command)\n" in markdown  # a run of 0.6.0 or earlier
     assert load_model(run / "weights.final.safetensors")
+
+
+def test_release_training_command_overrides_the_commands_the_run_recorded(cts, tiny_model, tmp_path, capsys):
+    run = fake_run(tmp_path / "run", tiny_model, commands=["registration-misalignment train A", "... B"])
+    assert _release(run, tmp_path / "given.safetensors", cts / "fixed.nrrd", "--training-command", "my cmd") == 0
+    card = json.loads((tmp_path / "given.card.json").read_text())
+    assert card["training_command"] == "my cmd" and card["training_resumed_with"] == []
+    assert "- Training command: `my cmd`\n" in (tmp_path / "given.md").read_text()
 
 
 def test_a_release_never_replaces_an_earlier_one_or_any_of_its_files(cts, tiny_model, tmp_path, capsys):

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from RegistrationMisalignmentLib.cli import main
-from RegistrationMisalignmentLib.imageio import write_image
+from RegistrationMisalignmentLib.imageio import read_image, write_image
 from RegistrationMisalignmentLib.source_cache import load_cached_sources
 from RegistrationMisalignmentLib.sources import load_sources
 
@@ -65,3 +66,59 @@ def test_cache_sources_never_overwrites_an_input_or_an_existing_file(small_pair,
     assert f"--ct {tmp_path / 'nothere.nii.gz'}: no such file or folder" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in (ct, sources)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.npz", "mine.nii.gz", "sources.npz"]
+
+
+def _slab(ct, slices: int):
+    """`slices` 1 mm slices from the middle of a CT: a CT cropped to a slab of that many mm."""
+    middle = ct.GetSize()[2] // 2
+    return ct[:, :, middle - slices // 2:middle - slices // 2 + slices]
+
+
+def test_a_slab_too_thin_for_a_training_tile_is_refused_by_cache_sources_and_train(small_phantom, tmp_path, capsys):
+    """A CT of a few slices holds no whole training tile: refused before anything is written, naming its extent, the
+    tile it is smaller than and what to use instead."""
+    from RegistrationMisalignmentLib.errors import InputError
+    from RegistrationMisalignmentLib.model import ModelConfig
+    from RegistrationMisalignmentLib.sources import source_from_image
+    from RegistrationMisalignmentLib.source_cache import save_sources
+    from RegistrationMisalignmentLib.synthesis import check_source_extent
+    from RegistrationMisalignmentLib.training import TrainConfig, train
+    slab = tmp_path / "slab.nii.gz"
+    write_image(_slab(small_phantom[0], 24), slab)
+    assert main(["cache-sources", "--ct", str(slab), "--phantoms", "0", "--out", str(tmp_path / "s.npz")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {slab}: its lungs span "), error
+    assert error[0].endswith(" x 24 mm (x y z; the CT 96 x 80 x 24 mm on the 1 mm training grid), less than one 32 mm "
+                             "training tile (--out-size 32) along z: too small to train on; use a whole-chest CT"), error
+    command = ["train", "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1", "--batch-size", "1",
+             "--validate-every", "1", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main([*command, "--ct", str(slab)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "less than one 32 mm training tile (--out-size 32) along z" in error[0], error
+    older = tmp_path / "older.npz"  # a sources file written before cache-sources refused such CTs
+    source = source_from_image(str(slab), read_image(slab))
+    save_sources([source], older)
+    assert main([*command, "--sources", str(older)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: {slab} (in --sources {older}): its lungs span "), error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["older.npz", "slab.nii.gz"]
+    check_source_extent(source, 16)  # tiles of 16 mm fit in it
+    with pytest.raises(InputError, match="less than one 32 mm training tile"):  # the Python API checks too
+        train(load_cached_sources(older), ModelConfig(features=4, hidden=4), TrainConfig(steps=1), tmp_path / "api",
+              device="cpu", progress=False, log=lambda m: None)
+    assert not (tmp_path / "api").exists()
+
+
+def test_the_shared_cts_and_the_phantoms_hold_the_default_training_tiles():
+    """The released model's training CT, the other shared CT, the training phantoms and the demo's phantom."""
+    from conftest import shared_ct
+    from RegistrationMisalignmentLib.phantom import make_chest_phantom
+    from RegistrationMisalignmentLib.sources import source_from_image, training_sources
+    from RegistrationMisalignmentLib.synthesis import check_source_extent, lung_extent_xyz
+    cts = [shared_ct("thorax_philips_00.nii.gz"), shared_ct("thorax_nsclc_r01-001.nii.gz")]
+    sources, fingerprints = training_sources(cts, [0, 1], 32)  # each refused when too small: none is
+    demo = source_from_image("the demo phantom", *make_chest_phantom(0))
+    for source in sources + [demo]:
+        check_source_extent(source, 64)  # and tiles twice the default
+        assert min(lung_extent_xyz(source)) >= 90, source.name
+    assert len(fingerprints) == 2 and all(fingerprints)

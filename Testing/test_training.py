@@ -264,6 +264,31 @@ def test_resuming_with_other_data_starting_weights_or_fewer_steps_is_refused_and
     assert train(sources, MODEL, same_file_relative, run, device="cpu", progress=False, log=lambda m: None)["finished"]
 
 
+def test_training_files_are_compared_by_their_recorded_contents_else_by_path(tmp_path):
+    """A CT (by fingerprint) or sources file (by sha256) moved is the same file; other contents at its path are a
+    changed file, at another path another file; a CT not read yet is compared later; without recorded contents, by
+    path."""
+    from dataclasses import asdict, replace
+    from RegistrationMisalignmentLib.training import check_same_run
+    a, b = str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")
+    started = replace(_config(4), ct_paths=[a], ct_fingerprints=["f1"], source_files=[a + ".npz"],
+                      source_files_sha256=["s1"])
+    state = {"model_config": json.dumps(MODEL.to_dict()), "train_config": json.dumps(asdict(started))}
+    unread = replace(started, ct_paths=[b], ct_fingerprints=[])  # the CT not read yet, or given no fingerprint
+    for asked, cts_read in [(replace(started, ct_paths=[b]), True), (replace(started, source_files=[b + ".npz"]), True),
+                            (unread, False)]:
+        check_same_run(tmp_path, state, MODEL, asked, cts_read)
+    changed, other = "the contents \\(sha256\\) of {} changed", f"started with --ct {a} \\(asked {b}\\)"
+    for asked, message in [(replace(started, ct_fingerprints=["f2"]), changed.format(f"--ct {a}")),
+                           (replace(started, source_files_sha256=["s2"]), changed.format(f"--sources {a}.npz")),
+                           (replace(started, ct_paths=[b], ct_fingerprints=["f2"]), other), (unread, other)]:
+        with pytest.raises(InputError, match=message):
+            check_same_run(tmp_path, state, MODEL, asked, cts_read=True)
+    older = {**state, "train_config": json.dumps(dict(asdict(started), ct_fingerprints=[]))}  # recorded none
+    with pytest.raises(InputError, match=other):
+        check_same_run(tmp_path, older, MODEL, replace(started, ct_paths=[b]), cts_read=False)
+
+
 def test_a_source_ct_stored_without_its_rescale_intercept_is_refused_with_the_hint(small_phantom, caplog):
     """Training sources get predict's HU check: a CT stored as HU + 1024 is named with 'subtract 1024'."""
     import SimpleITK as sitk

@@ -10,7 +10,7 @@ from .evaluation import evaluate_synthetic
 from .imageio import read_image, write_bytes
 from .checkpoint import load_model, sha256_of
 from .model import ARCHITECTURES, ModelConfig
-from .sources import load_sources, source_from_image
+from .sources import source_from_image, training_sources
 from .training import TrainConfig, check_before_loading_sources, check_not_a_file, is_finished, train
 
 
@@ -26,7 +26,11 @@ def run_ablation(train_config: TrainConfig, heldout_ct, out_dir, samples: int = 
               for name, config in configs.items()}
     heldout = source_from_image(Path(heldout_ct).name, read_image(heldout_ct))
     finished = all(is_finished(state, out_dir / name, train_config) for name, state in states.items())
-    sources = [] if finished else load_sources(train_config.ct_paths, train_config.phantom_seeds)
+    sources, fingerprints = [], []
+    if not finished:
+        sources, fingerprints = training_sources(train_config.ct_paths, train_config.phantom_seeds,
+                                                 train_config.out_size)
+    train_config = replace(train_config, ct_fingerprints=fingerprints)  # compared with each run's by `train`
     results = {}
     for architecture, config in configs.items():
         run = out_dir / architecture

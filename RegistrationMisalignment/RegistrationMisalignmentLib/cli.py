@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor,
@@ -75,21 +77,32 @@ def run_train(args) -> dict:
     model_config, init_weights = _training_model(args)
     train_config = with_fingerprints(_train_config(args, init_weights))
     stored = check_before_loading_sources(args.out, model_config, train_config)
-    sources = [] if is_finished(stored, args.out, train_config) else _training_sources(train_config)
+    sources = []
+    if not is_finished(stored, args.out, train_config):
+        sources, fingerprints = _training_sources(train_config)
+        train_config = replace(train_config, ct_fingerprints=fingerprints)  # compared with the run's by `train`
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     result = train(sources, model_config, train_config, args.out, device=args.device, progress=True, log=log,
                    time_limit_s=None if args.time_limit is None else 60.0 * args.time_limit)
     return {k: v for k, v in result.items() if k != "history"}
 
 
-def _training_sources(train_config) -> list:
-    """The sources to train on: the CTs, the phantoms, then the cached sources files."""
+def _training_sources(train_config) -> tuple:
+    """The sources to train on (the CTs, the phantoms, then the cached sources files; each refused, as soon as it is
+    read, when too small for the training tiles) and the CTs' content fingerprints."""
     from .source_cache import load_cached_sources
-    sources = [s for path in train_config.source_files for s in load_cached_sources(path)]
+    from .synthesis import check_source_extent
+    sources, fingerprints = [], []
+    for path in train_config.source_files:
+        cached = load_cached_sources(path)
+        for source in cached:
+            check_source_extent(source, train_config.out_size, f" (in --sources {path})")
+        sources += cached
     if train_config.ct_paths or train_config.phantom_seeds:
-        from .sources import load_sources  # SimpleITK is needed only here
-        sources = load_sources(train_config.ct_paths, train_config.phantom_seeds) + sources
-    return sources
+        from .sources import training_sources  # SimpleITK is needed only here
+        made, fingerprints = training_sources(train_config.ct_paths, train_config.phantom_seeds, train_config.out_size)
+        sources = made + sources
+    return sources, fingerprints
 
 
 def _train_config(args, init_weights):
@@ -105,7 +118,8 @@ def _train_config(args, init_weights):
                        density_change=args.density_change,
                        synthesis_thread={"auto": None, "on": True, "off": False}[args.synthesis_thread],
                        init_weights=str(init_weights or ""),
-                       init_weights_sha256=sha256_of(init_weights) if init_weights else "")
+                       init_weights_sha256=sha256_of(init_weights) if init_weights else "",
+                       commands=[args.command_line])
 
 
 def _training_model(args) -> tuple:
@@ -141,6 +155,7 @@ def run_cache_sources(args) -> dict:
     from .imageio import check_image_input, check_new_files, check_output_files
     from .source_cache import SOURCES_FORMAT_HINT, SOURCES_SUFFIXES, save_sources
     from .sources import fingerprinted_sources, phantom_sources
+    from .training import TrainConfig
     check_output_files({"--out": args.out}, {f"the same file as --ct {ct}": ct for ct in args.ct}, SOURCES_SUFFIXES,
                        SOURCES_FORMAT_HINT)
     check_new_files("--out", args.out)
@@ -150,7 +165,7 @@ def run_cache_sources(args) -> dict:
     for ct in args.ct:
         check_image_input("--ct", ct)
     set_threads(args.threads)
-    cts = fingerprinted_sources(args.ct)
+    cts = fingerprinted_sources(args.ct, TrainConfig.out_size)  # refused when too small for train's default tiles
     sources = [source for source, _ in cts] + phantom_sources(range(args.phantoms))
     save_sources(sources, args.out, [fingerprint for _, fingerprint in cts])
     summary = {"out": args.out, "sources": {s.name: list(s.hu.shape) for s in sources},
@@ -281,10 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1)."""
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
         parser.print_help(sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["registration-misalignment", *argv])  # what `train` records in its run
     show_warnings()
     try:
         result = COMMANDS[args.command][1](args)

@@ -40,6 +40,7 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
         log.warning(f"{run_dir} stopped at step {state['step']} of the {train['steps']} asked (a time limit or an "
                     "interruption); releasing its weights as they are (rerun its `train` command to finish it)")
     history = json.loads(state["history"])
+    started, resumed = recorded_commands(train)
     run_weights = run_dir / "weights.safetensors"
     model = load_model(run_weights)
     source = source_from_image(Path(heldout_ct).name, heldout_image)
@@ -72,7 +73,9 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
             "heldout_synthetic": heldout,
             "heldout_command": f"registration-misalignment evaluate-synthetic --ct {heldout_ct} --samples {samples} "
                                f"--weights {weights_out}",
-            "training_command": command,
+            # the command given, else the one the run recorded, with those that resumed it with other options
+            "training_command": command or started,
+            "training_resumed_with": [] if command else resumed,
             "calibration": calibration,
         }
         write_card(staged, card)
@@ -81,6 +84,13 @@ def release(run_dir, weights_out, heldout_ct, samples: int = 48, command: str = 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return card
+
+
+def recorded_commands(train: dict) -> tuple:
+    """The `train` command line that started a run ("" when not recorded: runs of 0.6.0 and earlier, or started from
+    Python) and those that resumed it with other options."""
+    commands = train.get("commands") or [""]
+    return commands[0], commands[1:]
 
 
 def release_files(weights_out) -> list:
@@ -266,7 +276,7 @@ def markdown_card(card: dict) -> str:
 {_density(train)}.{_start(train)}
 - Budget: {card['training_steps']} steps x {train['batch_size']} tiles of {train['out_size']}^3 output voxels,
   {card['training_seconds'] or 0:.0f} s on {card['training_machine']}.{_stopped_early(card)}
-- Training command: {f"`{card['training_command']}`" if card['training_command'] else "not recorded (release --training-command)"}
+- Training command: {_training_command(card)}
 - Last validation (synthetic, training sources, other seeds): accuracy {100 * last.get('accuracy', 0):.1f} %,
   average F1 {100 * last.get('average_f1', 0):.1f} %.
 
@@ -291,6 +301,13 @@ reliability data per bin are in the JSON card.
         (calibration_markdown(card["calibration"], held) if card.get("calibration") else "") + \
         (landmarks_markdown(card["landmark_protocol"], card["weights"]) if card.get("landmark_protocol") else "") + \
         (robustness_markdown(card["robustness"]) if card.get("robustness") else "")
+
+
+def _training_command(card: dict) -> str:
+    """The card's training command, then those that resumed the run with other options; or how to record it."""
+    started = (f"`{card['training_command']}`" if card["training_command"]
+               else "not recorded (release --training-command)")
+    return started + "".join(f"; resumed with `{command}`" for command in card.get("training_resumed_with") or [])
 
 
 def landmark_entry(evaluation_dir, card: dict) -> dict:

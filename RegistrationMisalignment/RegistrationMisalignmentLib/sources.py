@@ -14,7 +14,7 @@ from .masks import lung_mask, torso_mask
 from .orientation import in_network_orientation
 from .phantom import make_chest_phantom
 from .pyramid import AIR_HU
-from .synthesis import Source, source_from_arrays
+from .synthesis import Source, check_source_extent, source_from_arrays
 
 
 def lps_1mm_reference(ct: sitk.Image) -> sitk.Image:
@@ -61,14 +61,25 @@ def phantom_sources(seeds) -> list:
     return [source_from_image(f"phantom-{seed}", *make_chest_phantom(seed)) for seed in seeds]
 
 
-def fingerprinted_sources(ct_paths) -> list:
-    """(source, ct_fingerprint) of each CT file or DICOM folder, each read once."""
-    return [_source_and_fingerprint(str(p), read_image(p)) for p in ct_paths]
+def training_sources(ct_paths, phantom_seeds, out_size: int) -> tuple:
+    """The sources of these CTs, then of these phantoms, and the CTs' content fingerprints (each CT read once); a CT
+    too small for training tiles of `out_size` is refused as soon as it is read."""
+    cts = fingerprinted_sources(ct_paths, out_size)
+    return [source for source, _ in cts] + phantom_sources(phantom_seeds), [fingerprint for _, fingerprint in cts]
 
 
-def _source_and_fingerprint(name: str, ct: sitk.Image) -> tuple:
-    """A CT's training source and its content fingerprint."""
-    return source_from_image(name, ct), ct_fingerprint(ct)
+def fingerprinted_sources(ct_paths, out_size: int = None) -> list:
+    """(source, ct_fingerprint) of each CT file or DICOM folder, each read once; with `out_size`, a CT too small for
+    training tiles of that size is refused before the next one is read."""
+    return [_source_and_fingerprint(str(p), read_image(p), out_size) for p in ct_paths]
+
+
+def _source_and_fingerprint(name: str, ct: sitk.Image, out_size: int = None) -> tuple:
+    """A CT's training source (checked against tiles of `out_size` when given) and its content fingerprint."""
+    source = source_from_image(name, ct)
+    if out_size is not None:
+        check_source_extent(source, out_size)
+    return source, ct_fingerprint(ct)
 
 
 def ct_fingerprint(ct: sitk.Image) -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .labels import COARSE_THRESHOLDS_MM
 from .devices import synchronize
+from .errors import InputError
 from .model import ModelConfig, hidden_size
 from .pyramid import AIR_HU, build_pyramid, context_margin, separable_filter, stack_channels, tile_inputs
 
@@ -46,6 +47,31 @@ class Source:
         if self.hu.device.type == device.type:
             return self
         return Source(self.name, self.hu.to(device), self.torso.to(device), self.lungs.to(device))
+
+
+def check_source_extent(source: Source, out_size: int, where: str = "") -> None:
+    """Raise InputError unless the source's lungs, where its training tiles are centred, span one output tile
+    (`out_size` voxels of the 1 mm grid) along every axis: a smaller source holds no whole tile."""
+    lungs = lung_extent_xyz(source)
+    short = [axis for axis, n in zip("xyz", lungs) if n < out_size]
+    if short:
+        ct = tuple(reversed(source.hu.shape))
+        raise InputError(f"{source.name}{where}: its lungs span {_mm(lungs)} (x y z; the CT {_mm(ct)} on the 1 mm "
+                         f"training grid), less than one {out_size} mm training tile (--out-size {out_size}) along "
+                         f"{' and '.join(short)}: too small to train on; use a whole-chest CT")
+
+
+def lung_extent_xyz(source: Source) -> tuple:
+    """Edges (x, y, z voxels of the 1 mm grid) of the bounding box of a source's lungs; zeros without lungs."""
+    voxels = source.lung_voxels
+    if len(voxels) == 0:
+        return (0, 0, 0)
+    return tuple(reversed((voxels.max(0).values - voxels.min(0).values + 1).tolist()))
+
+
+def _mm(edges) -> str:
+    """Edges in mm as `a x b x c mm`."""
+    return " x ".join(str(int(n)) for n in edges) + " mm"
 
 
 @dataclass

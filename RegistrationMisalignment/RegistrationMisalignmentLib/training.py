@@ -22,7 +22,7 @@ from .evaluation import lung_truth_and_prediction
 from .made_ahead import made_ahead
 from .metrics import classification_report, confusion_matrix
 from .model import MisalignmentNet, ModelConfig, check_output_size
-from .synthesis import IGNORE, make_batch, make_samples
+from .synthesis import IGNORE, check_source_extent, make_batch, make_samples
 
 LEVEL_LOSS_WEIGHTS = {4: 0.5, 2: 0.5, 1: 1.0}
 VALIDATION_SEED = 10 ** 9
@@ -48,6 +48,9 @@ class TrainConfig:
     validation_samples: int = 32
     seed: int = 0
     ct_paths: list = field(default_factory=list)
+    # their content fingerprints (sources.ct_fingerprint) when the run started: empty when not read (yet), as in runs
+    # before they were recorded, which are resumed by the CTs' paths
+    ct_fingerprints: list = field(default_factory=list)
     phantom_seeds: list = field(default_factory=lambda: [0, 1])
     source_files: list = field(default_factory=list)  # files written by cache-sources
     source_files_sha256: list = field(default_factory=list)  # their contents when the run started ("": not there)
@@ -62,6 +65,9 @@ class TrainConfig:
     # synthesis in the training process made in a thread, SYNTHESIS_AHEAD batches ahead of the steps: None = on CUDA
     # only; on 2 CPU cores it was 7-23 % faster (BENCHMARKS.md), `--synthesis-thread on` uses it there
     synthesis_thread: Optional[bool] = None
+    # the `registration-misalignment train ...` command lines of the run: the one that started it ("" when not
+    # recorded: runs before they were, or started from Python), then any other that resumed it (a larger --steps)
+    commands: list = field(default_factory=list)
 
 
 def pick_source(sources: list, index: int, seed: int, phantom_fraction: float):
@@ -260,12 +266,16 @@ def start_from_weights(model: MisalignmentNet, weights_path) -> None:
 
 
 RESUMED_SETTINGS = ("batch_size", "out_size", "learning_rate", "seed", "density_change")  # --steps may grow
-RESUMED_FILES = {"ct_paths": "--ct", "source_files": "--sources"}  # the training data, file by file, in order
+# the training data, file by file, in order: each by the contents recorded when the run started (a CT's fingerprint,
+# a sources file's sha256), else by path
+RESUMED_FILES = {"ct_paths": ("--ct", "ct_fingerprints"), "source_files": ("--sources", "source_files_sha256")}
 
 
-def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_config: TrainConfig) -> None:
+def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_config: TrainConfig,
+                   cts_read: bool = True) -> None:
     """Raise InputError, naming what differs, unless a stored run has the architecture, training data, starting
-    weights and training settings asked for (only the number of steps may grow on resuming)."""
+    weights and training settings asked for (only the number of steps may grow on resuming); a CT whose fingerprint
+    the run recorded is compared once it is read (`cts_read`; until then it may be anywhere)."""
     def plain(values: dict) -> dict:
         return json.loads(json.dumps(values))  # as stored: lists for tuples, text for dictionary keys
     stored_model = plain(ModelConfig(**json.loads(state["model_config"])).to_dict())
@@ -275,24 +285,60 @@ def check_same_run(out_dir: Path, state: dict, model_config: ModelConfig, train_
                  if stored_model.get(key) != asked_model[key]]
     differing += [f"--{key.replace('_', '-')} {stored_train.get(key)} (asked {asked_train[key]})"
                   for key in RESUMED_SETTINGS if key in stored_train and stored_train[key] != asked_train[key]]
-    differing += _differing_data(stored_train, asked_train)
+    files = _file_verdicts(stored_train, asked_train, cts_read)
+    differing += _differing_data(stored_train, asked_train, files)
     if asked_train["steps"] < stored_train["steps"]:
         differing.append(f"--steps {stored_train['steps']} (asked {asked_train['steps']}: only more may be asked)")
     if differing:
         raise InputError(f"{out_dir} holds a run started with {', '.join(differing)}; resume it with the options it "
                          "was started with, or train in a new --out folder")
-    changed = _changed_files(stored_train, asked_train)
+    changed = _changed_files(stored_train, asked_train, files)
     if changed:
         raise InputError(f"{out_dir}: the contents (sha256) of {' and '.join(changed)} changed since the run started; "
                          "resume it with the files it started with, or train in a new --out folder")
 
 
-def _differing_data(stored: dict, asked: dict) -> list:
-    """What differs between a stored run's training data and starting weights and those asked for, as options."""
+def _file_verdicts(stored: dict, asked: dict, cts_read: bool) -> dict:
+    """For each option of RESUMED_FILES, the verdict on each file asked against the run's, in order (`_file_verdict`),
+    or None when their number differs."""
+    verdicts = {}
+    for key, (_, contents) in RESUMED_FILES.items():
+        before, now = _resolved(stored.get(key, [])), _resolved(asked[key])
+        unread = None if key == "ct_paths" and not cts_read else ""
+        verdicts[key] = None if len(before) != len(now) else [
+            _file_verdict(*pair) for pair in zip(before, now, _recorded(stored, key, contents, ""),
+                                                 _recorded(asked, key, contents, unread))]
+    return verdicts
+
+
+def _resolved(paths) -> list:
+    """Absolute paths (relative ones: from the current folder)."""
+    return [str(Path(path).resolve()) for path in paths]
+
+
+def _recorded(settings: dict, key: str, contents_key: str, missing) -> list:
+    """The contents that a run's settings recorded for its files under `key`, or `missing` for each when none."""
+    recorded, count = list(settings.get(contents_key) or []), len(settings.get(key, []))
+    return recorded if len(recorded) == count else [missing] * count
+
+
+def _file_verdict(before: str, now: str, before_contents: str, now_contents: Optional[str]) -> str:
+    """"same" file as the run's, "changed" (its path, other contents) or "other": by the contents where both are
+    known, else by path; a file whose contents the run recorded but that is not read yet (None) counts as the same."""
+    if before_contents and now_contents:
+        return "same" if before_contents == now_contents else "changed" if before == now else "other"
+    if before_contents and now_contents is None:
+        return "same"
+    return "same" if before == now else "other"
+
+
+def _differing_data(stored: dict, asked: dict, files: dict) -> list:
+    """What differs between a stored run's training data and starting weights and those asked for, as options (the
+    files as `_file_verdicts` judged them)."""
     differing = []
-    for key, option in RESUMED_FILES.items():
-        before, now = ([str(Path(path).resolve()) for path in paths] for paths in (stored.get(key, []), asked[key]))
-        if before != now:
+    for key, (option, _) in RESUMED_FILES.items():
+        if files[key] is None or "other" in files[key]:
+            before, now = _resolved(stored.get(key, [])), _resolved(asked[key])
             differing.append(f"{option} {' '.join(before) or 'none'} (asked {' '.join(now) or 'none'})")
     before, now = list(stored.get("phantom_seeds", [])), list(asked["phantom_seeds"])
     if len(before) != len(now):
@@ -311,12 +357,11 @@ def _same_path(before: str, now: str) -> bool:
     return bool(before and now) and Path(before).resolve() == Path(now).resolve()
 
 
-def _changed_files(stored: dict, asked: dict) -> list:
-    """The sources files and starting weights, at the paths a stored run started with, whose sha256 differs from
-    the one it recorded then (runs from before sources files were fingerprinted: their starting weights only)."""
-    changed = [f"--sources {path}" for path, before, now in
-               zip(asked["source_files"], stored.get("source_files_sha256", []), asked["source_files_sha256"])
-               if before and now and before != now]
+def _changed_files(stored: dict, asked: dict, files: dict) -> list:
+    """The training data files and starting weights, at the paths a stored run started with, whose contents differ
+    from those it recorded then (runs from before they were recorded: their starting weights only)."""
+    changed = [f"{option} {path}" for key, (option, _) in RESUMED_FILES.items()
+               for path, verdict in zip(asked[key], files[key] or []) if verdict == "changed"]
     if stored.get("init_weights_sha256", "") != asked["init_weights_sha256"]:  # at the same path (else refused)
         changed.append(f"--init-weights {asked['init_weights']}")
     return changed
@@ -329,6 +374,15 @@ def with_fingerprints(train: TrainConfig) -> TrainConfig:
         return train
     return replace(train, source_files_sha256=[sha256_of(path) if Path(path).is_file() else ""
                                                for path in train.source_files])
+
+
+def with_recorded_commands(train: TrainConfig, state: Optional[dict]) -> TrainConfig:
+    """`train` with the command lines its stored run recorded (the one that started it first, "" when that was not
+    recorded), then its own command line when it is another: a resumed run keeps the command that started it."""
+    if state is None:
+        return train
+    recorded = json.loads(state["train_config"]).get("commands") or [""]
+    return replace(train, commands=recorded + [command for command in train.commands if command not in recorded])
 
 
 def check_not_a_file(out_dir: Path) -> None:
@@ -352,17 +406,19 @@ def check_run_folder(out_dir) -> None:
                          "overwrite it: choose a new --out folder")
 
 
-def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig) -> Optional[dict]:
+def check_before_loading_sources(out_dir, model_config: ModelConfig, train_config: TrainConfig,
+                                 cts_read: bool = False) -> Optional[dict]:
     """The checks `train` makes of its settings, its run folder and a run to resume, made before the sources are
-    loaded (which takes seconds per CT), so that a wrong option is reported at once; returns the run's training
-    state (on the CPU), None for a new run."""
+    loaded (which takes seconds per CT), so that a wrong option is reported at once, and again with the CTs read
+    (`cts_read`: their fingerprints are compared then); returns the run's training state (on the CPU), None for a
+    new run."""
     check_output_size(train_config.out_size)
     check_run_folder(out_dir)
     state_path = Path(out_dir) / STATE_NAME
     if not state_path.exists():
         return None
     state = torch.load(state_path, map_location="cpu", weights_only=True)
-    check_same_run(Path(out_dir), state, model_config, train_config)
+    check_same_run(Path(out_dir), state, model_config, train_config, cts_read)
     return state
 
 
@@ -396,12 +452,14 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     With `time_limit_s`, training stops after the first step that ends past that many seconds of this call, with the
     checkpoint saved there (rerunning resumes)."""
     train_config, out_dir = with_fingerprints(train_config), Path(out_dir)
-    stored = check_before_loading_sources(out_dir, model_config, train_config)
+    # given sources, the CTs were read: compared by the fingerprints in `train_config` (none given: by path)
+    stored = check_before_loading_sources(out_dir, model_config, train_config, cts_read=bool(sources))
     device = resolve_device(device)
     if is_finished(stored, out_dir, train_config):
         log(f"{out_dir}: already finished at step {stored['step']}; its recorded result, nothing trained again (a "
             "larger --steps trains on)")
         return recorded_result(stored, out_dir, device)
+    train_config = with_recorded_commands(train_config, stored)
     if train_config.loader_workers > 0:
         if train_config.loader_device == "cuda" and not torch.cuda.is_available():  # refused before any work
             raise InputError("--loader-device cuda: no CUDA GPU is available here; leave it out to synthesise on the "
@@ -409,6 +467,8 @@ def train(sources: list, model_config: ModelConfig, train_config: TrainConfig, o
     if not sources:
         raise InputError("no training data: no source to draw training pairs from (give CTs, phantoms or a sources "
                          "file)")
+    for source in sources:
+        check_source_extent(source, train_config.out_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, optimizer, step, history = _starting_point(model_config, train_config, stored, device, log)
     if train_config.loader_workers <= 0:  # synthesis here: the sources where the samples are made

@@ -122,3 +122,17 @@ def test_the_shared_cts_and_the_phantoms_hold_the_default_training_tiles():
         check_source_extent(source, 64)  # and tiles twice the default
         assert min(lung_extent_xyz(source)) >= 90, source.name
     assert len(fingerprints) == 2 and all(fingerprints)
+
+
+def test_a_scan_given_twice_is_refused_before_it_counts_twice(small_pair, tmp_path, capsys):
+    """The same CT under two names (here NRRD and NIfTI) would weigh double in training: one line naming both."""
+    write_image(small_pair.fixed, tmp_path / "ct.nrrd")
+    write_image(small_pair.fixed, tmp_path / "copy.nii.gz")
+    write_image(small_pair.moving, tmp_path / "other.nrrd")
+    out = tmp_path / "s.npz"
+    assert main(["cache-sources", "--ct", str(tmp_path / "ct.nrrd"), "--ct", str(tmp_path / "other.nrrd"),
+                 "--ct", str(tmp_path / "copy.nii.gz"), "--phantoms", "0", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"error: {tmp_path / 'copy.nii.gz'} holds the same scan as {tmp_path / 'ct.nrrd'} (same voxels, "
+                     "size and spacing): it would count twice in training; give each CT once"]
+    assert not out.exists()

@@ -70,8 +70,16 @@ def training_sources(ct_paths, phantom_seeds, out_size: int) -> tuple:
 
 def fingerprinted_sources(ct_paths, out_size: int = None) -> list:
     """(source, ct_fingerprint) of each CT file or DICOM folder, each read once; with `out_size`, a CT too small for
-    training tiles of that size is refused before the next one is read."""
-    return [_source_and_fingerprint(str(p), read_image(p), out_size) for p in ct_paths]
+    training tiles of that size is refused before the next one is read, and so is a scan given twice."""
+    read, first_named = [], {}
+    for path in map(str, ct_paths):
+        source, fingerprint = _source_and_fingerprint(path, read_image(path), out_size)
+        if fingerprint in first_named:
+            raise InputError(f"{path} holds the same scan as {first_named[fingerprint]} (same voxels, size and "
+                             "spacing): it would count twice in training; give each CT once")
+        first_named[fingerprint] = path
+        read.append((source, fingerprint))
+    return read
 
 
 def _source_and_fingerprint(name: str, ct: sitk.Image, out_size: int = None) -> tuple:

@@ -339,6 +339,19 @@ def _check_writable(folder: Path) -> None:
                          "choose another folder") from None
 
 
+def corner_points(image: sitk.Image) -> np.ndarray:
+    """The physical points (8 x 3) of a 3-D image's corner voxel centres."""
+    size = np.asarray(image.GetSize()) - 1
+    return np.asarray([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                       for corner in np.array(np.meshgrid(*[[0, s] for s in size])).reshape(3, -1).T])
+
+
+def physical_bounds(image: sitk.Image) -> tuple:
+    """Axis-aligned physical bounding box (min, max corners) of an image's voxel centres."""
+    corners = corner_points(image)
+    return corners.min(0), corners.max(0)
+
+
 def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:
     """A zero image with the given (size, origin, spacing, direction)."""
     size, origin, spacing, direction = grid

@@ -80,6 +80,33 @@ def test_a_folder_whose_series_lies_in_a_subfolder_names_it(small_phantom, tmp_p
         read_image(tmp_path / "nothing")
 
 
+def test_a_dicom_series_with_missing_slices_is_refused_in_one_line_naming_the_gap(small_phantom, tmp_path, capfd):
+    ct, _ = small_phantom
+    _write_dicom_series(ct[:, :, 20:30], tmp_path, "1.2.826.0.1.3680043.2.1125.5", "a")
+    _write_dicom_series(ct[:, :, 33:40], tmp_path, "1.2.826.0.1.3680043.2.1125.5", "b")  # slices 30 to 32 missing
+    with pytest.raises(InputError, match=rf"^{tmp_path}: the DICOM series has uneven slices: a009.dcm and b000.dcm lie "
+                                         r"4.00 mm apart \(at -14.5 and -10.5 mm along the slice normal, about 3 slices "
+                                         r"missing\), the others 1.00 mm; .*Export the complete series again"):
+        read_image(tmp_path)
+    assert capfd.readouterr().err == ""  # not ITK's own warning either
+
+
+def test_a_dicom_series_whose_slice_positions_are_rounded_is_read_without_itk_warnings(small_phantom, tmp_path, capfd):
+    ct, _ = small_phantom
+    sub = ct[:, :, 20:30]
+    _write_dicom_series(sub, tmp_path, "1.2.826.0.1.3680043.2.1125.6")
+    moved = tmp_path / "slice005.dcm"  # one slice 0.05 mm off, as positions written with few digits are
+    image = sitk.ReadImage(str(moved))
+    x, y, z = sub.TransformIndexToPhysicalPoint((0, 0, 5))
+    image.SetMetaData("0020|0032", f"{x}\\{y}\\{z + 0.05}")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(moved))
+    writer.Execute(image)
+    assert read_image(tmp_path).GetSize() == sub.GetSize()
+    assert capfd.readouterr().err == ""
+
+
 def test_images_are_written_all_or_none(small_phantom, tmp_path):
     ct, _ = small_phantom
     with pytest.raises(InputError, match="could not be written"):

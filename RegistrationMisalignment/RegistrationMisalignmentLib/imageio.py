@@ -8,6 +8,7 @@ import os
 import struct
 import tempfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ log = logging.getLogger("RegistrationMisalignment")
 NIFTI_MIN_HEADER = 352
 NIFTI2_HEADER = 540  # bytes of a NIfTI-2 header (a NIfTI-1 header has 348)
 SUBFOLDERS_SEARCHED = 50  # for a DICOM series when a folder holds none itself (named in the error)
+# A DICOM slice step may differ from the series' usual step by this share of it, or MIN_SLICE_STEP_MM, whichever is
+# more (positions are rounded when written); more is a missing slice or a gap
+SLICE_STEP_TOLERANCE, MIN_SLICE_STEP_MM = 0.1, 0.01
 # Peak memory of a prediction per fixed-image voxel, with margin: 19 bytes measured on a 512x512x600 CT, 23 with
 # --probabilities (BENCHMARKS.md).
 BYTES_PER_VOXEL = 24
@@ -137,9 +141,49 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         log.warning(f"{folder}: holds {len(series)} DICOM series; reading the largest ({len(files)} files, series "
                     f"instance UID {uid}); put each series in its own folder to choose another")
     _check_fits_in_memory(Path(files[0]), slices=len(files))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+    with itk_warnings_off():  # ITK's own multi-line warning on uneven slices: `_check_even_slices` says it in one
+        _check_even_slices(folder, files)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        return reader.Execute()
+
+
+def _check_even_slices(folder: Path, files) -> None:
+    """Raise InputError when the series' slices (in reading order) do not lie evenly spaced along the slice normal
+    (missing slices, a gap): ITK would read them with one spacing, stretching part of the volume."""
+    positions = _slice_positions(files) if len(files) > 2 else None
+    if positions is None:
+        return
+    steps = np.diff(positions)
+    usual = float(np.median(steps))
+    uneven = np.flatnonzero(np.abs(steps - usual) > max(SLICE_STEP_TOLERANCE * abs(usual), MIN_SLICE_STEP_MM))
+    if not uneven.size:
+        return
+    worst = int(uneven[np.argmax(np.abs(steps[uneven] - usual))])
+    missing = int(round(steps[worst] / usual)) - 1 if usual else 0
+    raise InputError(
+        f"{folder}: the DICOM series has uneven slices: {Path(files[worst]).name} and {Path(files[worst + 1]).name} "
+        f"lie {abs(steps[worst]):.2f} mm apart (at {positions[worst]:.1f} and {positions[worst + 1]:.1f} mm along the "
+        f"slice normal{f', about {missing} slices missing' if missing > 0 else ''}), the others {abs(usual):.2f} mm"
+        f"{f' ({uneven.size - 1} more uneven steps)' if uneven.size > 1 else ''}; read as it is, the volume would be "
+        "stretched. Export the complete series again, or load it in 3D Slicer (its DICOM module can regularise "
+        "uneven slices) and save it as NRRD")
+
+
+def _slice_positions(files) -> np.ndarray:
+    """Each file's position (ImagePositionPatient) along the first file's slice normal, mm; None when a file has
+    none."""
+    reader = sitk.ImageFileReader()
+    normal, positions = None, []
+    for name in files:
+        reader.SetFileName(str(name))
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032"):
+            return None
+        if normal is None:
+            normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2]
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    return np.asarray(positions)
 
 
 def _no_series_error(folder: Path) -> InputError:
@@ -167,10 +211,17 @@ def check_image_input(option: str, path) -> None:
 
 def _series_ids(folder) -> tuple:
     """The DICOM series instance UIDs of the files directly in a folder."""
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warning for a folder without series
-    try:
+    with itk_warnings_off():  # ITK prints its own warning for a folder without series
         return sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+
+
+@contextmanager
+def itk_warnings_off():
+    """While the block runs, ITK prints no warnings of its own (multi-line, on stderr); restored after."""
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
 

@@ -195,6 +195,30 @@ def test_unreadable_truncated_and_missing_files_give_one_line_errors(small_phant
         read_image(tmp_path / "d")
 
 
+def test_metaimage_files_missing_their_data_or_truncated_name_the_problem_in_one_line(small_phantom, tmp_path, capfd):
+    ct, _ = small_phantom
+    needed = ct.GetNumberOfPixels() * 2  # Int16
+    sitk.WriteImage(ct, str(tmp_path / "split.mhd"))
+    raw = tmp_path / "split.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    with pytest.raises(InputError, match=rf"^{tmp_path}/split.mhd: data truncated: 1000 of {needed} bytes in {raw}; "
+                                         "copy the file again$"):
+        read_image(tmp_path / "split.mhd")
+    raw.unlink()
+    with pytest.raises(InputError, match=rf"^{tmp_path}/split.mhd: its voxel data file {raw} \(ElementDataFile in "
+                                         r"the header\) is missing"):
+        read_image(tmp_path / "split.mhd")
+    for compress in (False, True):
+        whole = tmp_path / f"whole_{compress}.mha"
+        sitk.WriteImage(ct, str(whole), compress)
+        cut = tmp_path / f"cut_{compress}.mha"
+        cut.write_bytes(whole.read_bytes()[:-1000])
+        with pytest.raises(InputError, match=rf"^{cut}: data truncated: \d+ of \d+ bytes; copy the file again$"):
+            read_image(cut)
+        assert read_image(whole).GetSize() == ct.GetSize()
+    assert capfd.readouterr().err == ""  # not MetaIO's own lines either
+
+
 def test_two_dimensional_and_non_finite_images_are_rejected(tmp_path):
     flat = sitk.Image([32, 32], sitk.sitkInt16)
     write_image(flat, tmp_path / "flat.nrrd")

@@ -30,6 +30,11 @@ BYTES_PER_VOXEL = 24
 # Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
 # the temporary file can be renamed into place).
 IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
+# Bytes per voxel component of MetaImage's element types (MetaIO's table; MET_LONG is 4 bytes there)
+METAIMAGE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                   "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                   "MET_DOUBLE": 8}
+METAIMAGE_HEADER_LIMIT = 1 << 16  # bytes searched for a MetaImage header's last line, ElementDataFile
 IMAGE_FORMAT_HINT = "not a file format for a 3-D map; end the name with .nrrd, .nii.gz, .nii or .mha (lower case)"
 
 
@@ -42,6 +47,7 @@ def read_image(path) -> sitk.Image:
         if path.is_dir():
             image = _read_dicom_series(path)
         else:
+            check_metaimage_complete(path)
             _check_fits_in_memory(path)
             image = sitk.ReadImage(str(path))
             _check_nifti_complete(path, image)
@@ -95,6 +101,62 @@ def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
         needed = NIFTI_MIN_HEADER + image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
     if _stored_bytes(path, name.endswith(".gz")) < needed:
         raise InputError(f"{path}: file is truncated (holds less data than its header says); copy it again")
+
+
+def check_metaimage_complete(path: Path) -> None:
+    """Raise InputError, before ITK reads it (MetaIO would print its own lines and ITK report "No such file or
+    directory"), when a MetaImage (.mha, .mhd) header's data file is missing or holds fewer bytes than it promises."""
+    if not path.name.lower().endswith((".mha", ".mhd")):
+        return
+    header, data_offset = _metaimage_header(path)
+    name = header.get("ElementDataFile", "LIST")
+    if name.startswith("LIST") or "%" in name:  # voxels in several files: left to ITK
+        return
+    local = name == "LOCAL"
+    data = path if local else path.parent / name
+    if not data.is_file():
+        raise InputError(f"{path}: its voxel data file {data} (ElementDataFile in the header) is missing; copy it "
+                         "beside the header, or pass a single-file image (.mha, .nrrd, .nii.gz)")
+    try:
+        skip = data_offset if local else int(header.get("HeaderSize", "0"))
+    except ValueError:
+        return
+    needed = _metaimage_data_bytes(header)
+    if needed is None or skip < 0:  # a size this check does not know, or data at the end of a longer file
+        return
+    stored = data.stat().st_size - skip
+    if stored < needed:
+        raise InputError(f"{path}: data truncated: {stored} of {needed} bytes"
+                         f"{'' if local else f' in {data}'}; copy the file again")
+
+
+def _metaimage_header(path: Path) -> tuple:
+    """({key: value} of a MetaImage header up to its ElementDataFile line, the byte offset after that line); an
+    empty header when no such line comes within METAIMAGE_HEADER_LIMIT bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(METAIMAGE_HEADER_LIMIT)
+    header, offset = {}, 0
+    for line in head.split(b"\n")[:-1]:
+        offset += len(line) + 1
+        key, _, value = line.decode("latin-1").partition("=")
+        header[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            return header, offset
+    return {}, 0
+
+
+def _metaimage_data_bytes(header: dict):
+    """The bytes a MetaImage header promises (stored, so compressed when it is); None when it does not say or
+    this check does not know its element type."""
+    try:
+        if header.get("CompressedData", "False").lower() == "true":
+            return int(header["CompressedDataSize"]) if "CompressedDataSize" in header else None
+        voxels = int(np.prod([int(n) for n in header["DimSize"].split()], dtype=np.float64))
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return None
+    size = METAIMAGE_BYTES.get(header.get("ElementType"))
+    return voxels * channels * size if size else None
 
 
 def nifti_data_end(header: bytes):

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, library_reason
-from .imageio import corner_points, physical_bounds
+from .imageio import check_metaimage_complete, corner_points, physical_bounds
 
 FIELD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 GRID_KINDS = {"DisplacementFieldTransform": "displacement field", "BSplineTransform": "B-spline grid"}
@@ -33,6 +33,7 @@ def read_transform(path) -> sitk.Transform:
 
 def _field_transform(path: Path) -> sitk.Transform:
     """A displacement-field transform from a 3-component vector image (mm, LPS)."""
+    check_metaimage_complete(path)
     field = sitk.ReadImage(str(path))
     if field.GetDimension() != 3 or field.GetNumberOfComponentsPerPixel() != 3:
         raise InputError(f"{path}: a displacement field must be a 3-D image with 3 components per voxel")

@@ -230,6 +230,28 @@ def test_two_dimensional_and_non_finite_images_are_rejected(tmp_path):
         read_image(tmp_path / "nan.nrrd")
 
 
+@pytest.mark.parametrize("spacing", [(0.001, 0.001, 0.001), (0.7, 0.7, 25.0)])
+def test_voxel_sizes_no_ct_has_are_refused_naming_them(small_phantom, tmp_path, spacing):
+    """A spacing in metres (a units mistake) or far too coarse: from a file and in Python."""
+    ct = sitk.Image(small_phantom[0])
+    ct.SetSpacing(spacing)
+    write_image(ct, tmp_path / "ct.nrrd")
+    shown = "x".join(f"{s:.2g}" for s in spacing)
+    with pytest.raises(InputError, match=rf"ct.nrrd: voxel size {shown} mm is not a CT's \(expected 0.05 to 20 mm "
+                                         r"along each axis\); the spacing in its header is wrong or in other units"):
+        read_image(tmp_path / "ct.nrrd")
+    with pytest.raises(InputError, match=rf"^fixed image: voxel size {shown} mm is not a CT's"):
+        to_fixed_grid(ct, ct)
+
+
+def test_thick_slices_and_fine_voxels_are_read(small_phantom, tmp_path):
+    for spacing in [(0.7, 0.7, 5.0), (0.3, 0.3, 0.3), (0.05, 0.05, 20.0)]:
+        ct = sitk.Image(small_phantom[0])
+        ct.SetSpacing(spacing)
+        write_image(ct, tmp_path / "ct.nrrd")
+        assert read_image(tmp_path / "ct.nrrd").GetSpacing() == pytest.approx(spacing)
+
+
 def test_writing_into_a_missing_folder_fails_before_touching_anything(small_phantom, tmp_path):
     ct, _ = small_phantom
     with pytest.raises(InputError, match="does not exist"):

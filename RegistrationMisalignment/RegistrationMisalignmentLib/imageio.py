@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, library_reason
+from .input_checks import voxel_size_text
 
 log = logging.getLogger("RegistrationMisalignment")
 
@@ -27,6 +28,8 @@ SLICE_STEP_TOLERANCE, MIN_SLICE_STEP_MM = 0.1, 0.01
 # Peak memory of a prediction per fixed-image voxel, with margin: 19 bytes measured on a 512x512x600 CT, 23 with
 # --probabilities (BENCHMARKS.md).
 BYTES_PER_VOXEL = 24
+# Voxel sizes (mm) a CT can have: 0.2 to 10 mm, with room; outside, the header's spacing is wrong or in other units
+VOXEL_MM_RANGE = (0.05, 20.0)
 # Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
 # the temporary file can be renamed into place).
 IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
@@ -297,12 +300,17 @@ def _first_series_folder_below(folder: Path, limit: int = SUBFOLDERS_SEARCHED):
 
 
 def check_volume(image: sitk.Image, name: str) -> None:
-    """Raise InputError unless `image` is a finite, scalar 3-D volume."""
+    """Raise InputError unless `image` is a finite, scalar 3-D volume with voxels of a plausible size."""
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise InputError(f"{name}: expected a 3-D volume, got size {image.GetSize()}; pass a 3-D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: expected a scalar (grey-value) image, got "
                          f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    spacing = np.asarray(image.GetSpacing())
+    if spacing.min() < VOXEL_MM_RANGE[0] or spacing.max() > VOXEL_MM_RANGE[1]:
+        raise InputError(f"{name}: voxel size {voxel_size_text(image)} is not a CT's (expected {VOXEL_MM_RANGE[0]} to "
+                         f"{VOXEL_MM_RANGE[1]:.0f} mm along each axis); the spacing in its header is wrong or in other "
+                         "units (m, cm): set it right (e.g. in 3D Slicer's Volumes module) and save the image again")
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(f"{name}: contains NaN or infinite voxels; fix or mask them before prediction")

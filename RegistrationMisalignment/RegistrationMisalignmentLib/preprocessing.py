@@ -11,8 +11,8 @@ import SimpleITK as sitk
 import torch
 
 from .errors import InputError
-from .imageio import check_volume, physical_bounds
-from .input_checks import warn_about_unusual_inputs
+from .imageio import available_memory_bytes, check_volume, physical_bounds
+from .input_checks import voxel_size_text, warn_about_unusual_inputs
 from .mask_threads import start_beside
 from .masks import automatic_lung_mask, bounding_box, torso_mask
 from .pyramid import AIR_HU, normalise_channels_
@@ -24,6 +24,13 @@ S1_SPACING = 1.0
 BLOCK = 8  # S1 voxels: tiles and regions are aligned to this grid
 MIN_COVERED_FRACTION = 0.99  # of the region to evaluate that the moving image may leave uncovered without a warning
 MIN_TRANSFORM_SHARE = 0.1  # of the region to evaluate that a transform's grid must cover: less is another image's
+# The region to evaluate on the 1 mm working grid beyond which no chest goes (a wrong voxel size in the header does):
+# 1 m along an axis, 125 litres
+MAX_REGION_MM, MAX_REGION_VOXELS = 1000, 500 ** 3
+# Peak bytes per voxel of the 1 mm working grid with its context: the three channels (12), the pyramid's coarser
+# levels (2), the probabilities (12) and the masks of the voxels needed (a few); 21 measured (the small phantom's
+# pair with 1 and 2 mm voxels, `predict` with the tiny test network), with margin
+BYTES_PER_S1_VOXEL = 32
 EXACT_HU_TYPES = (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkFloat32)  # hold HU and air as float32 would, no copy needed
 
 
@@ -263,12 +270,31 @@ def covered_share(mask: sitk.Image, cover: sitk.Image) -> tuple:
     return covered, covered_voxels / np.count_nonzero(sitk.GetArrayViewFromImage(mask))
 
 
+def check_working_grid(fixed: sitk.Image, region: tuple, margin: int) -> None:
+    """Raise InputError, before the 1 mm working grid is made, when the region to evaluate (global S1 xyz start, stop)
+    is larger than any chest, or its grid with `margin` of context needs more memory than is available."""
+    size = np.asarray(region[1]) - np.asarray(region[0])
+    spans = (f"the 1 mm working grid over the region to evaluate (the lungs, or the mask) spans "
+             f"{' x '.join(str(int(n)) for n in size)} mm")
+    image = (f"the fixed image has {voxel_size_text(fixed)} voxels over "
+             f"{' x '.join(f'{n * s:.0f}' for n, s in zip(fixed.GetSize(), fixed.GetSpacing()))} mm")
+    if size.max() > MAX_REGION_MM or np.prod(size, dtype=np.float64) > MAX_REGION_VOXELS:
+        raise InputError(f"{spans}, more than any chest ({image}); a wrong voxel size in its header is the likely "
+                         "cause: set it right and save the image again, or pass a mask of the lungs")
+    needed = np.prod(size + 2 * margin, dtype=np.float64) * BYTES_PER_S1_VOXEL
+    available = available_memory_bytes()
+    if needed > available:
+        raise InputError(f"{spans} and needs about {needed / 2 ** 30:.1f} GiB of memory but "
+                         f"{available / 2 ** 30:.1f} GiB is available ({image}); free memory, or pass a smaller mask")
+
+
 def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int, device="cpu") -> PreparedPair:
     """Resample the pair onto the S1 grid over `region` (global S1 xyz start, stop) plus `margin` of context, into a
     volume on `device`.
 
     As SimpleITK's linear (images, air outside their torso and outside the image) and nearest-neighbour (field of
     view) resampling would, one axis at a time in torch; channels are written in place."""
+    check_working_grid(pair.fixed, region, margin)
     start, stop = region
     crop_start = start - margin
     size = stop - start + 2 * margin

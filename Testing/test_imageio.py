@@ -84,9 +84,9 @@ def test_a_dicom_series_with_missing_slices_is_refused_in_one_line_naming_the_ga
     ct, _ = small_phantom
     _write_dicom_series(ct[:, :, 20:30], tmp_path, "1.2.826.0.1.3680043.2.1125.5", "a")
     _write_dicom_series(ct[:, :, 33:40], tmp_path, "1.2.826.0.1.3680043.2.1125.5", "b")  # slices 30 to 32 missing
-    with pytest.raises(InputError, match=rf"^{tmp_path}: the DICOM series has uneven slices: a009.dcm and b000.dcm lie "
-                                         r"4.00 mm apart \(at -14.5 and -10.5 mm along the slice normal, about 3 slices "
-                                         r"missing\), the others 1.00 mm; .*Export the complete series again"):
+    with pytest.raises(InputError, match=rf"^{tmp_path}: the DICOM series has uneven slices: a009.dcm and b000.dcm "
+                                         r"lie 4.00 mm apart \(at -14.5 and -10.5 mm along the slice normal, about 3 "
+                                         r"slices missing\), the others 1.00 mm; .*Export the complete series again"):
         read_image(tmp_path)
     assert capfd.readouterr().err == ""  # not ITK's own warning either
 

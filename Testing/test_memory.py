@@ -49,8 +49,9 @@ def test_a_region_larger_than_any_chest_is_refused_before_the_1mm_grid_is_made(s
     monkeypatch.setattr(preprocessing, "resample_onto_s1_", made)
     fixed, moving = (_with_voxel_size(image, 8.0) for image in (small_pair.fixed, small_pair.moving))
     with pytest.raises(InputError, match=r"^the 1 mm working grid over the region to evaluate \(the lungs, or the "
-                                         r"mask\) spans \d+ x \d+ x \d+ mm, more than any chest \(the fixed image has "
-                                         r"8x8x8 mm voxels over 768 x 640 x 704 mm\); a wrong voxel size in its header"):
+                                         r"mask\) spans \d+ x \d+ x \d+ mm, more than any chest \(the fixed image "
+                                         r"has 8x8x8 mm voxels over 768 x 640 x 704 mm\); a wrong voxel size in its "
+                                         "header"):
         tiny_predictor.predict(fixed, moving)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, library_reason
+from .errors import InputError, described, library_reason
 from .input_checks import voxel_size_text
 
 log = logging.getLogger("RegistrationMisalignment")
@@ -30,6 +30,8 @@ SLICE_STEP_TOLERANCE, MIN_SLICE_STEP_MM = 0.1, 0.01
 BYTES_PER_VOXEL = 24
 # Voxel sizes (mm) a CT can have: 0.2 to 10 mm, with room; outside, the header's spacing is wrong or in other units
 VOXEL_MM_RANGE = (0.05, 20.0)
+# Pixel types of SimpleITK label maps (run-length objects): ITK cannot give their voxels as an array
+LABEL_MAP_TYPES = (sitk.sitkLabelUInt8, sitk.sitkLabelUInt16, sitk.sitkLabelUInt32, sitk.sitkLabelUInt64)
 # Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
 # the temporary file can be renamed into place).
 IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
@@ -299,8 +301,33 @@ def _first_series_folder_below(folder: Path, limit: int = SUBFOLDERS_SEARCHED):
     return None
 
 
+def image_argument(value, name: str, label_map_ok: bool = False) -> sitk.Image:
+    """A Python caller's image argument: a SimpleITK image, or one read from a path (file or DICOM folder); a label
+    map (LabelMap pixel type) made a label image when `label_map_ok`. An InputError naming `name` for anything else."""
+    if isinstance(value, (str, os.PathLike)):
+        return read_image(value)
+    if not isinstance(value, sitk.Image):
+        hint = ("; make one with sitk.GetImageFromArray(array) and set its spacing, origin and direction"
+                if isinstance(value, np.ndarray) else "")
+        raise InputError(f"{name} must be a SimpleITK image or the path of an image file or DICOM folder, got "
+                         f"{described(value)}{hint}")
+    if label_map_ok and value.GetPixelID() in LABEL_MAP_TYPES:
+        return sitk.LabelMapToLabel(value)
+    check_not_label_map(value, name)
+    return value
+
+
+def check_not_label_map(image: sitk.Image, name: str) -> None:
+    """Raise InputError for a label map (LabelMap pixel type), before ITK is asked for its voxels: that aborts the
+    whole process (Slicer too)."""
+    if image.GetPixelID() in LABEL_MAP_TYPES:
+        raise InputError(f"{name}: a label map ({image.GetPixelIDTypeAsString()}), not a grey-value image; pass "
+                         "the CT itself (a mask as a label map: convert it with sitk.LabelMapToLabel)")
+
+
 def check_volume(image: sitk.Image, name: str) -> None:
     """Raise InputError unless `image` is a finite, scalar 3-D volume with voxels of a plausible size."""
+    check_not_label_map(image, name)
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise InputError(f"{name}: expected a 3-D volume, got size {image.GetSize()}; pass a 3-D image")
     if image.GetNumberOfComponentsPerPixel() != 1:

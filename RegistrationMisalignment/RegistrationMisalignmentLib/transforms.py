@@ -2,13 +2,14 @@
 defined."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, library_reason
+from .errors import InputError, described, library_reason
 from .imageio import check_metaimage_complete, corner_points, physical_bounds
 
 FIELD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -29,6 +30,19 @@ def read_transform(path) -> sitk.Transform:
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot be read as a transform ({library_reason(exc)}); pass an ITK transform file "
                          "(.tfm, .txt, .h5) or a displacement field image") from None
+
+
+def transform_argument(value) -> sitk.Transform:
+    """A Python caller's transform argument: a SimpleITK transform, or one read from a path (`read_transform`); an
+    InputError for anything else."""
+    if isinstance(value, (str, os.PathLike)):
+        return read_transform(value)
+    if not isinstance(value, sitk.Transform):
+        hint = ("; for a displacement field image, pass sitk.DisplacementFieldTransform(sitk.Cast(field, "
+                "sitk.sitkVectorFloat64))" if isinstance(value, sitk.Image) else "")
+        raise InputError(f"transform must be a SimpleITK transform (fixed-to-moving) or the path of a transform file "
+                         f"or displacement field, got {described(value)}{hint}")
+    return value
 
 
 def _field_transform(path: Path) -> sitk.Transform:

@@ -80,6 +80,33 @@ def test_a_folder_whose_series_lies_in_a_subfolder_names_it(small_phantom, tmp_p
         read_image(tmp_path / "nothing")
 
 
+def test_a_dicom_series_with_missing_slices_is_refused_in_one_line_naming_the_gap(small_phantom, tmp_path, capfd):
+    ct, _ = small_phantom
+    _write_dicom_series(ct[:, :, 20:30], tmp_path, "1.2.826.0.1.3680043.2.1125.5", "a")
+    _write_dicom_series(ct[:, :, 33:40], tmp_path, "1.2.826.0.1.3680043.2.1125.5", "b")  # slices 30 to 32 missing
+    with pytest.raises(InputError, match=rf"^{tmp_path}: the DICOM series has uneven slices: a009.dcm and b000.dcm "
+                                         r"lie 4.00 mm apart \(at -14.5 and -10.5 mm along the slice normal, about 3 "
+                                         r"slices missing\), the others 1.00 mm; .*Export the complete series again"):
+        read_image(tmp_path)
+    assert capfd.readouterr().err == ""  # not ITK's own warning either
+
+
+def test_a_dicom_series_whose_slice_positions_are_rounded_is_read_without_itk_warnings(small_phantom, tmp_path, capfd):
+    ct, _ = small_phantom
+    sub = ct[:, :, 20:30]
+    _write_dicom_series(sub, tmp_path, "1.2.826.0.1.3680043.2.1125.6")
+    moved = tmp_path / "slice005.dcm"  # one slice 0.05 mm off, as positions written with few digits are
+    image = sitk.ReadImage(str(moved))
+    x, y, z = sub.TransformIndexToPhysicalPoint((0, 0, 5))
+    image.SetMetaData("0020|0032", f"{x}\\{y}\\{z + 0.05}")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(moved))
+    writer.Execute(image)
+    assert read_image(tmp_path).GetSize() == sub.GetSize()
+    assert capfd.readouterr().err == ""
+
+
 def test_images_are_written_all_or_none(small_phantom, tmp_path):
     ct, _ = small_phantom
     with pytest.raises(InputError, match="could not be written"):
@@ -168,6 +195,30 @@ def test_unreadable_truncated_and_missing_files_give_one_line_errors(small_phant
         read_image(tmp_path / "d")
 
 
+def test_metaimage_files_missing_their_data_or_truncated_name_the_problem_in_one_line(small_phantom, tmp_path, capfd):
+    ct, _ = small_phantom
+    needed = ct.GetNumberOfPixels() * 2  # Int16
+    sitk.WriteImage(ct, str(tmp_path / "split.mhd"))
+    raw = tmp_path / "split.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    with pytest.raises(InputError, match=rf"^{tmp_path}/split.mhd: data truncated: 1000 of {needed} bytes in {raw}; "
+                                         "copy the file again$"):
+        read_image(tmp_path / "split.mhd")
+    raw.unlink()
+    with pytest.raises(InputError, match=rf"^{tmp_path}/split.mhd: its voxel data file {raw} \(ElementDataFile in "
+                                         r"the header\) is missing"):
+        read_image(tmp_path / "split.mhd")
+    for compress in (False, True):
+        whole = tmp_path / f"whole_{compress}.mha"
+        sitk.WriteImage(ct, str(whole), compress)
+        cut = tmp_path / f"cut_{compress}.mha"
+        cut.write_bytes(whole.read_bytes()[:-1000])
+        with pytest.raises(InputError, match=rf"^{cut}: data truncated: \d+ of \d+ bytes; copy the file again$"):
+            read_image(cut)
+        assert read_image(whole).GetSize() == ct.GetSize()
+    assert capfd.readouterr().err == ""  # not MetaIO's own lines either
+
+
 def test_two_dimensional_and_non_finite_images_are_rejected(tmp_path):
     flat = sitk.Image([32, 32], sitk.sitkInt16)
     write_image(flat, tmp_path / "flat.nrrd")
@@ -177,6 +228,28 @@ def test_two_dimensional_and_non_finite_images_are_rejected(tmp_path):
     write_image(nan, tmp_path / "nan.nrrd")
     with pytest.raises(InputError, match="NaN or infinite"):
         read_image(tmp_path / "nan.nrrd")
+
+
+@pytest.mark.parametrize("spacing", [(0.001, 0.001, 0.001), (0.7, 0.7, 25.0)])
+def test_voxel_sizes_no_ct_has_are_refused_naming_them(small_phantom, tmp_path, spacing):
+    """A spacing in metres (a units mistake) or far too coarse: from a file and in Python."""
+    ct = sitk.Image(small_phantom[0])
+    ct.SetSpacing(spacing)
+    write_image(ct, tmp_path / "ct.nrrd")
+    shown = "x".join(f"{s:.2g}" for s in spacing)
+    with pytest.raises(InputError, match=rf"ct.nrrd: voxel size {shown} mm is not a CT's \(expected 0.05 to 20 mm "
+                                         r"along each axis\); the spacing in its header is wrong or in other units"):
+        read_image(tmp_path / "ct.nrrd")
+    with pytest.raises(InputError, match=rf"^fixed image: voxel size {shown} mm is not a CT's"):
+        to_fixed_grid(ct, ct)
+
+
+def test_thick_slices_and_fine_voxels_are_read(small_phantom, tmp_path):
+    for spacing in [(0.7, 0.7, 5.0), (0.3, 0.3, 0.3), (0.05, 0.05, 20.0)]:
+        ct = sitk.Image(small_phantom[0])
+        ct.SetSpacing(spacing)
+        write_image(ct, tmp_path / "ct.nrrd")
+        assert read_image(tmp_path / "ct.nrrd").GetSpacing() == pytest.approx(spacing)
 
 
 def test_writing_into_a_missing_folder_fails_before_touching_anything(small_phantom, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -10,12 +11,23 @@ from .errors import InputError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """Map 'auto' / 'cpu' / 'cuda' / 'gpu' to an available torch device."""
+    """Map 'auto' / 'cpu' / 'cuda' / 'gpu' / 'cuda:N' (or such a torch.device) to an available torch device; an
+    InputError naming those for any other."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device in ("gpu", "cuda") and not torch.cuda.is_available():
+    name = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|gpu|cuda(:\d+)?", name):
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' (or 'gpu') or 'cuda:N' (N: a GPU's number), got "
+                         f"{device!r}")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise InputError("no CUDA GPU is available here; use --device cpu (or auto)")
-    return torch.device("cuda" if device == "gpu" else device)
+    chosen = torch.device("cuda" if name == "gpu" else name)
+    if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise InputError(f"device {name!r}: there is no such GPU here (GPUs: "
+                         f"{', '.join(f'cuda:{i}' for i in range(torch.cuda.device_count()))})")
+    return chosen
 
 
 # Memory format of the 3-D convolutions: channels-last, the fastest of oneDNN on the CPU and of cuDNN on an H100

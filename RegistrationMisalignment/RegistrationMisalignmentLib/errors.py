@@ -12,6 +12,16 @@ class InputError(ValueError):
     """Bad input: the message says what is wrong and what to do."""
 
 
+def described(value) -> str:
+    """What a Python argument is, for an error message: None, or its type (module and name) with the value itself
+    when it is a short number or text."""
+    if value is None:
+        return "None"
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}".replace("builtins.", "")
+    return f"{name} {value!r}" if isinstance(value, (str, int, float)) and len(repr(value)) <= 40 else name
+
+
 def library_reason(exc: BaseException, limit: int = 160) -> str:
     """The last line of a library's (ITK, SimpleITK) error message, without the memory addresses ITK names objects
     by, shortened to `limit` characters."""

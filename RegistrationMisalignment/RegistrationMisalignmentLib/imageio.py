@@ -8,24 +8,38 @@ import os
 import struct
 import tempfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, library_reason
+from .errors import InputError, described, library_reason
+from .input_checks import voxel_size_text
 
 log = logging.getLogger("RegistrationMisalignment")
 
 NIFTI_MIN_HEADER = 352
 NIFTI2_HEADER = 540  # bytes of a NIfTI-2 header (a NIfTI-1 header has 348)
 SUBFOLDERS_SEARCHED = 50  # for a DICOM series when a folder holds none itself (named in the error)
+# A DICOM slice step may differ from the series' usual step by this share of it, or MIN_SLICE_STEP_MM, whichever is
+# more (positions are rounded when written); more is a missing slice or a gap
+SLICE_STEP_TOLERANCE, MIN_SLICE_STEP_MM = 0.1, 0.01
 # Peak memory of a prediction per fixed-image voxel, with margin: 19 bytes measured on a 512x512x600 CT, 23 with
 # --probabilities (BENCHMARKS.md).
 BYTES_PER_VOXEL = 24
+# Voxel sizes (mm) a CT can have: 0.2 to 10 mm, with room; outside, the header's spacing is wrong or in other units
+VOXEL_MM_RANGE = (0.05, 20.0)
+# Pixel types of SimpleITK label maps (run-length objects): ITK cannot give their voxels as an array
+LABEL_MAP_TYPES = (sitk.sitkLabelUInt8, sitk.sitkLabelUInt16, sitk.sitkLabelUInt32, sitk.sitkLabelUInt64)
 # Single-file formats that hold a 3-D label map and a 3-component probability image (header and data together, so
 # the temporary file can be renamed into place).
 IMAGE_OUTPUT_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
+# Bytes per voxel component of MetaImage's element types (MetaIO's table; MET_LONG is 4 bytes there)
+METAIMAGE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                   "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                   "MET_DOUBLE": 8}
+METAIMAGE_HEADER_LIMIT = 1 << 16  # bytes searched for a MetaImage header's last line, ElementDataFile
 IMAGE_FORMAT_HINT = "not a file format for a 3-D map; end the name with .nrrd, .nii.gz, .nii or .mha (lower case)"
 
 
@@ -38,6 +52,7 @@ def read_image(path) -> sitk.Image:
         if path.is_dir():
             image = _read_dicom_series(path)
         else:
+            check_metaimage_complete(path)
             _check_fits_in_memory(path)
             image = sitk.ReadImage(str(path))
             _check_nifti_complete(path, image)
@@ -93,6 +108,62 @@ def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
         raise InputError(f"{path}: file is truncated (holds less data than its header says); copy it again")
 
 
+def check_metaimage_complete(path: Path) -> None:
+    """Raise InputError, before ITK reads it (MetaIO would print its own lines and ITK report "No such file or
+    directory"), when a MetaImage (.mha, .mhd) header's data file is missing or holds fewer bytes than it promises."""
+    if not path.name.lower().endswith((".mha", ".mhd")):
+        return
+    header, data_offset = _metaimage_header(path)
+    name = header.get("ElementDataFile", "LIST")
+    if name.startswith("LIST") or "%" in name:  # voxels in several files: left to ITK
+        return
+    local = name == "LOCAL"
+    data = path if local else path.parent / name
+    if not data.is_file():
+        raise InputError(f"{path}: its voxel data file {data} (ElementDataFile in the header) is missing; copy it "
+                         "beside the header, or pass a single-file image (.mha, .nrrd, .nii.gz)")
+    try:
+        skip = data_offset if local else int(header.get("HeaderSize", "0"))
+    except ValueError:
+        return
+    needed = _metaimage_data_bytes(header)
+    if needed is None or skip < 0:  # a size this check does not know, or data at the end of a longer file
+        return
+    stored = data.stat().st_size - skip
+    if stored < needed:
+        raise InputError(f"{path}: data truncated: {stored} of {needed} bytes"
+                         f"{'' if local else f' in {data}'}; copy the file again")
+
+
+def _metaimage_header(path: Path) -> tuple:
+    """({key: value} of a MetaImage header up to its ElementDataFile line, the byte offset after that line); an
+    empty header when no such line comes within METAIMAGE_HEADER_LIMIT bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(METAIMAGE_HEADER_LIMIT)
+    header, offset = {}, 0
+    for line in head.split(b"\n")[:-1]:
+        offset += len(line) + 1
+        key, _, value = line.decode("latin-1").partition("=")
+        header[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            return header, offset
+    return {}, 0
+
+
+def _metaimage_data_bytes(header: dict):
+    """The bytes a MetaImage header promises (stored, so compressed when it is); None when it does not say or
+    this check does not know its element type."""
+    try:
+        if header.get("CompressedData", "False").lower() == "true":
+            return int(header["CompressedDataSize"]) if "CompressedDataSize" in header else None
+        voxels = int(np.prod([int(n) for n in header["DimSize"].split()], dtype=np.float64))
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return None
+    size = METAIMAGE_BYTES.get(header.get("ElementType"))
+    return voxels * channels * size if size else None
+
+
 def nifti_data_end(header: bytes):
     """The bytes a NIfTI-1 or NIfTI-2 file needs up to its last voxel, from its header (the voxels' offset, count and
     stored size, before any rescaling); None for a header that is neither."""
@@ -137,9 +208,49 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         log.warning(f"{folder}: holds {len(series)} DICOM series; reading the largest ({len(files)} files, series "
                     f"instance UID {uid}); put each series in its own folder to choose another")
     _check_fits_in_memory(Path(files[0]), slices=len(files))
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+    with itk_warnings_off():  # ITK's own multi-line warning on uneven slices: `_check_even_slices` says it in one
+        _check_even_slices(folder, files)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        return reader.Execute()
+
+
+def _check_even_slices(folder: Path, files) -> None:
+    """Raise InputError when the series' slices (in reading order) do not lie evenly spaced along the slice normal
+    (missing slices, a gap): ITK would read them with one spacing, stretching part of the volume."""
+    positions = _slice_positions(files) if len(files) > 2 else None
+    if positions is None:
+        return
+    steps = np.diff(positions)
+    usual = float(np.median(steps))
+    uneven = np.flatnonzero(np.abs(steps - usual) > max(SLICE_STEP_TOLERANCE * abs(usual), MIN_SLICE_STEP_MM))
+    if not uneven.size:
+        return
+    worst = int(uneven[np.argmax(np.abs(steps[uneven] - usual))])
+    missing = int(round(steps[worst] / usual)) - 1 if usual else 0
+    raise InputError(
+        f"{folder}: the DICOM series has uneven slices: {Path(files[worst]).name} and {Path(files[worst + 1]).name} "
+        f"lie {abs(steps[worst]):.2f} mm apart (at {positions[worst]:.1f} and {positions[worst + 1]:.1f} mm along the "
+        f"slice normal{f', about {missing} slices missing' if missing > 0 else ''}), the others {abs(usual):.2f} mm"
+        f"{f' ({uneven.size - 1} more uneven steps)' if uneven.size > 1 else ''}; read as it is, the volume would be "
+        "stretched. Export the complete series again, or load it in 3D Slicer (its DICOM module can regularise "
+        "uneven slices) and save it as NRRD")
+
+
+def _slice_positions(files) -> np.ndarray:
+    """Each file's position (ImagePositionPatient) along the first file's slice normal, mm; None when a file has
+    none."""
+    reader = sitk.ImageFileReader()
+    normal, positions = None, []
+    for name in files:
+        reader.SetFileName(str(name))
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032"):
+            return None
+        if normal is None:
+            normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2]
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    return np.asarray(positions)
 
 
 def _no_series_error(folder: Path) -> InputError:
@@ -167,10 +278,17 @@ def check_image_input(option: str, path) -> None:
 
 def _series_ids(folder) -> tuple:
     """The DICOM series instance UIDs of the files directly in a folder."""
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints its own warning for a folder without series
-    try:
+    with itk_warnings_off():  # ITK prints its own warning for a folder without series
         return sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+
+
+@contextmanager
+def itk_warnings_off():
+    """While the block runs, ITK prints no warnings of its own (multi-line, on stderr); restored after."""
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
 
@@ -183,13 +301,43 @@ def _first_series_folder_below(folder: Path, limit: int = SUBFOLDERS_SEARCHED):
     return None
 
 
+def image_argument(value, name: str, label_map_ok: bool = False) -> sitk.Image:
+    """A Python caller's image argument: a SimpleITK image, or one read from a path (file or DICOM folder); a label
+    map (LabelMap pixel type) made a label image when `label_map_ok`. An InputError naming `name` for anything else."""
+    if isinstance(value, (str, os.PathLike)):
+        return read_image(value)
+    if not isinstance(value, sitk.Image):
+        hint = ("; make one with sitk.GetImageFromArray(array) and set its spacing, origin and direction"
+                if isinstance(value, np.ndarray) else "")
+        raise InputError(f"{name} must be a SimpleITK image or the path of an image file or DICOM folder, got "
+                         f"{described(value)}{hint}")
+    if label_map_ok and value.GetPixelID() in LABEL_MAP_TYPES:
+        return sitk.LabelMapToLabel(value)
+    check_not_label_map(value, name)
+    return value
+
+
+def check_not_label_map(image: sitk.Image, name: str) -> None:
+    """Raise InputError for a label map (LabelMap pixel type), before ITK is asked for its voxels: that aborts the
+    whole process (Slicer too)."""
+    if image.GetPixelID() in LABEL_MAP_TYPES:
+        raise InputError(f"{name}: a label map ({image.GetPixelIDTypeAsString()}), not a grey-value image; pass "
+                         "the CT itself (a mask as a label map: convert it with sitk.LabelMapToLabel)")
+
+
 def check_volume(image: sitk.Image, name: str) -> None:
-    """Raise InputError unless `image` is a finite, scalar 3-D volume."""
+    """Raise InputError unless `image` is a finite, scalar 3-D volume with voxels of a plausible size."""
+    check_not_label_map(image, name)
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise InputError(f"{name}: expected a 3-D volume, got size {image.GetSize()}; pass a 3-D image")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: expected a scalar (grey-value) image, got "
                          f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    spacing = np.asarray(image.GetSpacing())
+    if spacing.min() < VOXEL_MM_RANGE[0] or spacing.max() > VOXEL_MM_RANGE[1]:
+        raise InputError(f"{name}: voxel size {voxel_size_text(image)} is not a CT's (expected {VOXEL_MM_RANGE[0]} to "
+                         f"{VOXEL_MM_RANGE[1]:.0f} mm along each axis); the spacing in its header is wrong or in other "
+                         "units (m, cm): set it right (e.g. in 3D Slicer's Volumes module) and save the image again")
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(f"{name}: contains NaN or infinite voxels; fix or mask them before prediction")
@@ -337,6 +485,19 @@ def _check_writable(folder: Path) -> None:
     except OSError as exc:
         raise InputError(f"{folder}: output folder is not writable (creating a file there failed: {exc.strerror}); "
                          "choose another folder") from None
+
+
+def corner_points(image: sitk.Image) -> np.ndarray:
+    """The physical points (8 x 3) of a 3-D image's corner voxel centres."""
+    size = np.asarray(image.GetSize()) - 1
+    return np.asarray([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                       for corner in np.array(np.meshgrid(*[[0, s] for s in size])).reshape(3, -1).T])
+
+
+def physical_bounds(image: sitk.Image) -> tuple:
+    """Axis-aligned physical bounding box (min, max corners) of an image's voxel centres."""
+    corners = corner_points(image)
+    return corners.min(0), corners.max(0)
 
 
 def image_on_grid(grid: tuple, pixel_type: int, components: int = 1) -> sitk.Image:

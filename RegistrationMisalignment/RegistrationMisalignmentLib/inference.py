@@ -1,10 +1,12 @@
 """MisalignmentPredictor: dense tiled inference over the mask and point queries (the paper's per-patch way)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import itertools
 import math
+import numbers
 import time
 from typing import NamedTuple, Optional
 
@@ -15,10 +17,11 @@ import torch
 from . import labels as L
 from .beside_masks import WorkBesideMasks
 from .checkpoint import load_model, released_weights_path, sha256_of
+from .cli_common import positive_gib
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
-from .errors import CapturedWarnings, InputError
+from .errors import CapturedWarnings, InputError, described
 from .fixed_grid import MaskedProbabilities
-from .imageio import mask_like
+from .imageio import image_argument, mask_like
 from .landmarks import check_inside, physical_points
 from .masks import air_in_torso, bounding_box
 from .model import MisalignmentNet, check_output_size, folded_for_inference, input_size
@@ -28,6 +31,7 @@ from .preprocessing import (BLOCK, PairOnFixedGrid, PreparedPair, crop_to_s1, po
                             s1_neighbours_of_mask, to_fixed_grid)
 from .pyramid import batch_tiles, build_pyramid, context_margin
 from .regions import wrong_regions
+from .transforms import transform_argument
 
 DEFAULT_MAX_MEMORY_GB = 2.0
 MAX_TILE = 128
@@ -189,14 +193,33 @@ def largest_tile(model: MisalignmentNet, device: torch.device, max_memory_gb: fl
     return tile_size_for_memory(model, CUDA_MEMORY_SHARE * free_bytes / 2 ** 30, MAX_TILE_CUDA)
 
 
+def memory_budget(value) -> float:
+    """`max_memory_gb` as the command line takes --max-memory (a number of GiB, more than 0); an InputError naming it
+    for anything else."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"max_memory_gb must be a number of GiB such as 2 or 0.5, got {described(value)}")
+    try:
+        return positive_gib(repr(float(value)))
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(f"max_memory_gb {exc}") from None
+
+
+def arguments(fixed, moving, mask, transform) -> tuple:
+    """The images and transform of `predict` and `predict_points` as SimpleITK objects (paths are read; a mask that is
+    a label map becomes a label image), or an InputError naming the argument."""
+    return (image_argument(fixed, "fixed"), image_argument(moving, "moving"),
+            None if mask is None else image_argument(mask, "mask", label_map_ok=True),
+            None if transform is None else transform_argument(transform))
+
+
 class MisalignmentPredictor:
     """Predicts the correct / poor / wrong map of a registered chest-CT pair."""
 
     def __init__(self, model: MisalignmentNet, device="auto", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
                  weights_sha256: str = None, amp: bool = False):
+        self.max_memory_gb = memory_budget(max_memory_gb)
         self.device = resolve_device(device)
         self.model = folded_for_inference(model).to(self.device, memory_format=CONVOLUTION_LAYOUT)
-        self.max_memory_gb = max_memory_gb
         self.weights_sha256 = weights_sha256
         self.amp = amp
         # what the first map does before using the device: warm it up (CUDA; the CPU has nothing to set up), or wait
@@ -224,7 +247,9 @@ class MisalignmentPredictor:
 
         `transform` (fixed-to-moving, ITK convention) is applied to the moving image first, if given. The images
         may store their axes in any order and sense: the network sees them in its own orientation (`orientation.py`)
-        and the results come back on the fixed image's grid."""
+        and the results come back on the fixed image's grid. Images and the transform may also be given as paths
+        (read as the command line reads them)."""
+        fixed, moving, mask, transform = arguments(fixed, moving, mask, transform)
         t0 = time.perf_counter()
         report = progress or (lambda fraction, message: None)
         report(0.0, "preparing images")
@@ -467,6 +492,7 @@ class MisalignmentPredictor:
     def predict_points(self, fixed: sitk.Image, moving: sitk.Image, points, mask=None, transform=None) -> tuple:
         """Classes (N,, 0 outside the mask or the moving image's field of view) and probabilities (N, 3) at physical
         points (LPS, mm) inside the fixed image."""
+        fixed, moving, mask, transform = arguments(fixed, moving, mask, transform)
         points = physical_points(points)
         check_inside(points, fixed, "fixed image", noun="point")
         fixed, moving, mask = (in_network_orientation(image) for image in (fixed, moving, mask))

@@ -136,11 +136,11 @@ def warn_if_spacing_differs(fixed: sitk.Image, moving: sitk.Image) -> None:
     """Warn when the two images' voxel sizes differ a lot along some axis (detail of the coarser one is missing)."""
     ratio = np.asarray(moving.GetSpacing()) / np.asarray(fixed.GetSpacing())
     if ratio.max() > SPACING_RATIO or ratio.min() < 1 / SPACING_RATIO:
-        log.warning(f"voxel sizes differ a lot (fixed {_mm(fixed)}, moving {_mm(moving)}); the coarser image lacks "
-                    "detail, so small misalignments may be missed")
+        log.warning(f"voxel sizes differ a lot (fixed {voxel_size_text(fixed)}, moving {voxel_size_text(moving)}); the "
+                    "coarser image lacks detail, so small misalignments may be missed")
 
 
-def _mm(image: sitk.Image) -> str:
+def voxel_size_text(image: sitk.Image) -> str:
     """Voxel size as text."""
     return "x".join(f"{s:.2g}" for s in image.GetSpacing()) + " mm"
 

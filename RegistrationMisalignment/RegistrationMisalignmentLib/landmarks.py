@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, described
 
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
@@ -137,8 +137,9 @@ def physical_points(points) -> np.ndarray:
         raise InputError("points must be x, y, z triples of numbers (physical LPS coordinates in mm)") from None
     if array.size == 0:
         return array.reshape(0, 3)
-    if array.ndim > 2 or array.shape[-1] != 3:
-        raise InputError(f"points must be x, y, z triples (physical LPS coordinates in mm), got shape {array.shape}")
+    if array.ndim == 0 or array.ndim > 2 or array.shape[-1] != 3:
+        given = f"shape {array.shape}" if array.ndim else described(points)
+        raise InputError(f"points must be x, y, z triples (physical LPS coordinates in mm), got {given}")
     array = array.reshape(-1, 3)
     if not np.isfinite(array).all():
         raise InputError("points contain NaN or infinite coordinates; pass finite LPS coordinates in mm")

@@ -11,17 +11,26 @@ import SimpleITK as sitk
 import torch
 
 from .errors import InputError
-from .imageio import check_volume
-from .input_checks import warn_about_unusual_inputs
+from .imageio import available_memory_bytes, check_volume, physical_bounds
+from .input_checks import voxel_size_text, warn_about_unusual_inputs
 from .mask_threads import start_beside
 from .masks import automatic_lung_mask, bounding_box, torso_mask
 from .pyramid import AIR_HU, normalise_channels_
 from .separable import resample_onto_s1_, samples_along_axis
+from .transforms import WRITE_IT_RIGHT, TransformDomain, check_transform, transform_domain
 
 log = logging.getLogger("RegistrationMisalignment")
 S1_SPACING = 1.0
 BLOCK = 8  # S1 voxels: tiles and regions are aligned to this grid
 MIN_COVERED_FRACTION = 0.99  # of the region to evaluate that the moving image may leave uncovered without a warning
+MIN_TRANSFORM_SHARE = 0.1  # of the region to evaluate that a transform's grid must cover: less is another image's
+# The region to evaluate on the 1 mm working grid beyond which no chest goes (a wrong voxel size in the header does):
+# 1 m along an axis, 125 litres
+MAX_REGION_MM, MAX_REGION_VOXELS = 1000, 500 ** 3
+# Peak bytes per voxel of the 1 mm working grid with its context: the three channels (12), the pyramid's coarser
+# levels (2), the probabilities (12) and the masks of the voxels needed (a few); 21 measured (the small phantom's
+# pair with 1 and 2 mm voxels, `predict` with the tiny test network), with margin
+BYTES_PER_S1_VOXEL = 32
 EXACT_HU_TYPES = (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkFloat32)  # hold HU and air as float32 would, no copy needed
 
 
@@ -51,15 +60,6 @@ def s1_reference(fixed: sitk.Image, global_start_xyz, size_xyz) -> sitk.Image:
     return ref
 
 
-def physical_bounds(image: sitk.Image) -> tuple:
-    """Axis-aligned physical bounding box (min, max corners) of an image's voxel centres."""
-    size = np.asarray(image.GetSize()) - 1
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-               for corner in np.array(np.meshgrid(*[[0, s] for s in size])).reshape(3, -1).T]
-    corners = np.asarray(corners)
-    return corners.min(0), corners.max(0)
-
-
 def check_overlap(fixed: sitk.Image, moving: sitk.Image) -> None:
     """Raise InputError if the two images do not overlap in physical space."""
     (flo, fhi), (mlo, mhi) = physical_bounds(fixed), physical_bounds(moving)
@@ -84,9 +84,8 @@ def moving_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image, transform: sitk.
     """Return the moving image (HU: its own pixel type or float32) and its field-of-view mask (UInt8) on the fixed grid.
 
     `transform` (fixed-to-moving, as ITK resampling and Slicer transform files use) is applied first."""
-    if transform is not None and transform.GetDimension() != 3:
-        raise InputError(f"the transform is {transform.GetDimension()}-D; pass the 3-D fixed-to-moving transform of "
-                         "the registration")
+    if transform is not None:
+        check_transform(transform)
     moving = hu_image(moving)
     if transform is None and same_grid(fixed, moving):
         inside = sitk.Image(fixed.GetSize(), sitk.sitkUInt8) + 1
@@ -217,6 +216,9 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
     if transform is None:
         check_overlap(fixed, moving)
     moving_hu, inside = moving_on_fixed_grid(fixed, moving, transform)
+    domain = transform_domain(fixed, transform)
+    if domain is not None:
+        inside = sitk.And(inside, domain.inside)
     if not sitk.GetArrayViewFromImage(inside).any():
         raise InputError("fixed and moving images do not overlap in space; check their origins and orientation")
     with ThreadPoolExecutor(max_workers=1) as pool:  # the fixed masks stay on this thread: its warnings are captured
@@ -225,7 +227,8 @@ def to_fixed_grid(fixed: sitk.Image, moving: sitk.Image, mask=None, transform=No
         fixed_torso = torso_mask(fixed_hu)
         if torsos_ready is not None:
             torsos_ready(PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, None))
-        mask = within_field_of_view(evaluation_mask(fixed_hu, mask, fixed_torso), inside)
+        mask = within_field_of_view(within_transform_domain(evaluation_mask(fixed_hu, mask, fixed_torso), domain),
+                                    inside)
         return PairOnFixedGrid(fixed, fixed_hu, fixed_torso, moving_hu, moving_torso.result(), inside, mask)
 
 
@@ -234,16 +237,55 @@ def within_field_of_view(mask: sitk.Image, inside: sitk.Image) -> sitk.Image:
     when that leaves less than MIN_COVERED_FRACTION of it, or an InputError when nothing of it is left."""
     if sitk.GetArrayViewFromImage(inside).all():
         return mask
-    covered = sitk.And(mask, inside)
-    covered_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(covered)))
-    if not covered_voxels:
+    covered, fraction = covered_share(mask, inside)
+    if not fraction:
         raise InputError("the moving image does not cover the region to evaluate (the lungs, or the mask) anywhere; "
                          "check that it is the registered image of the same patient and region")
-    fraction = covered_voxels / np.count_nonzero(sitk.GetArrayViewFromImage(mask))
     if fraction < MIN_COVERED_FRACTION:
         log.warning(f"the moving image covers only {100 * fraction:.0f} % of the region to evaluate (the lungs, or "
                     "the mask); the rest is labelled 0, not evaluated")
     return covered
+
+
+def within_transform_domain(mask: sitk.Image, domain: TransformDomain = None) -> sitk.Image:
+    """The evaluation mask where the transform is defined (all of it when `domain` is None), with a warning when that
+    leaves less than MIN_COVERED_FRACTION of it, or an InputError when it leaves less than MIN_TRANSFORM_SHARE."""
+    if domain is None:
+        return mask
+    covered, fraction = covered_share(mask, domain.inside)
+    if fraction < MIN_TRANSFORM_SHARE:
+        raise InputError(f"{domain.what} covers {100 * fraction:.0f} % of the region to evaluate (the lungs, or the "
+                         f"mask; {domain.span}): ITK takes no displacement outside it, so the map there would be "
+                         f"wrong; {WRITE_IT_RIGHT}")
+    if fraction < MIN_COVERED_FRACTION:
+        log.warning(f"{domain.what} covers only {100 * fraction:.0f} % of the region to evaluate (the lungs, or the "
+                    "mask); the rest is labelled 0, not evaluated (ITK would take no displacement there)")
+    return covered
+
+
+def covered_share(mask: sitk.Image, cover: sitk.Image) -> tuple:
+    """(the mask within `cover`, the share of the mask's voxels that is)."""
+    covered = sitk.And(mask, cover)
+    covered_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(covered)))
+    return covered, covered_voxels / np.count_nonzero(sitk.GetArrayViewFromImage(mask))
+
+
+def check_working_grid(fixed: sitk.Image, region: tuple, margin: int) -> None:
+    """Raise InputError, before the 1 mm working grid is made, when the region to evaluate (global S1 xyz start, stop)
+    is larger than any chest, or its grid with `margin` of context needs more memory than is available."""
+    size = np.asarray(region[1]) - np.asarray(region[0])
+    spans = (f"the 1 mm working grid over the region to evaluate (the lungs, or the mask) spans "
+             f"{' x '.join(str(int(n)) for n in size)} mm")
+    image = (f"the fixed image has {voxel_size_text(fixed)} voxels over "
+             f"{' x '.join(f'{n * s:.0f}' for n, s in zip(fixed.GetSize(), fixed.GetSpacing()))} mm")
+    if size.max() > MAX_REGION_MM or np.prod(size, dtype=np.float64) > MAX_REGION_VOXELS:
+        raise InputError(f"{spans}, more than any chest ({image}); a wrong voxel size in its header is the likely "
+                         "cause: set it right and save the image again, or pass a mask of the lungs")
+    needed = np.prod(size + 2 * margin, dtype=np.float64) * BYTES_PER_S1_VOXEL
+    available = available_memory_bytes()
+    if needed > available:
+        raise InputError(f"{spans} and needs about {needed / 2 ** 30:.1f} GiB of memory but "
+                         f"{available / 2 ** 30:.1f} GiB is available ({image}); free memory, or pass a smaller mask")
 
 
 def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int, device="cpu") -> PreparedPair:
@@ -252,6 +294,7 @@ def crop_to_s1(pair: PairOnFixedGrid, region: tuple, margin: int, device="cpu") 
 
     As SimpleITK's linear (images, air outside their torso and outside the image) and nearest-neighbour (field of
     view) resampling would, one axis at a time in torch; channels are written in place."""
+    check_working_grid(pair.fixed, region, margin)
     start, stop = region
     crop_start = start - margin
     size = stop - start + 2 * margin

@@ -599,3 +599,48 @@ def test_a_small_flag_threshold_is_printed_as_given_and_the_device_column_sorts(
     assert "(wrong > 0.4 %)" in capsys.readouterr().out
     report = (out / "report.html").read_text()
     assert "fraction above 0.4 %" in report and report.count('<td class="text" data-sort="cpu">cpu</td>') == 3
+
+
+def test_a_pairs_file_or_case_input_that_batch_would_write_over_is_refused_before_any_work(cohort, tmp_path, capsys):
+    """`batch summary.csv --out .`: the pairs file, or a case's input, is the summary or the report batch writes."""
+    study, other = tmp_path / "study", tmp_path / "other"
+    study.mkdir()
+    other.mkdir()
+    (study / "summary.csv").write_text(f"case_id,fixed,moving\np1,{cohort / 'fixed.nrrd'},{cohort / 'moving.nrrd'}\n")
+    (tmp_path / "linked.csv").symlink_to(study / "summary.csv")
+    (other / "report.html").write_bytes((cohort / "fixed.nrrd").read_bytes())  # a scan, whatever its name
+    (other / "pairs.csv").write_text(f"case_id,fixed,moving\np1,report.html,{cohort / 'moving.nrrd'}\n")
+    for csv, message in [(study / "summary.csv", "the pairs file"), (tmp_path / "linked.csv", "the pairs file"),
+                         (other / "pairs.csv", "case p1's fixed input")]:
+        before = _snapshot(csv.resolve().parent)
+        assert main(["batch", str(csv), "--out", str(csv.resolve().parent), "--weights",
+                     str(cohort / "tiny.safetensors")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {message}") and "that batch writes" in err and "\n" not in err, err
+        assert _snapshot(csv.resolve().parent) == before
+
+
+@pytest.mark.parametrize("name", ["summary.csv", "report.html"])
+def test_a_summary_or_report_that_batch_did_not_write_is_never_replaced(cohort, finished_run, tmp_path, capsys,
+                                                                         name):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / name).write_text("the user's own notes\n")
+    before = _snapshot(out)
+    assert main(_args(cohort, out, "good.csv")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {out / name} exists and was not written by batch, which would replace it; move it or " \
+                  "choose another --out"
+    assert _snapshot(out) == before
+
+
+def test_summaries_and_reports_of_every_batch_version_are_recognised(cohort, finished_run, tmp_path):
+    from RegistrationMisalignmentLib.report import written_by_batch
+    assert written_by_batch(finished_run / "summary.csv") and written_by_batch(finished_run / "report.html")
+    first = tmp_path / "summary.csv"  # the columns of the first version (0.1)
+    first.write_text("case_id,status,error,correct_fraction,poor_fraction,wrong_fraction,correct_ml,poor_ml,wrong_ml,"
+                     "mask_ml,total_s,device,weights_sha256,flagged\n")
+    pairs = tmp_path / "pairs" / "summary.csv"
+    pairs.parent.mkdir()
+    pairs.write_text("case_id,fixed,moving\n")
+    assert written_by_batch(first) and not written_by_batch(pairs) and not written_by_batch(tmp_path / "missing.csv")

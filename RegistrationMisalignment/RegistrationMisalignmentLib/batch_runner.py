@@ -20,10 +20,9 @@ from .checkpoint import load_model
 from .cli_common import require_at_least
 from .devices import default_threads, resolve_device
 from .errors import InputError
-from .report import write_report, write_summary_csv
+from .imageio import same_file
+from .report import REPORT_NAME, SUMMARY_NAME, write_report, write_summary_csv, written_by_batch
 
-SUMMARY_NAME = "summary.csv"
-REPORT_NAME = "report.html"
 LOST_ALONE = "the worker process running it died (out of memory? killed?), also when it ran alone; run again to retry"
 LOST_BEFORE_STARTING = ("the worker processes died before starting a case (out of memory loading the model? or, from a "
                         "Python script, run_batch not under if __name__ == '__main__'); run again")
@@ -36,6 +35,7 @@ def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler:
         settings = replace(settings, weights=str(Path(settings.weights).resolve()))
     check_model_options(settings, scheduler)
     check_inputs_outside_cases_folder(cases, settings.out_dir)
+    check_cohort_files(settings.out_dir, case_inputs(cases))
     cases_folder(settings.out_dir).mkdir(parents=True, exist_ok=True)
     returned = {}
     with tqdm(total=len(cases), unit="case", desc="cases", disable=not progress or None) as bar:
@@ -78,6 +78,27 @@ def check_inputs_outside_cases_folder(cases: list, out_dir) -> None:
                 raise InputError(f"case {case.case_id}: its {column} input {path} lies inside {folder.resolve()}, "
                                  "where batch replaces each case's folder; move the inputs elsewhere or choose another "
                                  "--out")
+
+
+def case_inputs(cases: list) -> dict:
+    """Every input of the cases, by what it is ('case ID's COLUMN input' -> path)."""
+    return {f"case {case.case_id}'s {column} input": path for case in cases
+            for column, path in case.inputs().items() if path}
+
+
+def check_cohort_files(out_dir, inputs: dict) -> None:
+    """Raise InputError when summary.csv or report.html in `out_dir`, which batch replaces, is one of the `inputs`
+    ('what it is' -> path; also through a link) or an existing file that batch did not write."""
+    paths = [Path(out_dir) / name for name in (SUMMARY_NAME, REPORT_NAME)]
+    for path in paths:
+        for what, other in inputs.items():
+            if same_file(path, other):
+                raise InputError(f"{what} {other} is the {path.name} that batch writes in --out {out_dir}; move it "
+                                 "or choose another --out (inputs are never overwritten)")
+    for path in paths:
+        if os.path.isfile(path) and not written_by_batch(path):
+            raise InputError(f"{path} exists and was not written by batch, which would replace it; move it or "
+                             "choose another --out")
 
 
 def _outcome(record: dict) -> str:

@@ -29,18 +29,21 @@ def run_batch_command(args) -> dict:
     from pathlib import Path
     from .batch import BatchSettings
     from .batch_cases import read_cases
-    from .batch_runner import run_batch
+    from .batch_runner import case_inputs, check_cohort_files, run_batch
     from .errors import InputError
     from .imageio import check_output_path
+    from .report import REPORT_NAME, SUMMARY_NAME
     require_at_least_one(workers=args.workers)
     require_share(flag_wrong_fraction=args.flag_wrong_fraction)
     cases = read_cases(args.pairs)
+    check_cohort_files(args.out, dict({"the pairs file": args.pairs}, **case_inputs(cases)))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror}); choose another --out") from None
-    check_output_path(out / "summary.csv")
+    for name in (SUMMARY_NAME, REPORT_NAME):
+        check_output_path(out / name)
     settings = BatchSettings(str(out.resolve()), args.weights, args.device, args.max_memory, args.threads,
                              args.probabilities, args.amp)
     result = run_batch(cases, settings, args.workers, args.scheduler, args.flag_wrong_fraction,

@@ -11,6 +11,8 @@ from pathlib import Path
 from . import labels as L
 from .imageio import write_bytes
 
+SUMMARY_NAME = "summary.csv"
+REPORT_NAME = "report.html"
 TITLE = "Registration misalignment report"
 FLAG_MARKER = "\u2691 over threshold"
 WORST_WHEN_NONE_FLAGGED = 5
@@ -19,6 +21,8 @@ SUMMARY_COLUMNS = ("case_id", "status", "error", "correct_fraction", "poor_fract
                    "correct_ml", "poor_ml", "wrong_ml", "mask_ml", "mean_confidence", "calibrated", "wrong_regions",
                    "largest_wrong_region_ml", "total_s", "device",
                    "weights_sha256", "flagged", "warnings")
+SUMMARY_START = ",".join(SUMMARY_COLUMNS[:3]) + ","  # how the header of every version's summary.csv begins
+OWN_HEAD_BYTES = 4096  # read of an existing summary or report to tell whether batch wrote it
 CLASSES = tuple(L.CLASS_NAMES[value] for value in L.CLASS_VALUES)
 WRONG = L.CLASS_NAMES[L.WRONG]
 
@@ -276,6 +280,18 @@ def report_html(records: list, out_dir, flag_wrong_fraction: float) -> str:
 
 def write_report(records: list, out_dir, flag_wrong_fraction: float) -> Path:
     """Write out_dir/report.html atomically; returns its path."""
-    path = Path(out_dir) / "report.html"
+    path = Path(out_dir) / REPORT_NAME
     write_bytes(report_html(records, out_dir, flag_wrong_fraction).encode("utf-8"), path)
     return path
+
+
+def written_by_batch(path) -> bool:
+    """Whether an existing summary.csv or report.html is one that batch wrote (any version): the summary's header, or
+    the report's title near its start; False for another file or one that cannot be read."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(OWN_HEAD_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.startswith(SUMMARY_START) if path.name == SUMMARY_NAME else f"<title>{TITLE}</title>" in head

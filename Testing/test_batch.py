@@ -644,3 +644,15 @@ def test_summaries_and_reports_of_every_batch_version_are_recognised(cohort, fin
     pairs.parent.mkdir()
     pairs.write_text("case_id,fixed,moving\n")
     assert written_by_batch(first) and not written_by_batch(pairs) and not written_by_batch(tmp_path / "missing.csv")
+
+
+def test_a_case_of_one_scan_or_two_identical_ones_fails_and_the_others_go_on(cohort, tmp_path, capsys):
+    csv = _cases_csv(tmp_path, cohort, {"plain": "moving.nrrd", "copy": "moving_copy.nrrd", "same": "fixed.nrrd"})
+    csv.write_text(csv.read_text().replace(f"copy,{cohort / 'fixed.nrrd'}", f"copy,{cohort / 'moving.nrrd'}"))
+    out = tmp_path / "run"
+    assert main(_args(cohort, out, csv, "--json")) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["done"], result["failed"]) == (1, 2)
+    assert result["failures"]["same"].startswith(f"fixed and moving are the same file ({cohort / 'fixed.nrrd'}); give")
+    assert result["failures"]["copy"].startswith(
+        f"fixed and moving are identical files ({cohort / 'moving.nrrd'} and {cohort / 'moving_copy.nrrd'}); give")

@@ -573,6 +573,21 @@ def test_the_same_file_as_fixed_and_moving_is_refused(files, tmp_path, capsys):
     assert not (tmp_path / "labels.nrrd").exists()
 
 
+def test_identical_copies_as_fixed_and_moving_are_refused_by_predict_and_evaluate(files, tmp_path, capsys):
+    copy = tmp_path / "copy.nii.gz"
+    copy.write_bytes((files / "moving.nii.gz").read_bytes())
+    moving = str(files / "moving.nii.gz")
+    assert main(["predict", "--fixed", str(copy), "--moving", moving, "--output", str(tmp_path / "labels.nrrd"),
+                 "--weights", str(files / "tiny.safetensors")]) == 2
+    assert f"--fixed and --moving are identical files ({copy} and {moving})" in _error_line(capsys)
+    evaluate = ["evaluate", "--fixed-landmarks", str(tmp_path / "f.csv"), "--residuals", str(tmp_path / "r.csv"),
+                "--out", str(tmp_path / "evaluation")]
+    for fixed, message in [(moving, "are the same file"), (str(copy), "are identical files")]:
+        assert main(evaluate + ["--fixed", fixed, "--registered-moving", moving]) == 2
+        assert f"--fixed and --registered-moving {message}" in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.nii.gz"]
+
+
 def test_a_memory_budget_must_be_positive(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(_predict_argv(files, "--fixed", files / "fixed.nrrd", "--output", tmp_path / "l.nrrd",

@@ -17,6 +17,7 @@ from . import __version__
 from .batch_cases import Case, input_checksums
 from .case_lock import STAGED_SUFFIX, CaseLock
 from .checkpoint import released_weights_path
+from .cli_common import check_two_scans
 from .errors import CapturedWarnings, InputError, warnings_named
 from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
@@ -120,7 +121,9 @@ def _finished_or_predicted(case: Case, settings: BatchSettings) -> dict:
     started = time.perf_counter()
     try:
         predictor = predictor_for(settings)
-        fingerprint = _fingerprint(predictor, input_checksums(case), settings)
+        checksums = input_checksums(case)
+        check_two_scans("fixed and moving", case.fixed, case.moving, (checksums["fixed"], checksums["moving"]))
+        fingerprint = _fingerprint(predictor, checksums, settings)
         previous = read_record(settings.out_dir, case.case_id)
         if _is_finished(previous, fingerprint, settings.out_dir):
             (case_folder(settings.out_dir, case.case_id) / FAILURE_NAME).unlink(missing_ok=True)

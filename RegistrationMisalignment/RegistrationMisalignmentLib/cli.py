@@ -8,8 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_common import (OneLineErrorParser, add_device, add_model_options, close_bars, load_predictor,
-                         output_folder, progress_bar, progress_lines, require_at_least, require_positive, set_threads)
+from .cli_common import (OneLineErrorParser, add_device, add_model_options, check_two_scans, close_bars,
+                         load_predictor, output_folder, progress_bar, progress_lines, require_at_least,
+                         require_positive, set_threads)
 from .cli_batch import BATCH_COMMANDS
 from .cli_training import check_training_options
 from .cli_evaluation import EVALUATION_COMMANDS
@@ -195,12 +196,9 @@ def _add_predict(sub) -> None:
 
 def run_predict(args) -> dict:
     """Predict a pair and write the label map (and probabilities) atomically, all or none."""
-    from .imageio import (IMAGE_FORMAT_HINT, IMAGE_OUTPUT_SUFFIXES, check_output_files, read_image, same_file,
-                          write_images)
+    from .imageio import IMAGE_FORMAT_HINT, IMAGE_OUTPUT_SUFFIXES, check_output_files, read_image, write_images
     from .transforms import read_transform
-    if same_file(args.fixed, args.moving):
-        raise InputError(f"--fixed and --moving are the same file ({args.moving}); give the registered moving image "
-                         "(a scan against itself is correct everywhere)")
+    check_two_scans("--fixed and --moving", args.fixed, args.moving)
     check_output_files({"--output": args.output, "--probabilities": args.probabilities},
                        {f"the same file as {option}": path for option, path in (
                            ("--fixed", args.fixed), ("--moving", args.moving), ("--mask", args.mask),

@@ -76,6 +76,25 @@ def require_share(**shares) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
 
 
+def check_two_scans(names: str, fixed, moving, checksums: tuple = None) -> None:
+    """Raise InputError when the fixed and moving scans (`names` says which options or columns) are one file (also
+    through a link) or two identical ones: by their `checksums` when given (a DICOM folder too), else two files of the
+    same bytes. A scan against itself is correct everywhere, which says nothing of a registration."""
+    import filecmp
+    import os
+    from .errors import InputError
+    from .imageio import same_file
+    advice = "give the registered moving image (a scan against itself is correct everywhere)"
+    if same_file(fixed, moving):
+        raise InputError(f"{names} are the same file ({moving}); {advice}")
+    if checksums:
+        identical = checksums[0] == checksums[1]
+    else:
+        identical = os.path.isfile(fixed) and os.path.isfile(moving) and filecmp.cmp(fixed, moving, shallow=False)
+    if identical:
+        raise InputError(f"{names} are identical files ({fixed} and {moving}); {advice}")
+
+
 def output_folder(folder, *names):
     """An --out folder, created if needed, checked before any work: a file there, a folder that cannot be written, or
     one of the file `names` to be written in it that cannot be (a folder of that name, say) is an InputError."""

@@ -6,7 +6,7 @@ import logging
 import math
 from pathlib import Path
 
-from .cli_common import (add_device, add_model_options, load_predictor, output_folder, progress_bar,
+from .cli_common import (add_device, add_model_options, check_two_scans, load_predictor, output_folder, progress_bar,
                          require_at_least, require_at_least_one, require_below, set_threads)
 from .cli_training import check_training_options
 from .errors import InputError
@@ -349,6 +349,10 @@ def run_evaluate(args) -> dict:
     from .landmark_evaluation import (SETUPS, elastix_module, evaluate_landmarks, markdown_table, score,
                                       warn_if_outside_mask, with_comparisons)
     from .landmarks import check_inside, read_landmarks
+    option, moving = ("--registered-moving", args.registered_moving) if args.registered_moving else ("--moving",
+                                                                                                  args.moving)
+    if moving:
+        check_two_scans(f"--fixed and {option}", args.fixed, moving)
     if not args.registered_moving:
         elastix_module()  # missing: said before --out is made, with nothing to write there
     out = output_folder(args.out, *EVALUATION_FILES) if args.out else None

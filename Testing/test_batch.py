@@ -656,3 +656,25 @@ def test_a_case_of_one_scan_or_two_identical_ones_fails_and_the_others_go_on(coh
     assert result["failures"]["same"].startswith(f"fixed and moving are the same file ({cohort / 'fixed.nrrd'}); give")
     assert result["failures"]["copy"].startswith(
         f"fixed and moving are identical files ({cohort / 'moving.nrrd'} and {cohort / 'moving_copy.nrrd'}); give")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' parents from /proc")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_cleans_up_as_ctrl_c_does_and_stops_the_workers(cohort, tmp_path, workers):
+    """What `timeout`, Slurm and `docker stop` send, to the batch process alone: exit status 143, one line, no
+    half-written case, the workers stopped, nothing leaked (semaphores), and the next run resumes."""
+    out = tmp_path / "run"
+    csv = _cases_csv(tmp_path, cohort, {f"case{n}": "moving.nrrd" for n in range(4)})
+    run = _run_cli(_args(cohort, out, csv, "--workers", workers))
+    _wait_for(lambda: _finished(out), run)
+    children = _children(run.pid)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM; nothing half-written")
+    assert "Traceback" not in err and "leaked" not in err, err[-2000:]
+    assert _still_running(children, 10.0) == [] and _leftovers(out) == [] and 1 <= len(_finished(out)) < 4
+    rerun = _run_cli(_args(cohort, out, csv, "--json"))
+    stdout, stderr = rerun.communicate(timeout=300)
+    result = json.loads(stdout)
+    assert rerun.returncode == 0 and result["skipped"] >= 1 and result["done"] + result["skipped"] == 4

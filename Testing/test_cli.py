@@ -13,7 +13,7 @@ import torch
 from RegistrationMisalignmentLib.cli import main
 from RegistrationMisalignmentLib.imageio import write_image
 
-from conftest import image_like, run_in_terminal, save_weights_with_card, warnings_stand_alone
+from conftest import engine_environment, image_like, run_in_terminal, save_weights_with_card, warnings_stand_alone
 
 
 @pytest.fixture(scope="module")
@@ -586,6 +586,40 @@ def test_identical_copies_as_fixed_and_moving_are_refused_by_predict_and_evaluat
         assert main(evaluate + ["--fixed", fixed, "--registered-moving", moving]) == 2
         assert f"--fixed and --registered-moving {message}" in _error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.nii.gz"]
+
+
+SLOW_WRITE = """
+import sys, time
+import SimpleITK as sitk
+from RegistrationMisalignmentLib.cli import main
+write = sitk.WriteImage
+def write_then_wait(*args):
+    write(*args)
+    time.sleep(120)
+sitk.WriteImage = write_then_wait
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_writing_leaves_no_temporary_file_and_keeps_the_earlier_outputs(files, tmp_path):
+    """`timeout`, Slurm and `docker stop` send SIGTERM: the same clean-up as Ctrl-C, exit status 143, one line."""
+    import signal
+    import time
+    (tmp_path / "labels.nrrd").write_text("earlier labels")
+    (tmp_path / "p.nrrd").write_text("earlier probabilities")
+    argv = _predict_argv(files, "--fixed", files / "fixed.nrrd", "--output", tmp_path / "labels.nrrd",
+                         "--probabilities", tmp_path / "p.nrrd")
+    run = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           encoding="utf-8", env=engine_environment())
+    end = time.time() + 240
+    while not any(p.name.startswith(".") for p in tmp_path.iterdir()) and run.poll() is None and time.time() < end:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted by SIGTERM; nothing half-written was left behind"
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"labels.nrrd": "earlier labels",
+                                                                  "p.nrrd": "earlier probabilities"}
 
 
 def test_a_memory_budget_must_be_positive(files, tmp_path, capsys):

@@ -255,8 +255,8 @@ def publish(out_dir, case_id: str, files: dict, record: dict, timings: dict = No
     folder = cases_folder(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".{case_id}.staging-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
+    try:  # made inside, so that an interruption right after it removes it too
+        staging.mkdir()
         writing = time.perf_counter()
         for name, content in files.items():
             if isinstance(content, bytes):

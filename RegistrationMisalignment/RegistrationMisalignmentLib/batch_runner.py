@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,12 +18,13 @@ from tqdm import tqdm
 from .batch import BatchSettings, cases_folder, current_record, failed_record, lock_path, record_failure, run_case
 from .case_lock import CaseLock
 from .checkpoint import load_model
-from .cli_common import require_at_least
+from .cli_common import Terminated, require_at_least, sigterm_as_interrupt
 from .devices import default_threads, resolve_device
 from .errors import InputError
 from .imageio import same_file
 from .report import REPORT_NAME, SUMMARY_NAME, write_report, write_summary_csv, written_by_batch
 
+_WORKER = {}  # in a worker process: the parent's log queue and the event the parent sets to stop the batch
 LOST_ALONE = "the worker process running it died (out of memory? killed?), also when it ran alone; run again to retry"
 LOST_BEFORE_STARTING = ("the worker processes died before starting a case (out of memory loading the model? or, from a "
                         "Python script, run_batch not under if __name__ == '__main__'); run again")
@@ -150,18 +152,21 @@ def _in_pool(cases: list, settings: BatchSettings, workers: int):
     which it did not because one of its processes died."""
     broken = set()
     context = multiprocessing.get_context("spawn")
-    worker_log = context.Queue()
+    worker_log, stop = context.Queue(), context.Event()
     listener = QueueListener(worker_log, _IntoThisProcessLog())
     listener.start()
     pool = ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=context, initializer=_start_worker,
-                               initargs=(worker_log,))
+                               initargs=(worker_log, stop))
     try:
-        futures = {pool.submit(run_case, case, settings): case for case in cases}
+        futures = {pool.submit(_run_case_in_worker, case, settings): case for case in cases}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except BrokenProcessPool:
                 broken.add(futures[future])
+    except BaseException:  # Ctrl-C, SIGTERM, or the caller stopped: the workers end their cases as Ctrl-C would
+        stop.set()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         listener.stop()
@@ -176,11 +181,40 @@ class _IntoThisProcessLog(logging.Handler):
         logging.getLogger(record.name).handle(record)
 
 
-def _start_worker(parent_log) -> None:
-    """Set up a worker process: the engine's warnings go to the parent's log (queue `parent_log`), and the worker ends
-    with its parent."""
+def _start_worker(parent_log, stop) -> None:
+    """Set up a worker process: the engine's warnings go to the parent's log (queue `parent_log`), the worker ends
+    with its parent, and the parent's `stop` event interrupts the case under way. Ctrl-C, which a terminal sends to
+    every process of the run, is left to the parent, which stops the workers so."""
     logging.getLogger("RegistrationMisalignment").addHandler(QueueHandler(parent_log))
+    _WORKER.update(log=parent_log, stop=stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
+    threading.Thread(target=_interrupt_when_stopped, args=(stop,), daemon=True).start()
+
+
+def _run_case_in_worker(case, settings: BatchSettings) -> dict:
+    """run_case in a worker process, which SIGTERM (also the parent's stop) interrupts as Ctrl-C does: the case cleans
+    up and the worker ends, starting no other case. Between cases SIGTERM ends a worker at once."""
+    with sigterm_as_interrupt():
+        try:
+            if _WORKER["stop"].is_set():
+                raise Terminated()
+            return run_case(case, settings)
+        except Terminated:
+            _end_worker()
+
+
+def _end_worker() -> None:
+    """End this worker process now, once the log records it sent have reached the parent's queue."""
+    _WORKER["log"].close()
+    _WORKER["log"].join_thread()
+    os._exit(128 + signal.SIGTERM)
+
+
+def _interrupt_when_stopped(stop) -> None:
+    """Wait until the parent sets `stop`, then raise SIGTERM in this worker, which interrupts the case under way."""
+    stop.wait()
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _exit_with_parent() -> None:

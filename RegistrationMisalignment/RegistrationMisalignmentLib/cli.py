@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_common import (OneLineErrorParser, add_device, add_model_options, check_two_scans, close_bars,
+from .cli_common import (OneLineErrorParser, Terminated, add_device, add_model_options, check_two_scans, close_bars,
                          load_predictor, output_folder, progress_bar, progress_lines, require_at_least,
-                         require_positive, set_threads)
+                         require_positive, set_threads, sigterm_as_interrupt)
 from .cli_batch import BATCH_COMMANDS
 from .cli_training import check_training_options
 from .cli_evaluation import EVALUATION_COMMANDS
@@ -292,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1)."""
+    """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1); Ctrl-C
+    and SIGTERM clean up and exit with 130 and 143."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
@@ -302,7 +304,8 @@ def main(argv=None) -> int:
     args.command_line = shlex.join(["registration-misalignment", *argv])  # what `train` records in its run
     show_warnings()
     try:
-        result = COMMANDS[args.command][1](args)
+        with sigterm_as_interrupt():
+            result = COMMANDS[args.command][1](args)
     except InputError as exc:
         close_bars()
         print(f"error: {exc}", file=sys.stderr)
@@ -312,12 +315,13 @@ def main(argv=None) -> int:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "not enough memory"
         print(f"error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         close_bars()
         resume = ("; the same command resumes from the last checkpoint (one is saved every --validate-every steps; "
                   "before the first, it starts again)") if args.command in ("train", "ablation") else ""
-        print(f"error: interrupted; nothing half-written was left behind{resume}", file=sys.stderr)
-        return 130
+        how = " by SIGTERM" if isinstance(exc, Terminated) else ""
+        print(f"error: interrupted{how}; nothing half-written was left behind{resume}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     status = result.pop("exit_status", 0) if isinstance(result, dict) else 0
     if getattr(args, "json", False) and result is not None:
         print(json.dumps(result, indent=2, default=str))

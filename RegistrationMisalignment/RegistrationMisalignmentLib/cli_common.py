@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 OPEN_BARS = []
 
@@ -13,6 +16,31 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         """Print `PROG: error: MESSAGE (see PROG --help)` and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, Slurm and `docker stop` send), raised as Ctrl-C's KeyboardInterrupt is: the same
+    clean-up runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    """Signal handler: raise Terminated, ignoring further SIGTERMs so that they do not cut its clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises Terminated in it; only in the main thread, the only one where a signal
+    handler can be set (elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -678,3 +678,31 @@ def test_sigterm_cleans_up_as_ctrl_c_does_and_stops_the_workers(cohort, tmp_path
     stdout, stderr = rerun.communicate(timeout=300)
     result = json.loads(stdout)
     assert rerun.returncode == 0 and result["skipped"] >= 1 and result["done"] + result["skipped"] == 4
+
+
+def test_a_dicom_input_folder_holding_the_output_folder_is_fingerprinted_without_it_and_resumes(small_phantom, cohort,
+                                                                                               tmp_path, capsys):
+    """--out inside a DICOM input folder: batch's own outputs there do not change the input's checksum."""
+    from RegistrationMisalignmentLib.batch import batch_outputs
+    from RegistrationMisalignmentLib.batch_cases import path_sha256
+    from test_imageio import _write_dicom_series
+    series = tmp_path / "fixed_dicom"
+    series.mkdir()
+    _write_dicom_series(sitk.ReadImage(str(cohort / "fixed.nrrd")), series, "1.2.826.0.1.3680043.2.1125.7")
+    before = path_sha256(series)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(f"case_id,fixed,moving\np1,{series},{cohort / 'moving.nrrd'}\n")
+    for out in (series / "qc", series):
+        assert main(_args(cohort, out, csv, "--json")) == 0
+        assert json.loads(capsys.readouterr().out)["done"] == 1
+        assert main(_args(cohort, out, csv, "--json")) == 0
+        assert json.loads(capsys.readouterr().out)["skipped"] == 1
+        if out != series:
+            shutil.rmtree(out)
+    assert path_sha256(series) != before  # batch's outputs are in it: only batch leaves them out
+    (series / ".summary.csv.k2j4x9ab").write_text("a summary being written")
+    (series / "notes.txt").write_text("the user's own file")  # a change of the input does count
+    record = json.loads((series / "cases" / "p1" / "case.json").read_text())
+    assert path_sha256(series, batch_outputs(series)) != record["checksums"]["fixed"]
+    (series / "notes.txt").unlink()
+    assert path_sha256(series, batch_outputs(series)) == record["checksums"]["fixed"] == before

@@ -22,6 +22,7 @@ from .errors import CapturedWarnings, InputError, warnings_named
 from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
 from .orientation import in_network_orientation
+from .report import REPORT_NAME, SUMMARY_NAME
 
 RECORD_NAME = "case.json"
 LABELS_NAME = "labels.nrrd"
@@ -52,6 +53,13 @@ def cases_folder(out_dir) -> Path:
 def case_folder(out_dir, case_id: str) -> Path:
     """A case's published output folder."""
     return cases_folder(out_dir) / case_id
+
+
+def batch_outputs(out_dir) -> tuple:
+    """What batch writes in `out_dir` (resolved): the cases folder, the summary and the report; an input folder that
+    holds them (--out inside a DICOM folder) is fingerprinted without them."""
+    out = Path(out_dir).resolve()
+    return cases_folder(out), out / SUMMARY_NAME, out / REPORT_NAME
 
 
 def lock_path(out_dir, case_id: str) -> Path:
@@ -121,7 +129,7 @@ def _finished_or_predicted(case: Case, settings: BatchSettings) -> dict:
     started = time.perf_counter()
     try:
         predictor = predictor_for(settings)
-        checksums = input_checksums(case)
+        checksums = input_checksums(case, batch_outputs(settings.out_dir))
         check_two_scans("fixed and moving", case.fixed, case.moving, (checksums["fixed"], checksums["moving"]))
         fingerprint = _fingerprint(predictor, checksums, settings)
         previous = read_record(settings.out_dir, case.case_id)

@@ -90,19 +90,28 @@ def _check_unique(csv_path: Path, cases: list) -> None:
         seen.add(key)
 
 
-def path_sha256(path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and their sha256, sorted), e.g. a DICOM series."""
+def path_sha256(path, ignored=()) -> str:
+    """sha256 of a file, or of a folder's files (relative names and their sha256, sorted), e.g. a DICOM series; the
+    `ignored` paths (absolute, resolved: files or folders, and the temporary files written beside them) are left out,
+    e.g. a batch's own outputs in the folder."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if not path.is_dir():
         return sha256_of(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path)}\0{sha256_of(file)}\n".encode())
+    digest, root = hashlib.sha256(), path.resolve()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not _is_ignored(p, ignored)):
+        digest.update(f"{file.relative_to(root)}\0{sha256_of(file)}\n".encode())
     return digest.hexdigest()
 
 
-def input_checksums(case: Case) -> dict:
-    """sha256 of every input of a case (None for absent optional inputs)."""
-    return {column: path_sha256(path) if path else None for column, path in case.inputs().items()}
+def _is_ignored(file: Path, ignored) -> bool:
+    """Whether a file is one of the `ignored` paths, lies in one, or is one's temporary file (`.NAME.*` beside it)."""
+    return any(file == path or path in file.parents or (file.parent == path.parent and
+                                                         file.name.startswith(f".{path.name}."))
+               for path in ignored)
+
+
+def input_checksums(case: Case, ignored=()) -> dict:
+    """sha256 of every input of a case (None for absent optional inputs), leaving out the `ignored` paths."""
+    return {column: path_sha256(path, ignored) if path else None for column, path in case.inputs().items()}

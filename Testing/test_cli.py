@@ -564,6 +564,26 @@ def test_outputs_never_overwrite_an_input_or_each_other_and_need_a_3d_format(fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nrrd", "link.nrrd"]
 
 
+def test_an_empty_output_a_bare_extension_or_a_name_too_long_to_write_is_refused_before_any_work(files, tmp_path, capsys,
+                                                                                                 monkeypatch):
+    long = "a" * 245 + ".nrrd"  # 250 bytes fit; its temporary file, 10 more, does not
+    for extra, message in [(["--output", ""], "--output is empty; give a file name"),
+                           (["--output", tmp_path / "l.nrrd", "--probabilities", ""], "--probabilities is empty"),
+                           (["--output", tmp_path / ".nrrd"], "the name is only an extension"),
+                           (["--output", tmp_path / ".nii.gz"], "the name is only an extension"),
+                           (["--output", tmp_path / long], f"--output {tmp_path / long}: file name too long (250 bytes; "
+                                                           "the temporary file written beside it first takes 10 more "
+                                                           "and the folder allows 255); choose a name of at most 245 "
+                                                           "bytes")]:
+        assert main(_predict_argv(files, "--fixed", files / "fixed.nrrd", *extra)) == 2, extra
+        assert message in _error_line(capsys), extra
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.csv").write_text(f"case_id,fixed,moving\np1,{files / 'fixed.nrrd'},{files / 'moving.nii.gz'}\n")
+    assert main(["batch", "pairs.csv", "--out", ""]) == 2
+    assert _error_line(capsys) == "error: --out is empty; give a folder"
+
+
 def test_the_same_file_as_fixed_and_moving_is_refused(files, tmp_path, capsys):
     (tmp_path / "moving.nii.gz").symlink_to(files / "moving.nii.gz")
     argv = ["predict", "--fixed", str(tmp_path / "moving.nii.gz"), "--moving", str(files / "moving.nii.gz"),

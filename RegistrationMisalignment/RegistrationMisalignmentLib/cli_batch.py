@@ -1,7 +1,7 @@
 """The `batch` command: check a cohort of registered pairs listed in a CSV, with resume, workers and a report."""
 from __future__ import annotations
 
-from .cli_common import add_model_options, require_at_least_one, require_share
+from .cli_common import add_model_options, output_folder, require_at_least_one, require_share
 
 
 def _add_batch(sub) -> None:
@@ -26,24 +26,15 @@ def _add_batch(sub) -> None:
 def run_batch_command(args) -> dict:
     """Run the batch and print where the summary and report are; exit status 1 if any case failed."""
     import sys
-    from pathlib import Path
     from .batch import BatchSettings
     from .batch_cases import read_cases
     from .batch_runner import case_inputs, check_cohort_files, run_batch
-    from .errors import InputError
-    from .imageio import check_output_path
     from .report import REPORT_NAME, SUMMARY_NAME
     require_at_least_one(workers=args.workers)
     require_share(flag_wrong_fraction=args.flag_wrong_fraction)
     cases = read_cases(args.pairs)
-    check_cohort_files(args.out, dict({"the pairs file": args.pairs}, **case_inputs(cases)))
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output folder ({exc.strerror}); choose another --out") from None
-    for name in (SUMMARY_NAME, REPORT_NAME):
-        check_output_path(out / name)
+    out = output_folder(args.out, SUMMARY_NAME, REPORT_NAME)
+    check_cohort_files(out, dict({"the pairs file": args.pairs}, **case_inputs(cases)))
     settings = BatchSettings(str(out.resolve()), args.weights, args.device, args.max_memory, args.threads,
                              args.probabilities, args.amp)
     result = run_batch(cases, settings, args.workers, args.scheduler, args.flag_wrong_fraction,

@@ -129,6 +129,8 @@ def output_folder(folder, *names):
     from pathlib import Path
     from .errors import InputError
     from .imageio import check_output_path
+    if not str(folder):
+        raise InputError("--out is empty; give a folder")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out {folder} is a file; give a folder")

@@ -40,6 +40,8 @@ METAIMAGE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 
                    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
                    "MET_DOUBLE": 8}
 METAIMAGE_HEADER_LIMIT = 1 << 16  # bytes searched for a MetaImage header's last line, ElementDataFile
+TEMPORARY_RANDOM_CHARS = 8  # of a name tempfile makes
+DEFAULT_NAME_MAX = 255  # bytes in a file name, where the file system does not tell
 IMAGE_FORMAT_HINT = "not a file format for a 3-D map; end the name with .nrrd, .nii.gz, .nii or .mha (lower case)"
 
 
@@ -386,7 +388,8 @@ def _remove_staged(staged: list) -> None:
 def _staged_image(image: sitk.Image, path: Path, compress: bool) -> str:
     """Write an image to a new temporary file in `path`'s folder (checked by `write_images`), with `path`'s format;
     returns the temporary name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".nrrd", dir=path.parent)
+    prefix, suffix = _temporary_affixes(path, image=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, compress)
@@ -404,7 +407,8 @@ def write_bytes(data: bytes, path) -> None:
     """Write bytes atomically (temporary file renamed into place)."""
     path = Path(path)
     _check_writable(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    prefix, suffix = _temporary_affixes(path, image=False)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -416,6 +420,12 @@ def write_bytes(data: bytes, path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temporary_affixes(path: Path, image: bool) -> tuple:
+    """Prefix and suffix of the temporary file written beside `path` (tempfile puts TEMPORARY_RANDOM_CHARS between
+    them); an image's keeps its format's suffix, by which ITK writes it."""
+    return (f".{path.stem}.", "".join(path.suffixes) or ".nrrd") if image else (f".{path.name}.", "")
 
 
 def _write_error(path: Path, exc: Exception) -> InputError:
@@ -442,13 +452,19 @@ def check_output_path(path) -> None:
 
 def check_output_files(outputs: dict, inputs: dict, suffixes: tuple, format_hint: str) -> None:
     """Raise InputError unless each output (option -> path; None = not asked for) is a writable file whose name ends
-    with one of `suffixes` (else `format_hint` says what to do), and none is the same file as another output or as an
-    input (given as 'what it is' -> path, e.g. 'the same file as --fixed')."""
-    given = {option: path for option, path in outputs.items() if path}
+    with one of `suffixes` (else `format_hint` says what to do) after a name of its own that is short enough, and none
+    is the same file as another output or as an input (given as 'what it is' -> path, e.g. 'the same file as
+    --fixed')."""
+    given = {option: path for option, path in outputs.items() if path is not None}
     for option, path in given.items():
+        if not str(path):
+            raise InputError(f"{option} is empty; give a file name")
+        _check_name_fits(option, path)
         check_output_path(path)
         if not str(path).endswith(suffixes):  # in lower case: ITK reads and writes by the exact suffix
             raise InputError(f"{option} {path}: {format_hint}")
+        if Path(path).name in suffixes:
+            raise InputError(f"{option} {path}: the name is only an extension; put a name before it")
     named = list(given.items())
     for i, (option, path) in enumerate(named):
         others = [(f"the same file as {name}", other) for name, other in named[:i]] + list(inputs.items())
@@ -456,6 +472,29 @@ def check_output_files(outputs: dict, inputs: dict, suffixes: tuple, format_hint
             if other_path and same_file(path, other_path):
                 raise InputError(f"{option} {path} is {what}; choose another output name (inputs are never "
                                  "overwritten)")
+
+
+def _check_name_fits(option: str, path) -> None:
+    """Raise InputError when the temporary file written beside an output first would have a name longer than the
+    folder's file system allows (found only after the work otherwise)."""
+    path = Path(path)
+    name = len(os.fsencode(path.name))
+    needed = TEMPORARY_RANDOM_CHARS + max(len(os.fsencode("".join(_temporary_affixes(path, image))))
+                                          for image in (True, False))
+    limit = _name_max(path.parent)
+    if needed > limit:
+        raise InputError(f"{option} {path}: file name too long ({name} bytes; the temporary file written beside it "
+                         f"first takes {needed - name} more and the folder allows {limit}); choose a name of at most "
+                         f"{limit - (needed - name)} bytes")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that `folder`'s file system allows (DEFAULT_NAME_MAX where it does not tell)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return DEFAULT_NAME_MAX
+    return limit if limit > 0 else DEFAULT_NAME_MAX
 
 
 def check_new_files(option: str, value, paths=()) -> None:

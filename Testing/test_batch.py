@@ -339,6 +339,7 @@ def _snapshot(folder):
 @pytest.mark.parametrize("option, value, message", [
     ("--weights", "typo.safetensors", "weights file not found"),
     ("--threads", "-1", "--threads must be at least 0"),
+    ("--threads", "100000", "--threads 100000 is more than the"),
     ("--device", "cuda", "no CUDA GPU"),
 ])
 def test_a_bad_model_option_is_refused_before_any_case_is_touched(cohort, finished_run, tmp_path, capsys, option,

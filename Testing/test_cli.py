@@ -538,6 +538,18 @@ def test_threads_bound_torch_and_simpleitk():
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
+def test_more_threads_than_usable_cpus_are_refused_with_the_limit_named(files, tmp_path, capsys):
+    from RegistrationMisalignmentLib.devices import usable_cpus
+    limit = len(usable_cpus())
+    for command in (["predict", "--fixed", str(files / "fixed.nrrd"), "--moving", str(files / "moving.nii.gz"),
+                     "--output", str(tmp_path / "labels.nrrd")], ["demo", "--out", str(tmp_path / "demo")],
+                    ["benchmark", "--memory-size", "8,8,8"]):
+        assert main(command + ["--threads", "100000", "--device", "cpu"]) == 2
+        assert _error_line(capsys) == (f"error: --threads 100000 is more than the {limit} CPUs this process may run on; "
+                                       f"give at most {limit} (0: all physical cores)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _predict_argv(files, *extra):
     return ["predict", "--moving", str(files / "moving.nii.gz"), "--weights", str(files / "tiny.safetensors"),
             "--device", "cpu", *[str(x) for x in extra]]

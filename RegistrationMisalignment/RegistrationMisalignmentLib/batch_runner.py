@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .batch import BatchSettings, cases_folder, current_record, failed_record, lock_path, record_failure, run_case
 from .case_lock import CaseLock
 from .checkpoint import load_model
-from .cli_common import Terminated, require_at_least, sigterm_as_interrupt
+from .cli_common import Terminated, check_threads, require_at_least, sigterm_as_interrupt
 from .devices import default_threads, resolve_device
 from .errors import InputError
 from .imageio import same_file
@@ -60,9 +60,12 @@ def run_batch(cases: list, settings: BatchSettings, workers: int = 1, scheduler:
 
 
 def check_model_options(settings: BatchSettings, scheduler: str = None) -> None:
-    """Raise InputError for bad weights, threads or device before any case is touched (every case would fail)."""
-    require_at_least(0, threads=settings.threads)
-    if not scheduler:  # a cluster's workers may have the GPU that this machine lacks
+    """Raise InputError for bad weights, threads or device before any case is touched (every case would fail); on a
+    cluster, the workers check the threads and device themselves."""
+    if scheduler:  # a cluster's workers may have the CPUs and the GPU that this machine lacks
+        require_at_least(0, threads=settings.threads)
+    else:
+        check_threads(settings.threads)
         resolve_device(settings.device)
     load_model(settings.weights)
 

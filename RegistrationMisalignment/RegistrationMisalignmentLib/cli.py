@@ -9,8 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .cli_common import (OneLineErrorParser, Terminated, add_device, add_model_options, check_two_scans, close_bars,
-                         load_predictor, output_folder, progress_bar, progress_lines, require_at_least,
+from .cli_common import (OneLineErrorParser, Terminated, add_device, add_model_options, check_threads, check_two_scans,
+                         close_bars, load_predictor, output_folder, progress_bar, progress_lines, require_at_least,
                          require_positive, set_threads, sigterm_as_interrupt)
 from .cli_batch import BATCH_COMMANDS
 from .cli_training import check_training_options
@@ -258,6 +258,7 @@ def run_demo_command(args) -> dict:
     from .metrics import f1_text
     require_at_least(0, seed=args.seed)
     require_positive(max_mm=args.max_mm)
+    check_threads(args.threads)  # before the folder is made
     output_folder(args.out, *DEMO_FILES.values())
     predictor = load_predictor(args)
     result = run_demo(predictor, args.out, args.ct, args.seed, args.field, args.max_mm,

@@ -54,9 +54,7 @@ def set_threads(threads: int) -> int:
     the count. SimpleITK would otherwise take every logical CPU available, also in each `batch` worker."""
     import torch
     from .devices import default_threads
-    from .errors import InputError
-    if threads < 0:
-        raise InputError(f"--threads must be 0 (all physical cores) or more, got {threads}")
+    check_threads(threads)
     count = threads or default_threads()
     torch.set_num_threads(count)
     try:
@@ -65,6 +63,18 @@ def set_threads(threads: int) -> int:
         return count
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
     return count
+
+
+def check_threads(threads: int) -> None:
+    """Raise InputError for a --threads count below 0 (0: all physical cores) or above the logical CPUs this process
+    may run on: more threads only compete for them, and a huge count exhausts the system's."""
+    from .devices import usable_cpus
+    from .errors import InputError
+    require_at_least(0, threads=threads)
+    limit = len(usable_cpus())
+    if threads > limit:
+        raise InputError(f"--threads {threads} is more than the {limit} CPUs this process may run on; give at most "
+                         f"{limit} (0: all physical cores)")
 
 
 def require_at_least(minimum: int, **values) -> None:

@@ -6,8 +6,8 @@ import logging
 import math
 from pathlib import Path
 
-from .cli_common import (add_device, add_model_options, check_two_scans, load_predictor, output_folder, progress_bar,
-                         require_at_least, require_at_least_one, require_below, set_threads)
+from .cli_common import (add_device, add_model_options, check_threads, check_two_scans, load_predictor, output_folder,
+                         progress_bar, require_at_least, require_at_least_one, require_below, set_threads)
 from .cli_training import check_training_options
 from .errors import InputError
 
@@ -273,6 +273,7 @@ def run_memory_benchmark_command(args) -> dict:
     """Peak memory of `predict` in fresh processes on the pair resampled to --memory-size."""
     from .benchmark import run_memory_benchmark
     size = parse_size(args.memory_size)
+    check_threads(args.threads)  # the runs of `predict` would each refuse it
     options = ["--device", args.device, "--max-memory", str(args.max_memory), "--threads", str(args.threads)]
     options += ["--amp"] if args.amp else []
     if args.weights:

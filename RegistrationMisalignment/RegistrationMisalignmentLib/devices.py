@@ -56,9 +56,14 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def usable_cpus() -> list:
+    """The logical CPUs this process may run on: its affinity set where the system has one, else all."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def default_threads() -> int:
     """Physical CPU cores this process may run on (its affinity set, SMT siblings counted once)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cpus = usable_cpus()
     cores = set()
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")

@@ -550,6 +550,35 @@ def test_more_threads_than_usable_cpus_are_refused_with_the_limit_named(files, t
     assert list(tmp_path.iterdir()) == []
 
 
+CPU_SHORTAGE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                "to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_torch_running_out_of_memory_is_one_line_with_what_to_change_and_other_errors_are_not_hidden(
+        files, tmp_path, capsys, monkeypatch):
+    from RegistrationMisalignmentLib.inference import MisalignmentPredictor
+    error = RuntimeError(CPU_SHORTAGE)
+
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(MisalignmentPredictor, "predict", fail)
+    argv = _predict_argv(files, "--fixed", files / "fixed.nrrd", "--output", tmp_path / "labels.nrrd")
+    assert main(argv) == 1
+    assert _error_line(capsys) == ("error: out of memory (an allocation of 37252.9 GiB failed); lower --max-memory, "
+                                   "give a --mask of a smaller region, or crop or downsample the image")
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+    assert main(argv) == 1
+    assert _error_line(capsys).startswith("error: out of memory (an allocation of 2.00 GiB failed); lower")
+    (tmp_path / "pairs.csv").write_text(f"case_id,fixed,moving\np1,{files / 'fixed.nrrd'},{files / 'moving.nii.gz'}\n")
+    assert main(["batch", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "qc"), "--weights",
+                 str(files / "tiny.safetensors"), "--device", "cpu", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["failures"]["p1"].startswith("out of memory (an allocation of 2.00 GiB")
+    error = RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)
+    assert not (tmp_path / "labels.nrrd").exists()
+
+
 def _predict_argv(files, *extra):
     return ["predict", "--moving", str(files / "moving.nii.gz"), "--weights", str(files / "tiny.safetensors"),
             "--device", "cpu", *[str(x) for x in extra]]

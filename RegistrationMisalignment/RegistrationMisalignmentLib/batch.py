@@ -18,7 +18,7 @@ from .batch_cases import Case, input_checksums
 from .case_lock import STAGED_SUFFIX, CaseLock
 from .checkpoint import released_weights_path
 from .cli_common import check_two_scans
-from .errors import CapturedWarnings, InputError, warnings_named
+from .errors import CapturedWarnings, InputError, out_of_memory_text, warnings_named
 from .figures import VIEWS, thumbnail_pngs
 from .imageio import read_image, write_bytes, write_image
 from .orientation import in_network_orientation
@@ -141,7 +141,9 @@ def _finished_or_predicted(case: Case, settings: BatchSettings) -> dict:
     except InputError as exc:
         return failed_record(case, str(exc))
     except (RuntimeError, OSError, MemoryError, ValueError) as exc:
-        return failed_record(case, _exception_text(exc))
+        shortage = out_of_memory_text(exc)
+        return failed_record(case, f"{shortage}; lower --max-memory, give a smaller mask, or crop or downsample the "
+                                   "images" if shortage else _exception_text(exc))
 
 
 def _exception_text(exc: Exception) -> str:

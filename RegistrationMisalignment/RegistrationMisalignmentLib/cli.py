@@ -18,7 +18,7 @@ from .cli_evaluation import EVALUATION_COMMANDS
 from .cli_robustness import ROBUSTNESS_COMMANDS
 from .cli_landmark_pair import LANDMARK_PAIR_COMMANDS
 from . import __version__
-from .errors import CapturedWarnings, InputError, show_warnings
+from .errors import CapturedWarnings, InputError, out_of_memory_text, show_warnings
 
 
 def _add_train(sub) -> None:
@@ -293,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _memory_advice(args) -> str:
+    """What to change when a command ran out of memory, by the options it has."""
+    given = vars(args)
+    if "batch_size" in given:
+        return "lower --batch-size or --out-size"
+    if "max_memory" in given:
+        return "lower --max-memory" + (", give a --mask of a smaller region" if "mask" in given else "") + \
+            ", or crop or downsample the image"
+    return "free memory, or crop or downsample the image"
+
+
 def main(argv=None) -> int:
     """Entry point: run one command; bad input gives a one-line error and exit status 2 (system errors: 1); Ctrl-C
     and SIGTERM clean up and exit with 130 and 143."""
@@ -311,9 +322,15 @@ def main(argv=None) -> int:
         close_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, MemoryError) as exc:
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory_text(exc):
+            raise
         close_bars()
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "not enough memory"
+        print(f"error: {out_of_memory_text(exc)}; {_memory_advice(args)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        close_bars()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no reason given"
         print(f"error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

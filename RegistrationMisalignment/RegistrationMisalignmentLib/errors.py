@@ -31,6 +31,23 @@ def library_reason(exc: BaseException, limit: int = 160) -> str:
     return re.sub(r"\s*\(0x[0-9a-fA-F]+\)", "", text.splitlines()[-1])[:limit]
 
 
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory", re.IGNORECASE)  # torch on the CPU, CUDA
+_ASKED = re.compile(r"tried to allocate ([\d.]+) ?(bytes|[KMGT]iB)", re.IGNORECASE)
+
+
+def out_of_memory_text(exc: BaseException) -> str:
+    """One line for an allocator's out-of-memory error (MemoryError, or torch's RuntimeError on the CPU or a GPU),
+    with the size asked for where the message tells it; '' for any other error."""
+    if not (isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and _OUT_OF_MEMORY.search(str(exc))):
+        return ""
+    asked = _ASKED.search(str(exc))
+    if not asked:
+        return "out of memory"
+    amount, unit = asked.groups()
+    size = f"{float(amount) / 2 ** 30:.1f} GiB" if unit.lower() == "bytes" else f"{amount} {unit}"
+    return f"out of memory (an allocation of {size} failed)"
+
+
 class _ThisThread(threading.local):
     """Per thread: the captures open and the names its warnings are shown under (innermost last)."""
 

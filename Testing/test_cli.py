@@ -550,6 +550,30 @@ def test_more_threads_than_usable_cpus_are_refused_with_the_limit_named(files, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_options_the_chosen_mode_would_ignore_and_seeds_out_of_range_are_refused_in_one_line(files, tmp_path,
+                                                                                             capsys):
+    fixed, moving = str(files / "fixed.nrrd"), str(files / "moving.nii.gz")
+    evaluate = ["evaluate", "--fixed", fixed, "--fixed-landmarks", str(tmp_path / "f.csv")]
+    registered = evaluate + ["--registered-moving", moving, "--residuals", str(tmp_path / "r.csv")]
+    elastix = evaluate + ["--moving", moving, "--moving-landmarks", str(tmp_path / "m.csv")]
+    for argv, message in [
+            (registered + ["--moving", moving], "--moving cannot go with --registered-moving (its residuals are "
+                                                "given); leave it out"),
+            (registered + ["--setups", "affine", "--moving-landmarks", "m.csv"],
+             "--moving-landmarks and --setups cannot go with --registered-moving"),
+            (elastix + ["--residuals", "r.csv"], "--residuals cannot go with --moving (elastix registers it and the "
+                                                 "moving landmarks give the residuals); leave it out"),
+            (evaluate + ["--registered-moving", moving], "--registered-moving needs --residuals"),
+            (evaluate + ["--moving", moving], "give --moving-landmarks (or --registered-moving with --residuals)"),
+            (["demo", "--out", str(tmp_path / "d"), "--seed", "99999999999999999999"],
+             "--seed must be below 4294967296 (a 32-bit seed), got 99999999999999999999"),
+            (["benchmark", "--training", "--out-size", "0"], "output tile size must be a positive multiple of 8, got 0"),
+            (["benchmark", "--out-size", "64"], "--out-size is the training tile's edge: it goes with --training")]:
+        assert main(argv + ["--device", "cpu"]) == 2, argv
+        assert message in _error_line(capsys), argv
+    assert list(tmp_path.iterdir()) == []
+
+
 CPU_SHORTAGE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
                 "to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)")
 

@@ -311,10 +311,11 @@ def test_a_damaged_landmark_pair_description_is_refused_before_any_work(small_pa
 def test_evaluate_and_make_landmark_pair_refuse_bad_options_before_any_work(small_pair, tmp_path, capsys):
     """An --out that is a file or holds a folder named like an output, no setup, a negative field: one line, exit 2."""
     write_image(small_pair.fixed, tmp_path / "fixed.nrrd")
+    write_image(small_pair.moving, tmp_path / "moving.nrrd")
     (tmp_path / "points.csv").write_text("0,0,0\n")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "taken" / "evaluation.md").mkdir(parents=True)
-    evaluate = ["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving", str(tmp_path / "fixed.nrrd"),
+    evaluate = ["evaluate", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving", str(tmp_path / "moving.nrrd"),
                 "--fixed-landmarks", str(tmp_path / "points.csv"), "--moving-landmarks", str(tmp_path / "points.csv")]
     cases = [(evaluate + ["--out", str(tmp_path / "a_file")], "is a file; give a folder"),
              (evaluate + ["--out", str(tmp_path / "taken")], "evaluation.md: is a folder"),

@@ -277,7 +277,7 @@ def run_training_benchmark(predictor: MisalignmentPredictor, ct_path=None, pairs
 
     The network has the predictor's architecture; batch and tile follow the release recipe (4 tiles of 32^3)
     unless `out_size` gives another tile edge."""
-    train = TrainConfig(out_size=out_size) if out_size else TrainConfig()
+    train = TrainConfig() if out_size is None else TrainConfig(out_size=out_size)
     check_output_size(train.out_size)
     config = predictor.model.config
     device = predictor.device

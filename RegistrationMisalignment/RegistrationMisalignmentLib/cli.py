@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .cli_common import (OneLineErrorParser, Terminated, add_device, add_model_options, check_threads, check_two_scans,
                          close_bars, load_predictor, output_folder, progress_bar, progress_lines, require_at_least,
-                         require_positive, set_threads, sigterm_as_interrupt)
+                         require_below, require_positive, set_threads, sigterm_as_interrupt)
 from .cli_batch import BATCH_COMMANDS
 from .cli_training import check_training_options
 from .cli_evaluation import EVALUATION_COMMANDS
@@ -244,7 +244,7 @@ def _add_demo(sub) -> None:
                                    "predict the misalignment map, write NRRDs and a PNG, print the agreement.")
     p.add_argument("--ct", help="use this CT instead of the procedural phantom")
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--seed", type=int, default=0, help="phantom and field seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="phantom and field seed, 0 to 2^32 - 1 (default 0)")
     p.add_argument("--field", default="single_frequency",
                    choices=["single_frequency", "mixed_frequency", "respiratory", "zero"],
                    help="family of the synthetic deformation (default single_frequency)")
@@ -254,9 +254,10 @@ def _add_demo(sub) -> None:
 
 def run_demo_command(args) -> dict:
     """Run the demo and print the agreement with the known truth."""
-    from .demo import DEMO_FILES, run_demo
+    from .demo import DEMO_FILES, DEMO_SEED_LIMIT, run_demo
     from .metrics import f1_text
     require_at_least(0, seed=args.seed)
+    require_below(DEMO_SEED_LIMIT, "a 32-bit seed", seed=args.seed)
     require_positive(max_mm=args.max_mm)
     check_threads(args.threads)  # before the folder is made
     output_folder(args.out, *DEMO_FILES.values())

@@ -205,7 +205,7 @@ def _add_benchmark(sub) -> None:
                         "--probabilities) on the pair resampled to X,Y,Z voxels over the same extent, e.g. 512,512,600")
     p.add_argument("--training", action="store_true",
                    help="instead: synthetic pairs and training samples per second (release recipe: 4 tiles of 32^3)")
-    p.add_argument("--out-size", type=int, default=32,
+    p.add_argument("--out-size", type=int,
                    help="with --training: the training tile's output edge (a multiple of 8; default 32)")
     add_model_options(p)
 
@@ -215,6 +215,8 @@ def run_benchmark_command(args) -> dict:
     from .benchmark import run_benchmark
     if args.memory_size and args.training:
         raise InputError("choose --memory-size or --training, not both")
+    if args.out_size is not None and not args.training:
+        raise InputError("--out-size is the training tile's edge: it goes with --training; add that or leave it out")
     if args.memory_size:
         return run_memory_benchmark_command(args)
     if args.training:
@@ -291,6 +293,9 @@ def run_memory_benchmark_command(args) -> dict:
 def run_training_benchmark_command(args) -> dict:
     """Synthetic pairs and training samples per second with the predictor's architecture."""
     from .benchmark import run_training_benchmark
+    from .model import check_output_size
+    if args.out_size is not None:
+        check_output_size(args.out_size)  # before the model is loaded
     result = run_training_benchmark(load_predictor(args), args.ct, out_size=args.out_size)
     if not args.json:
         print(f"{result['case']} on {result['device']} ({result['machine']}, {result['torch_threads']} threads)")
@@ -319,7 +324,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fixed-landmarks", required=True,
                    help="elastix/ITK point file, CSV (x,y,z in mm, LPS as ITK and DICOM use), .mrk.json, .fcsv")
     p.add_argument("--moving-landmarks", help="corresponding moving landmarks (same formats)")
-    p.add_argument("--setups", default="affine,bspline_poor,bspline_tuned",
+    p.add_argument("--setups",
                    help="comma-separated elastix setups, any of affine, bspline_poor, bspline_tuned (default: all)")
     p.add_argument("--registered-moving", help="moving image already registered to the fixed image")
     p.add_argument("--residuals", help="with --registered-moving: CSV with the residual (mm) of each fixed landmark")
@@ -350,10 +355,7 @@ def run_evaluate(args) -> dict:
     from .landmark_evaluation import (SETUPS, elastix_module, evaluate_landmarks, markdown_table, score,
                                       warn_if_outside_mask, with_comparisons)
     from .landmarks import check_inside, read_landmarks
-    option, moving = ("--registered-moving", args.registered_moving) if args.registered_moving else ("--moving",
-                                                                                                  args.moving)
-    if moving:
-        check_two_scans(f"--fixed and {option}", args.fixed, moving)
+    _check_evaluation_mode(args)
     if not args.registered_moving:
         elastix_module()  # missing: said before --out is made, with nothing to write there
     out = output_folder(args.out, *EVALUATION_FILES) if args.out else None
@@ -365,8 +367,6 @@ def run_evaluate(args) -> dict:
     predictor = load_predictor(args)
     compared = _compared_predictors(args)
     if args.registered_moving:
-        if not args.residuals:
-            raise InputError("--registered-moving needs --residuals (one residual in mm per fixed landmark)")
         residual = np.asarray(read_residuals(args.residuals))
         if len(residual) != len(fixed_points):
             raise InputError(f"{args.residuals}: {len(residual)} residuals for {len(fixed_points)} landmarks")
@@ -375,15 +375,13 @@ def run_evaluate(args) -> dict:
                                    for name, model in dict({None: predictor}, **compared).items()})
         setups = None
     else:
-        if not (args.moving and args.moving_landmarks):
-            raise InputError("give --moving and --moving-landmarks (or --registered-moving with --residuals)")
         moving = read_image(args.moving)
         moving_points = read_landmarks(args.moving_landmarks, moving)
         if len(moving_points) != len(fixed_points):
             raise InputError(f"{len(fixed_points)} fixed landmarks but {len(moving_points)} moving landmarks; "
                              "they must correspond one to one")
         check_inside(moving_points, moving, args.moving_landmarks)
-        setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+        setups = [s.strip() for s in (args.setups or ",".join(SETUPS)).split(",") if s.strip()]
         unknown = [s for s in setups if s not in SETUPS]
         if not setups:
             raise InputError(f"--setups {args.setups!r} names no setup; choose from {', '.join(SETUPS)}")
@@ -402,6 +400,38 @@ def run_evaluate(args) -> dict:
     if not args.json:
         print(table)
     return result
+
+
+# The two protocols of `evaluate`, by the option naming the moving image: the options each needs, those it would
+# ignore, and why.
+EVALUATION_MODES = {
+    "--registered-moving": (("--residuals",), ("--moving", "--moving-landmarks", "--setups"),
+                            "its residuals are given"),
+    "--moving": (("--moving", "--moving-landmarks"), ("--residuals",),
+                 "elastix registers it and the moving landmarks give the residuals"),
+}
+
+
+def _check_evaluation_mode(args) -> None:
+    """Raise InputError, before any work, when the chosen protocol (given residuals with --registered-moving, or
+    elastix with --moving) lacks an option, is given one that it would ignore, or gets the fixed scan as moving."""
+    mode = "--registered-moving" if args.registered_moving else "--moving"
+    needed, ignored, why = EVALUATION_MODES[mode]
+    missing = [option for option in needed if not _option_value(args, option)]
+    if missing:
+        raise InputError("--registered-moving needs --residuals (one residual in mm per fixed landmark)"
+                         if args.registered_moving else
+                         f"give {' and '.join(missing)} (or --registered-moving with --residuals)")
+    contradicting = [option for option in ignored if _option_value(args, option) is not None]
+    if contradicting:
+        raise InputError(f"{' and '.join(contradicting)} cannot go with {mode} ({why}); leave "
+                         f"{'it' if len(contradicting) == 1 else 'them'} out")
+    check_two_scans(f"--fixed and {mode}", args.fixed, _option_value(args, mode))
+
+
+def _option_value(args, option: str):
+    """The parsed value of a command-line option (None when not given)."""
+    return getattr(args, option[2:].replace("-", "_"))
 
 
 def landmark_pair_beside(fixed_path):

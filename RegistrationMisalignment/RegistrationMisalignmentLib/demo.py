@@ -51,6 +51,7 @@ def _image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
+DEMO_SEED_LIMIT = 2 ** 32  # seeds below it
 DEMO_FILES = {"fixed": "fixed.nrrd", "moving": "moving.nrrd", "truth": "truth.nrrd", "labels": "labels.nrrd",
               "probabilities": "probabilities.nrrd", "figure": "demo.png"}
 

@@ -545,8 +545,8 @@ def test_more_threads_than_usable_cpus_are_refused_with_the_limit_named(files, t
                      "--output", str(tmp_path / "labels.nrrd")], ["demo", "--out", str(tmp_path / "demo")],
                     ["benchmark", "--memory-size", "8,8,8"]):
         assert main(command + ["--threads", "100000", "--device", "cpu"]) == 2
-        assert _error_line(capsys) == (f"error: --threads 100000 is more than the {limit} CPUs this process may run on; "
-                                       f"give at most {limit} (0: all physical cores)")
+        assert _error_line(capsys) == (f"error: --threads 100000 is more than the {limit} CPUs this process may run "
+                                       f"on; give at most {limit} (0: all physical cores)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -567,7 +567,8 @@ def test_options_the_chosen_mode_would_ignore_and_seeds_out_of_range_are_refused
             (evaluate + ["--moving", moving], "give --moving-landmarks (or --registered-moving with --residuals)"),
             (["demo", "--out", str(tmp_path / "d"), "--seed", "99999999999999999999"],
              "--seed must be below 4294967296 (a 32-bit seed), got 99999999999999999999"),
-            (["benchmark", "--training", "--out-size", "0"], "output tile size must be a positive multiple of 8, got 0"),
+            (["benchmark", "--training", "--out-size", "0"],
+             "output tile size must be a positive multiple of 8, got 0"),
             (["benchmark", "--out-size", "64"], "--out-size is the training tile's edge: it goes with --training")]:
         assert main(argv + ["--device", "cpu"]) == 2, argv
         assert message in _error_line(capsys), argv
@@ -629,17 +630,17 @@ def test_outputs_never_overwrite_an_input_or_each_other_and_need_a_3d_format(fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nrrd", "link.nrrd"]
 
 
-def test_an_empty_output_a_bare_extension_or_a_name_too_long_to_write_is_refused_before_any_work(files, tmp_path, capsys,
-                                                                                                 monkeypatch):
+def test_an_empty_output_a_bare_extension_or_a_name_too_long_to_write_is_refused_before_any_work(
+        files, tmp_path, capsys, monkeypatch):
     long = "a" * 245 + ".nrrd"  # 250 bytes fit; its temporary file, 10 more, does not
     for extra, message in [(["--output", ""], "--output is empty; give a file name"),
                            (["--output", tmp_path / "l.nrrd", "--probabilities", ""], "--probabilities is empty"),
                            (["--output", tmp_path / ".nrrd"], "the name is only an extension"),
                            (["--output", tmp_path / ".nii.gz"], "the name is only an extension"),
-                           (["--output", tmp_path / long], f"--output {tmp_path / long}: file name too long (250 bytes; "
-                                                           "the temporary file written beside it first takes 10 more "
-                                                           "and the folder allows 255); choose a name of at most 245 "
-                                                           "bytes")]:
+                           (["--output", tmp_path / long],
+                            f"--output {tmp_path / long}: file name too long (250 bytes; the temporary file written "
+                            "beside it first takes 10 more and the folder allows 255); choose a name of at most 245 "
+                            "bytes")]:
         assert main(_predict_argv(files, "--fixed", files / "fixed.nrrd", *extra)) == 2, extra
         assert message in _error_line(capsys), extra
     assert list(tmp_path.iterdir()) == []

@@ -648,7 +648,9 @@ def test_summaries_and_reports_of_every_batch_version_are_recognised(cohort, fin
 
 
 def test_a_case_of_one_scan_or_two_identical_ones_fails_and_the_others_go_on(cohort, tmp_path, capsys):
-    csv = _cases_csv(tmp_path, cohort, {"plain": "moving.nrrd", "copy": "moving_copy.nrrd", "same": "fixed.nrrd"})
+    copy = tmp_path / "copy.nrrd"
+    shutil.copyfile(cohort / "moving.nrrd", copy)
+    csv = _cases_csv(tmp_path, cohort, {"plain": "moving.nrrd", "copy": copy, "same": "fixed.nrrd"})
     csv.write_text(csv.read_text().replace(f"copy,{cohort / 'fixed.nrrd'}", f"copy,{cohort / 'moving.nrrd'}"))
     out = tmp_path / "run"
     assert main(_args(cohort, out, csv, "--json")) == 1
@@ -656,7 +658,7 @@ def test_a_case_of_one_scan_or_two_identical_ones_fails_and_the_others_go_on(coh
     assert (result["done"], result["failed"]) == (1, 2)
     assert result["failures"]["same"].startswith(f"fixed and moving are the same file ({cohort / 'fixed.nrrd'}); give")
     assert result["failures"]["copy"].startswith(
-        f"fixed and moving are identical files ({cohort / 'moving.nrrd'} and {cohort / 'moving_copy.nrrd'}); give")
+        f"fixed and moving are identical files ({cohort / 'moving.nrrd'} and {copy}); give")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' parents from /proc")

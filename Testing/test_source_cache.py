@@ -88,8 +88,9 @@ def test_a_slab_too_thin_for_a_training_tile_is_refused_by_cache_sources_and_tra
     assert main(["cache-sources", "--ct", str(slab), "--phantoms", "0", "--out", str(tmp_path / "s.npz")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith(f"error: {slab}: its lungs span "), error
-    assert error[0].endswith(" x 24 mm (x y z; the CT 96 x 80 x 24 mm on the 1 mm training grid), less than one 32 mm "
-                             "training tile (--out-size 32) along z: too small to train on; use a whole-chest CT"), error
+    assert error[0].endswith(" x 24 mm (x y z; the CT 96 x 80 x 24 mm on the 1 mm training grid), less than one "
+                             "32 mm training tile (--out-size 32) along z: too small to train on; use a whole-chest "
+                             "CT"), error
     command = ["train", "--phantoms", "0", "--features", "4", "--hidden", "4", "--steps", "1", "--batch-size", "1",
              "--validate-every", "1", "--device", "cpu", "--out", str(tmp_path / "run")]
     assert main([*command, "--ct", str(slab)]) == 2

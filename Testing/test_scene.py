@@ -402,6 +402,7 @@ def test_the_largest_regions_called_wrong_are_listed_as_points_to_jump_to(scene,
     labels[10:20, 10:30, 10:20] = L.WRONG  # 2000 voxels
     labels[30:34, 30:35, 30:35] = L.WRONG  # 100 voxels
     labels[40:42, 40:42, 40:42] = L.POOR
+    labels[50, 50, 50:52] = L.WRONG  # 2 voxels: a region too small for one decimal must not read as 0 mL
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(small_pair.fixed)
     result = type(result)(image, None, dict(result.summary, **wrong_regions(image)))
@@ -410,10 +411,11 @@ def test_the_largest_regions_called_wrong_are_listed_as_points_to_jump_to(scene,
     assert points.GetName() == "fixed misalignment wrong regions" and points.GetLocked()
     voxel_ml = np.prod(small_pair.fixed.GetSpacing()) / 1000
     assert [points.GetNthControlPointLabel(i) for i in range(points.GetNumberOfControlPoints())] == [
-        f"wrong 1: {2000 * voxel_ml:.1f} mL", f"wrong 2: {100 * voxel_ml:.1f} mL"]
+        f"wrong 1: {2000 * voxel_ml:.1f} mL", f"wrong 2: {100 * voxel_ml:.1f} mL", "wrong 3: < 0.1 mL"]
+    assert 2 * voxel_ml < 0.05
     centre_lps = small_pair.fixed.TransformContinuousIndexToPhysicalPoint((14.5, 19.5, 14.5))
     assert np.allclose(points.GetNthControlPointPositionVector(0), np.diag([-1, -1, 1]) @ centre_lps)
-    assert "2 regions called wrong; the largest" in status_text(result.summary)
+    assert "3 regions called wrong; the largest" in status_text(result.summary)
     none = type(result)(sitk.Image(image.GetSize(), sitk.sitkUInt8), None, dict(result.summary, **wrong_regions(
         sitk.Image(image.GetSize(), sitk.sitkUInt8))))
     again = add_result_nodes(fixed, none)

@@ -407,7 +407,10 @@ def _fill_region_points(node, summary: dict) -> None:
 
 
 def _millilitres(ml: float) -> str:
-    """A volume with one decimal below 10 mL (a small region marked wrong must not read as 0)."""
+    """A volume with one decimal below 10 mL, and "< 0.1" below 0.05 mL (a small region marked wrong must not read
+    as 0)."""
+    if 0 < ml < 0.05:
+        return "< 0.1"
     return f"{ml:.1f}" if ml < 10 else f"{ml:.0f}"
 
 

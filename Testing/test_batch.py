@@ -267,6 +267,27 @@ def test_a_case_lock_appears_with_its_holder_written_and_a_dead_holder_is_replac
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_just_after_the_lock_is_made_or_while_it_is_released_leaves_no_lock(tmp_path):
+    """An interrupt lands between two steps of taking or of releasing the lock: the lock file still goes."""
+    from RegistrationMisalignmentLib.case_lock import CaseLock
+
+    class InterruptedAfterLinking(CaseLock):
+        def _create(self):
+            super()._create()
+            raise KeyboardInterrupt
+
+    class InterruptedWhileReleasing(CaseLock):
+        def release(self):
+            self._heartbeat.join = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
+            super().release()
+
+    for lock in (InterruptedAfterLinking(tmp_path / ".a.lock"), InterruptedWhileReleasing(tmp_path / ".b.lock")):
+        with pytest.raises(KeyboardInterrupt):
+            with lock.held():
+                pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_inputs_inside_the_cases_folder_are_refused_before_any_work(cohort, tmp_path, capsys):
     """A study laid out as STUDY/cases/ID/ with --out STUDY: replacing a case's folder would delete its scans."""
     study = tmp_path / "study"

@@ -57,15 +57,16 @@ class CaseLock:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._heartbeat = None
+        self._linked = False  # the lock file is ours: set the moment it is made, so an interrupt cannot orphan it
 
     @contextmanager
     def held(self):
-        """Yield whether the lock was taken (False: a live holder has it); released on leaving if taken."""
-        taken = self.acquire()
+        """Yield whether the lock was taken (False: a live holder has it); released on leaving if taken, also when
+        Ctrl-C or SIGTERM lands while it is being taken."""
         try:
-            yield taken
+            yield self.acquire()
         finally:
-            if taken:
+            if self._linked:
                 self.release()
 
     def acquire(self) -> bool:
@@ -94,16 +95,20 @@ class CaseLock:
                                       "process": process_identity(os.getpid()), "token": self.token}))
         try:
             os.link(staged, self.path)
+            self._linked = True
         finally:
             staged.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Stop refreshing and remove the lock if it is still ours."""
         self._stop.set()
-        if self._heartbeat is not None:
-            self._heartbeat.join()
-        if self._holder().get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+        try:
+            if self._heartbeat is not None:
+                self._heartbeat.join()
+        finally:
+            if self._holder().get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+            self._linked = False
 
     def _refresh(self) -> None:
         """Touch the lock file regularly so other machines can tell it is alive (a failed touch, e.g. a passing

@@ -228,8 +228,8 @@ def _class_table(summary: dict) -> str:
     for name, c in summary["classes"].items():
         lines.append(f"  {name:8s} {c['ml']:9.1f} mL  {100 * c['fraction']:5.1f} %")
     if summary.get("mean_confidence") is not None:
-        meaning = ("calibrated: over many synthetic pairs, the share of voxels whose class is right; one pair's map "
-                   "can be right less often, so compare cases by it" if summary.get("calibrated") else
+        meaning = ("calibrated: the share of voxels whose class is right over many pairs, not this pair's accuracy"
+                   if summary.get("calibrated") else
                    "uncalibrated weights: not the share of voxels whose class is right; calibrate with `release "
                    "--calibration-ct` or `calibrate`")
         lines.append(f"mean confidence {100 * summary['mean_confidence']:.1f} % ({meaning})")

@@ -1,6 +1,6 @@
 """RegistrationMisalignment engine: predict where a chest-CT registration is wrong (no Slicer needed)."""
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 __all__ = ["MisalignmentPredictor", "PredictionResult"]
 
 

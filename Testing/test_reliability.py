@@ -72,7 +72,7 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(files, tmp_path,
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(f"case_id,fixed,moving\np1,{files / 'fixed.nrrd'},{files / 'moving.nrrd'}\n")
     assert main(["batch", str(pairs), "--out", str(folder / "cohort")]) == 2
-    assert "output folder" in _one_error_line(capsys.readouterr().err)
+    assert f"--out {folder / 'cohort'}: the folder cannot be created" in _one_error_line(capsys.readouterr().err)
 
 
 def test_a_volume_too_large_for_memory_is_refused_from_its_header(files, tmp_path, capsys):

@@ -367,7 +367,8 @@ def test_an_ablation_checks_its_options_as_train_does_before_reading_a_ct_or_mak
 def test_the_class_table_calls_confidence_calibrated_only_for_calibrated_weights():
     from RegistrationMisalignmentLib.cli import _class_table
     summary = {"mask_ml": 10.0, "classes": {"correct": {"ml": 10.0, "fraction": 1.0}}, "mean_confidence": 0.9}
-    assert "(calibrated: about the share" in _class_table(dict(summary, calibrated=True))
+    assert ("(calibrated: the share of voxels whose class is right over many pairs, not this pair's accuracy)"
+            in _class_table(dict(summary, calibrated=True)))
     assert "(uncalibrated weights: not the share" in _class_table(dict(summary, calibrated=False))
 
 

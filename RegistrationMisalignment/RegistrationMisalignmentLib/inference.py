@@ -1,7 +1,6 @@
 """MisalignmentPredictor: dense tiled inference over the mask and point queries (the paper's per-patch way)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -17,7 +16,6 @@ import torch
 from . import labels as L
 from .beside_masks import WorkBesideMasks
 from .checkpoint import load_model, released_weights_path, sha256_of
-from .cli_common import positive_gib
 from .devices import CONVOLUTION_LAYOUT, in_convolution_layout, resolve_device, synchronize
 from .errors import CapturedWarnings, InputError, described
 from .fixed_grid import MaskedProbabilities
@@ -198,10 +196,9 @@ def memory_budget(value) -> float:
     for anything else."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"max_memory_gb must be a number of GiB such as 2 or 0.5, got {described(value)}")
-    try:
-        return positive_gib(repr(float(value)))
-    except argparse.ArgumentTypeError as exc:
-        raise InputError(f"max_memory_gb {exc}") from None
+    if not 0.0 < float(value) < float("inf"):
+        raise InputError(f"max_memory_gb must be more than 0 GiB, got {float(value)}")
+    return float(value)
 
 
 def arguments(fixed, moving, mask, transform) -> tuple:
